@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` (the main job) and `make test`.
+# Both install what they need on first use: uv (if missing), then the locked environment.
+SHELL := /bin/bash
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
+# Never download an interpreter: the machine's python3 (3.11) is the one.
+export UV_PYTHON_DOWNLOADS := never
+RUN := $(UV) run --frozen --no-sync
+
+.PHONY: demo test test-slow bench sync clean
+
+demo: .venv/.synced
+	$(RUN) trendloop demo
+
+test: .venv/.synced
+	$(RUN) pytest
+
+test-slow: .venv/.synced
+	$(RUN) pytest -m slow
+
+bench: .venv/.synced
+	$(RUN) python benchmarks/bench_ingest.py
+
+sync: .venv/.synced
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	touch $@
+
+$(CURDIR)/.tools/bin/uv:
+	python3 -m venv $(CURDIR)/.tools
+	$(CURDIR)/.tools/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
+
+clean:
+	rm -rf .venv .tools .trendloop .pytest_cache

@@ -1,0 +1,17 @@
+"""The errors trendloop raises on purpose: each carries a message fit for one line."""
+
+
+class TrendloopError(Exception):
+    """A failure the user can act on; the CLI prints its message and exits non-zero."""
+
+
+class ConfigError(TrendloopError):
+    """A setting, argument or schedule that cannot work."""
+
+
+class SourceError(TrendloopError):
+    """An ingestion source that cannot be read at all (missing, unknown layout, bad manifest)."""
+
+
+class SnapshotError(TrendloopError):
+    """A snapshot that does not exist, is ambiguous, or no longer matches its content hash."""
