@@ -1,0 +1,1 @@
+"""A deterministic simulator of the social feed trendloop ingests (see ``feed.simulate``)."""

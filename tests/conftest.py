@@ -1,0 +1,39 @@
+"""Shared fixtures: a small simulated feed (made once per session) and a fresh store per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.simulator.feed import FeedSpec, simulate
+from components.simulator.trends import NewClass, PriorShift, StyleShift
+from components.snapshot import Store
+
+SMALL_FEED = FeedSpec(
+    seed=3,
+    posts_per_day=40,
+    users=60,
+    exif_share=0.4,
+    corrupt_share=0.08,
+    repost_share=0.08,
+    trends=[
+        PriorShift(start_day=1, ramp_days=1, weights={"fitness": 2.0}),
+        NewClass(name="meme", look="meme", start_day=2, ramp_days=1, share=0.3),
+        StyleShift(filter="noir", start_day=3, ramp_days=0, share=0.4),
+    ],
+)
+SMALL_DAYS = range(5)
+
+
+@pytest.fixture(scope="session")
+def small_feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five days x 40 posts with broken uploads, reposts, EXIF and all three trend types."""
+    out = tmp_path_factory.mktemp("feed")
+    simulate(SMALL_FEED, out, SMALL_DAYS)
+    return out
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "store")
