@@ -1,0 +1,50 @@
+"""The benchmark commands keep working: each runs at a tiny size and prints its figures."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.bench
+def test_ingest_benchmark_prints_throughput_per_case() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/bench_ingest.py",
+            "--posts",
+            "100",
+            "--photos",
+            "8",
+            "--phone-photos",
+            "2",
+            "--workers",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    rates = re.findall(
+        r"^(.+?)\s+workers=(\d)\s+images=(\d+)\s.*images/s=\s*([\d.]+).*accepted=(\d+) rejected=0$", result.stdout, re.M
+    )
+    cases = {
+        (name.strip(), int(workers)): (int(images), float(rate), int(accepted))
+        for name, workers, images, rate, accepted in rates
+    }
+    assert set(cases) == {
+        (case, w)
+        for case in ("simulated 64x64", "shipped photos (native)", "phone-size photos (12 MP)")
+        for w in (1, 2)
+    }
+    assert cases[("simulated 64x64", 1)][0] == 100 and cases[("phone-size photos (12 MP)", 2)][0] == 2
+    for images, rate, accepted in cases.values():
+        assert rate > 0 and accepted == images  # every benchmark image is distinct and valid

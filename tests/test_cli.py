@@ -1,0 +1,110 @@
+"""The command line: every README tour command runs, errors are one line with a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from trendloop.cli import main
+from trendloop.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    for key in [k for k in os.environ if k.startswith("TRENDLOOP_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exit_.value.code or 0, captured.out, captured.err
+
+
+def tour_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- tour -->\s*```bash\n(.*?)```\s*<!-- /tour -->", text, re.S)
+    assert block, "README.md lost its tour block"
+    return [line for line in block.group(1).splitlines() if line.startswith("trendloop ")]
+
+
+def test_readme_tour_runs_as_written(capsys: pytest.CaptureFixture, in_tmp: Path) -> None:
+    commands = tour_commands()
+    assert len(commands) >= 8
+    outputs = {}
+    for command in commands:
+        code, out, err = run(capsys, *shlex.split(command)[1:])
+        assert code == 0, f"{command}\n{out}\n{err}"
+        outputs[command] = out
+    store = load_settings().store_dir
+    snapshots = [p for p in (in_tmp / store / "snapshots").iterdir() if p.is_dir()]
+    assert len(snapshots) == 2  # the labelled seed days, then the rest
+    assert "content and images match" in outputs["trendloop snapshot verify HEAD"]
+    assert "relabelled" in outputs["trendloop snapshot diff HEAD~1 HEAD"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["simulate"],
+        ["ingest"],
+        ["snapshot"],
+        ["snapshot", "list"],
+        ["snapshot", "show"],
+        ["snapshot", "diff"],
+        ["snapshot", "verify"],
+        ["config", "show"],
+        ["demo"],
+    ],
+)
+def test_every_command_has_help(capsys: pytest.CaptureFixture, command: list[str]) -> None:
+    code, out, _ = run(capsys, *command, "--help")
+    assert code == 0 and "Usage:" in out and "--help" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ingest", "no/such/folder"], "error: no such file or folder: no/such/folder"),
+        (["snapshot", "show"], "error: there are no snapshots yet; ingest something first"),
+        (
+            ["simulate", "--trend", "new_class:start_day=1,share=3"],
+            "error: trend 'new_class:start_day=1,share=3': share:",
+        ),
+        (["ingest", ".", "--since", "last tuesday"], "error: --since 'last tuesday' is not a date"),
+        (["--config", "missing.toml", "snapshot", "list"], "error: config file missing.toml does not exist"),
+    ],
+)
+def test_failures_exit_non_zero_with_one_line(capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
+    code, _, err = run(capsys, *args)
+    assert code == 1
+    assert err.strip().startswith(message) and len(err.strip().splitlines()) == 1
+
+
+def test_demo_simulates_ingests_and_snapshots(capsys: pytest.CaptureFixture, in_tmp: Path) -> None:
+    code, out, err = run(capsys, "demo", "--days", "5", "--posts-per-day", "30", "--seed-days", "2")
+    assert code == 0, err
+    store = in_tmp / ".trendloop" / "store"
+    snapshots = [p for p in (store / "snapshots").iterdir() if p.is_dir()]
+    assert len(snapshots) == 4  # the seed set, then one per following day
+    assert "4. summary" in out and "HEAD" in out and "awaiting labels" in out
+    # the demo is idempotent: a second run finds everything ingested already
+    code, out, _ = run(capsys, "demo", "--days", "5", "--posts-per-day", "30", "--seed-days", "2")
+    assert code == 0 and "0 accepted this run" in out
+    assert len([p for p in (store / "snapshots").iterdir() if p.is_dir()]) == 4
+
+
+def test_example_config_lists_the_defaults() -> None:
+    example = tomllib.loads((ROOT / "trendloop.example.toml").read_text())
+    assert Settings(**example).model_dump() == Settings().model_dump()

@@ -1,0 +1,100 @@
+"""The main job, as far as the loop exists today: simulate -> ingest (seed week, then daily) -> snapshots.
+
+The first ``seed_days`` of the feed arrive labelled, standing in for the labelled
+history a platform starts from; the days after arrive as the platform sees them,
+unlabelled, one ingest (and one snapshot) per day. Later stages of the loop
+(training, serving, drift, active learning) extend this function.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time
+
+from rich.table import Table
+
+from components.ingest import IngestReport, ingest, read_labels
+from components.simulator.feed import FeedSpec, simulate
+from components.snapshot import Store
+from trendloop import render
+from trendloop.settings import Settings
+
+
+def _midnight(spec: FeedSpec, day: int) -> datetime:
+    return datetime.combine(spec.day_date(day), time.min, tzinfo=UTC)
+
+
+def run_demo(settings: Settings, days: int, seed_days: int, posts_per_day: int) -> list[IngestReport]:
+    """Run the demo loop under ``settings.home`` and print what happened; returns each ingest's report."""
+    spec = settings.simulate.model_copy(update={"posts_per_day": posts_per_day})
+    spec.check()
+    seed_days = min(seed_days, days - 1)
+    out, store = settings.feed_dir, Store(settings.store_dir)
+    console = render.console
+    console.rule(f"[bold]1. simulate {days} days x {posts_per_day} posts into {out}")
+    with render.progress_bar("simulating", total=days * posts_per_day) as update:
+        done = 0
+
+        def tick(n: int) -> None:
+            nonlocal done
+            done += n
+            update(done)
+
+        results = simulate(
+            spec, out, range(days), workers=max(1, min(2, settings.ingest.worker_count())), progress=tick
+        )
+    console.print(render.simulation_table(spec, results))
+    for trend in spec.trends:
+        console.print(f"  trend: {trend.describe()} ({spec.day_date(trend.start_day)})")
+
+    workers = settings.ingest.worker_count()
+    limits = settings.ingest.limits()
+    console.rule(f"[bold]2. ingest the labelled seed set: days 0-{seed_days - 1}")
+    with render.progress_bar("ingesting seed") as update:
+        seed = ingest(
+            out,
+            store,
+            limits=limits,
+            labels=read_labels(out / "oracle" / "labels"),
+            label_source="seed",
+            until=_midnight(spec, seed_days),
+            workers=workers,
+            progress=update,
+        )
+    console.print(render.ingest_table(seed))
+    reports = [seed]
+
+    console.rule(f"[bold]3. ingest each following day as it arrives: days {seed_days}-{days - 1}")
+    daily = Table("day", "date", "offered", "accepted", "duplicates", "rejected", "snapshot")
+    with render.progress_bar("ingesting daily", total=days - seed_days) as update:
+        for n, day in enumerate(range(seed_days, days), 1):
+            report = ingest(
+                out, store, limits=limits, since=_midnight(spec, day), until=_midnight(spec, day + 1), workers=workers
+            )
+            reports.append(report)
+            daily.add_row(
+                str(day),
+                spec.day_date(day).isoformat(),
+                str(report.offered),
+                str(report.accepted),
+                str(report.duplicates),
+                str(report.rejected_total),
+                (report.snapshot or "-") + ("" if report.new_snapshot else " (unchanged)"),
+            )
+            update(n)
+    console.print(daily)
+
+    console.rule("[bold]4. summary")
+    head = store.head()
+    rejected = sum(r.rejected_total for r in reports)
+    console.print(render.snapshots_table(store.list()[-5:], head.id if head else None))
+    if head is not None:
+        console.print(
+            f"HEAD {head.id}: {head.posts} posts ({head.labelled} labelled, "
+            f"{head.posts - head.labelled} awaiting labels); "
+            f"{sum(r.accepted for r in reports)} accepted this run, {sum(r.duplicates for r in reports)} duplicates, "
+            f"{rejected} rejected into {store.root / 'quarantine'}"
+        )
+        console.print(
+            f"next: `trendloop snapshot show`, `trendloop snapshot diff HEAD~{min(3, len(reports) - 1)} HEAD`"
+        )
+    return reports

@@ -1,0 +1,102 @@
+"""Typed settings, one section per concern, from one TOML file plus ``TRENDLOOP_*`` variables.
+
+Precedence, highest first: command-line flags (passed as arguments by the CLI),
+environment variables (``TRENDLOOP_HOME``, ``TRENDLOOP_INGEST__WORKERS=2``: a double
+underscore steps into a section), the config file, the defaults below. The file is
+``--config PATH``, else ``$TRENDLOOP_CONFIG``, else ``./trendloop.toml`` if present;
+the embedded default needs none.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from components.errors import ConfigError
+from components.simulator.feed import FeedSpec
+from components.validate import ImageLimits
+
+DEFAULT_CONFIG = Path("trendloop.toml")
+
+
+class IngestSettings(BaseModel):
+    """How uploads are validated and normalised."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_bytes: int = Field(default=50 * 2**20, gt=0)  # largest upload accepted, in bytes
+    max_pixels: int = Field(default=50_000_000, gt=0)  # largest width x height, checked before decoding
+    max_side: int | None = Field(default=1080, gt=0)  # longer side scaled down to this; null keeps full size
+    workers: int = Field(default=0, ge=0)  # validation processes; 0 means one per CPU core
+
+    def limits(self) -> ImageLimits:
+        return ImageLimits(max_bytes=self.max_bytes, max_pixels=self.max_pixels, max_side=self.max_side)
+
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    """Everything trendloop reads from configuration. Nothing else reads the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="TRENDLOOP_", env_nested_delimiter="__", extra="forbid")
+    home: Path = Path(".trendloop")  # all state of the embedded default lives under this folder
+    simulate: FeedSpec = Field(default_factory=FeedSpec)  # the simulated feed's scenario
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The config file's contents arrive as init values; the environment overrides them.
+        return env_settings, init_settings
+
+    @property
+    def store_dir(self) -> Path:
+        """The image store, snapshots, ingest reports and quarantine."""
+        return self.home / "store"
+
+    @property
+    def feed_dir(self) -> Path:
+        """Where ``trendloop simulate`` writes by default."""
+        return self.home / "feed"
+
+
+def config_path(explicit: Path | None = None) -> Path | None:
+    """The config file in force: the one named, ``$TRENDLOOP_CONFIG``, or ``./trendloop.toml``."""
+    if explicit is not None:
+        return explicit
+    if os.environ.get("TRENDLOOP_CONFIG"):
+        return Path(os.environ["TRENDLOOP_CONFIG"])
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Resolve the settings; ``overrides`` (e.g. ``home=...``) win over everything else."""
+    path = config_path(config)
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {path}: {err}") from None
+    try:
+        settings = Settings(**values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"setting {where}: {first['msg']} (from {path or 'environment'})") from None
+    if overrides:
+        settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    return settings
