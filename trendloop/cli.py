@@ -98,15 +98,8 @@ def simulate(
         updates["trends"] = [parse_trend(t) for t in trend or []]
     spec = FeedSpec.model_validate({**settings.simulate.model_dump(), **updates})
     target = out or settings.feed_dir
-    with render.progress_bar("simulating", total=days * spec.posts_per_day) as update:
-        done = 0
-
-        def tick(n: int) -> None:
-            nonlocal done
-            done += n
-            update(done)
-
-        results = simulate_feed(spec, target, range(first_day, first_day + days), workers=workers, progress=tick)
+    with render.progress_bar("simulating", total=days * spec.posts_per_day) as bar:
+        results = simulate_feed(spec, target, range(first_day, first_day + days), workers=workers, progress=bar.advance)
     render.console.print(render.simulation_table(spec, results))
     render.console.print(f"wrote {sum(r.posts for r in results)} posts to {target}")
 

@@ -31,16 +31,9 @@ def run_demo(settings: Settings, days: int, seed_days: int, posts_per_day: int) 
     out, store = settings.feed_dir, Store(settings.store_dir)
     console = render.console
     console.rule(f"[bold]1. simulate {days} days x {posts_per_day} posts into {out}")
-    with render.progress_bar("simulating", total=days * posts_per_day) as update:
-        done = 0
-
-        def tick(n: int) -> None:
-            nonlocal done
-            done += n
-            update(done)
-
+    with render.progress_bar("simulating", total=days * posts_per_day) as bar:
         results = simulate(
-            spec, out, range(days), workers=max(1, min(2, settings.ingest.worker_count())), progress=tick
+            spec, out, range(days), workers=max(1, min(2, settings.ingest.worker_count())), progress=bar.advance
         )
     console.print(render.simulation_table(spec, results))
     for trend in spec.trends:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from components.ingest import IngestReport
@@ -19,9 +27,22 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
+class Bar:
+    """A live progress bar: call it with ``(done, total)``, or ``advance(n)`` it."""
+
+    def __init__(self, progress: Progress, task: TaskID, total: int | None):
+        self._progress, self._task, self._total = progress, task, total
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        self._progress.update(self._task, completed=done, total=total if total is not None else self._total)
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(self._task, n)
+
+
 @contextmanager
-def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
-    """A progress bar on stderr; yields ``update(done, total)``."""
+def progress_bar(description: str, total: int | None = None) -> Iterator[Bar]:
+    """A progress bar on stderr; on failure it vanishes so the error stays one line."""
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -31,13 +52,8 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Callabl
         console=err_console,
         transient=False,
     ) as bar:
-        task = bar.add_task(description, total=total)
-
-        def update(done: int, new_total: int | None = None) -> None:
-            bar.update(task, completed=done, total=new_total if new_total is not None else total)
-
         try:
-            yield update
+            yield Bar(bar, bar.add_task(description, total=total), total)
         except BaseException:
             bar.live.transient = True  # a failure prints its one line, not a half-filled bar
             raise
@@ -54,13 +70,12 @@ def simulation_table(spec: FeedSpec, results: list[DayResult]) -> Table:
     table.add_column("filtered", justify="right")
     table.add_column("broken", justify="right")
     for r in results:
-        filtered = sum(spec.filter_shares(r.day).values())
         table.add_row(
             str(r.day),
             spec.day_date(r.day).isoformat(),
             str(r.posts),
-            *(str(r.labels.get(t, 0)) or "" for t in tags),
-            f"{filtered:.0%}",
+            *(str(r.labels.get(t, 0)) for t in tags),
+            str(r.filtered),
             str(r.corrupt),
         )
     return table

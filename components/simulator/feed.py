@@ -98,7 +98,8 @@ class DayResult:
     day: int
     posts: int
     labels: dict[str, int]  # label -> posts
-    corrupt: int
+    filtered: int  # posts carrying a trending filter
+    corrupt: int  # uploads that arrive broken
 
 
 def _looks(spec: FeedSpec) -> dict[str, str]:
@@ -202,7 +203,13 @@ def simulate_day(
     write_rows(oracle, ORACLE_SCHEMA, out / "oracle" / "labels" / part / "labels.parquet")
     write_rows(posts, POST_SCHEMA, out / "posts" / part / "posts.parquet")  # the day's commit marker
     labels = Counter(o["label"] for o in oracle)
-    return DayResult(day, len(posts), dict(labels.most_common()), sum(o["corruption"] is not None for o in oracle))
+    return DayResult(
+        day=day,
+        posts=len(posts),
+        labels=dict(labels.most_common()),
+        filtered=sum(o["filter"] is not None for o in oracle),
+        corrupt=sum(o["corruption"] is not None for o in oracle),
+    )
 
 
 def make_users(spec: FeedSpec) -> social.Users:
