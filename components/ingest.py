@@ -98,10 +98,13 @@ def _check(path: Path, store_root: Path, limits: ImageLimits) -> Checked | Rejec
         data = path.read_bytes()
     except OSError as err:
         return Rejection("unreadable", f"{type(err).__name__}: {err.strerror or err}")
-    result = validate_image(data, limits)
+    try:
+        result = validate_image(data, limits)
+    except Exception as err:  # noqa: BLE001 - a decoder bug on one file must not stop the batch
+        return Rejection("corrupt", f"validation failed: {type(err).__name__}: {err}")
     if isinstance(result, Rejection):
         return result
-    Store(store_root).put_image(result.sha256, result.data)
+    Store(store_root).put_image(result.sha256, result.data)  # a full disk, unlike a bad file, stops the run
     return Checked(result.sha256, result.width, result.height, result.fixes)
 
 

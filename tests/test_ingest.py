@@ -13,6 +13,7 @@ import pytest
 from conftest import SMALL_FEED
 from PIL import Image
 
+from components import ingest as ingest_module
 from components import snapshot as snapshot_module
 from components.errors import SourceError
 from components.ingest import ingest, read_labels
@@ -207,6 +208,24 @@ def test_a_crash_while_committing_leaves_nothing_half_written(
     monkeypatch.undo()
     report = ingest(mixed_folder / "dogs", store)
     assert report.new_snapshot and report.accepted == 4 and store.head().parent == head_before.id
+
+
+def test_a_file_that_crashes_the_decoder_is_quarantined(
+    mixed_folder: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = ingest_module.validate_image
+    poison = (mixed_folder / "dogs" / "f.png").read_bytes()
+
+    def validate_or_crash(data: bytes, limits=None):
+        if data == poison:
+            raise MemoryError("decoder ran out of memory")
+        return real(data, limits)
+
+    monkeypatch.setattr(ingest_module, "validate_image", validate_or_crash)
+    report = ingest(mixed_folder / "dogs", store)
+    assert report.rejected == {"corrupt": 1} and report.accepted == 4  # the other four dogs/ files
+    rejections = pq.read_table(Path(report.quarantine) / "rejections.parquet").to_pandas()
+    assert rejections.detail[0] == "validation failed: MemoryError: decoder ran out of memory"
 
 
 def test_unreadable_sources_fail_with_a_clear_message(tmp_path: Path, store: Store) -> None:
