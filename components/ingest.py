@@ -109,11 +109,12 @@ def _check(path: Path, store_root: Path, limits: ImageLimits) -> Checked | Rejec
 
 
 def _check_all(paths: list[Path], store_root: Path, limits: ImageLimits, workers: int) -> Iterator[Checked | Rejection]:
-    if workers <= 1 or len(paths) < 64:
+    if workers <= 1 or len(paths) < 2 * workers:
         yield from (_check(p, store_root, limits) for p in paths)
         return
+    chunk = max(1, min(32, len(paths) // (4 * workers)))  # small batches of big photos still spread out
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(_check, paths, [store_root] * len(paths), [limits] * len(paths), chunksize=32)
+        yield from pool.map(_check, paths, [store_root] * len(paths), [limits] * len(paths), chunksize=chunk)
 
 
 def ingest(

@@ -114,7 +114,7 @@ def test_simulator_source_end_to_end(small_feed: Path, store: Store) -> None:
 def test_parallel_validation_gives_the_same_snapshot(small_feed: Path, tmp_path: Path) -> None:
     one = ingest(small_feed, Store(tmp_path / "one"), workers=1)
     two = ingest(small_feed, Store(tmp_path / "two"), workers=2)
-    assert one.offered >= 64  # large enough for the process pool
+    assert one.offered >= 4  # enough files for the process pool
     assert one.snapshot == two.snapshot and one.rejected == two.rejected
 
 
