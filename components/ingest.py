@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,19 +24,18 @@ import pandas as pd
 import pyarrow as pa
 
 from components.errors import SourceError
-from components.posts import ENGAGEMENT, SNAPSHOT_SCHEMA, write_rows
+from components.posts import ENGAGEMENT, SNAPSHOT_SCHEMA, write_atomic, write_rows
 from components.snapshot import Store
 from components.sources import BadRecord, Candidate, read_source
-from components.validate import REASONS as IMAGE_REASONS
 from components.validate import ImageLimits, Rejection, validate_image
 
+# Rejection reasons ingestion adds to validate.REASONS.
 RECORD_REASONS = (
     "bad_record",  # the source's record is not a post (no id, unreadable date, not JSON)
     "missing_file",  # the record names an image file that does not exist
     "unreadable",  # the file exists but cannot be read (permissions, I/O error)
     "post_id_conflict",  # the post id is taken by a post with a different image
 )
-REASONS = IMAGE_REASONS + RECORD_REASONS
 Progress = Callable[[int, int], None]  # (done, total)
 DEFAULT_LIMITS = ImageLimits()
 
@@ -280,21 +277,15 @@ def _quarantine(store: Store, run_id: str, rejections: list[dict]) -> Path:
         src = Path(item["path"]) if item["path"] else None
         if src is not None and src.is_file():
             dest = folder / f"{n:05d}-{src.name}"
-            tmp = dest.with_name(f".{dest.name}.tmp")
             try:
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, dest)
+                write_atomic(dest, src.read_bytes())
                 item["quarantined_as"] = dest.name
             except OSError:
-                tmp.unlink(missing_ok=True)
+                pass  # unreadable after all: the reason table still records it
     schema = pa.schema([(k, pa.string()) for k in ("post", "path", "reason", "detail", "quarantined_as")])
     write_rows(rejections, schema, folder / "rejections.parquet")
     return folder
 
 
 def _save_report(store: Store, report: IngestReport) -> None:
-    path = store.root / "ingests" / f"{report.run_id}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(asdict(report), indent=2))
-    os.replace(tmp, path)
+    write_atomic(store.root / "ingests" / f"{report.run_id}.json", json.dumps(asdict(report), indent=2))

@@ -1,8 +1,9 @@
-"""The post contract (see DESIGN.md, Data contracts) as Arrow schemas, and atomic Parquet I/O."""
+"""The post contract (see DESIGN.md, Data contracts) as Arrow schemas, and atomic file writes."""
 
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pyarrow as pa
@@ -57,15 +58,22 @@ SNAPSHOT_SCHEMA = pa.schema(
 )
 
 
-def write_table(table: pa.Table, path: Path) -> None:
-    """Write Parquet through a temporary name and rename: readers never see half a file."""
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write through a unique temporary name and rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        pq.write_table(table, tmp)
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    """Write a Parquet file atomically."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    write_atomic(path, buf.getvalue().to_pybytes())
 
 
 def write_rows(rows: list[dict], schema: pa.Schema, path: Path) -> None:

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from components.errors import SnapshotError
-from components.posts import SNAPSHOT_SCHEMA, write_table
+from components.posts import SNAPSHOT_SCHEMA, write_atomic, write_table
 from components.validate import pixel_hash
 
 ID_LENGTH = 16  # hex digits of the content hash kept as the id
@@ -75,7 +75,7 @@ class Store:
         self.snapshots = root / "snapshots"
 
     def image_path(self, sha256: str) -> Path:
-        return self.images / sha256[:2] / f"{sha256}.png"
+        return self.root / self.image_ref(sha256)
 
     def image_ref(self, sha256: str) -> str:
         """The image's path relative to the store root, as manifests record it."""
@@ -86,10 +86,7 @@ class Store:
         path = self.image_path(sha256)
         if path.exists():
             return False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)  # atomic: concurrent writers of one hash write the same bytes
+        write_atomic(path, data)  # concurrent writers of one hash write the same bytes
         return True
 
     # -- snapshots -------------------------------------------------------------------------
@@ -99,10 +96,7 @@ class Store:
         return self.load(ref.read_text().strip()) if ref.exists() else None
 
     def set_head(self, snapshot_id: str) -> None:
-        self.snapshots.mkdir(parents=True, exist_ok=True)
-        tmp = self.snapshots / f".HEAD.tmp-{os.getpid()}"
-        tmp.write_text(snapshot_id + "\n")
-        os.replace(tmp, self.snapshots / "HEAD")
+        write_atomic(self.snapshots / "HEAD", snapshot_id + "\n")
 
     def load(self, snapshot_id: str) -> Snapshot:
         meta_path = self.snapshots / snapshot_id / "snapshot.json"

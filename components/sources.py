@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as ds
 
 from components.errors import SourceError
-from components.posts import ENGAGEMENT
+from components.posts import ENGAGEMENT, TIMESTAMP
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".avif"}
 MANIFEST_SUFFIXES = {".jsonl", ".json", ".parquet"}
@@ -70,9 +71,16 @@ def read_source(
         posts = path / "posts"
         if not posts.is_dir():
             raise SourceError(f"{path} is a simulation without posts/; run `trendloop simulate` first")
-        frame = ds.dataset(posts, format="parquet", partitioning="hive").to_table().to_pandas()
+        dataset = ds.dataset(posts, format="parquet", partitioning="hive")
+        when = ds.field("created_at")
+        scan = None  # the window is pushed into the scan: a daily ingest reads one day, not all
+        if since is not None:
+            scan = when >= pa.scalar(since, TIMESTAMP)
+        if until is not None:
+            scan = (when < pa.scalar(until, TIMESTAMP)) if scan is None else scan & (when < pa.scalar(until, TIMESTAMP))
+        frame = dataset.to_table(filter=scan).to_pandas()
         frame = frame.drop(columns=["day"], errors="ignore").sort_values(["created_at", "post_id"], kind="stable")
-        return Source("simulator", str(path), _window(_records(frame, path, "posts", None), since, until))
+        return Source("simulator", str(path), _records(frame, path, "posts", None))
     return _read_folder(path, folder_labels, since, until)
 
 

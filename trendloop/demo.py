@@ -8,33 +8,24 @@ unlabelled, one ingest (and one snapshot) per day. Later stages of the loop
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time
-
 from rich.table import Table
 
 from components.ingest import IngestReport, ingest, read_labels
-from components.simulator.feed import FeedSpec, simulate
+from components.simulator.feed import simulate
 from components.snapshot import Store
 from trendloop import render
 from trendloop.settings import Settings
 
 
-def _midnight(spec: FeedSpec, day: int) -> datetime:
-    return datetime.combine(spec.day_date(day), time.min, tzinfo=UTC)
-
-
 def run_demo(settings: Settings, days: int, seed_days: int, posts_per_day: int) -> list[IngestReport]:
     """Run the demo loop under ``settings.home`` and print what happened; returns each ingest's report."""
     spec = settings.simulate.model_copy(update={"posts_per_day": posts_per_day})
-    spec.check()
     seed_days = min(seed_days, days - 1)
     out, store = settings.feed_dir, Store(settings.store_dir)
     console = render.console
     console.rule(f"[bold]1. simulate {days} days x {posts_per_day} posts into {out}")
     with render.progress_bar("simulating", total=days * posts_per_day) as bar:
-        results = simulate(
-            spec, out, range(days), workers=max(1, min(2, settings.ingest.worker_count())), progress=bar.advance
-        )
+        results = simulate(spec, out, range(days), workers=settings.ingest.worker_count(), progress=bar.advance)
     console.print(render.simulation_table(spec, results))
     for trend in spec.trends:
         console.print(f"  trend: {trend.describe()} ({spec.day_date(trend.start_day)})")
@@ -49,7 +40,7 @@ def run_demo(settings: Settings, days: int, seed_days: int, posts_per_day: int) 
             limits=limits,
             labels=read_labels(out / "oracle" / "labels"),
             label_source="seed",
-            until=_midnight(spec, seed_days),
+            until=spec.day_start(seed_days),
             workers=workers,
             progress=update,
         )
@@ -61,7 +52,7 @@ def run_demo(settings: Settings, days: int, seed_days: int, posts_per_day: int) 
     with render.progress_bar("ingesting daily", total=days - seed_days) as update:
         for n, day in enumerate(range(seed_days, days), 1):
             report = ingest(
-                out, store, limits=limits, since=_midnight(spec, day), until=_midnight(spec, day + 1), workers=workers
+                out, store, limits=limits, since=spec.day_start(day), until=spec.day_start(day + 1), workers=workers
             )
             reports.append(report)
             daily.add_row(

@@ -17,7 +17,6 @@ it; the model never does. Each post draws from its own random stream keyed by
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -32,7 +31,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.errors import ConfigError
-from components.posts import ORACLE_SCHEMA, POST_SCHEMA, write_rows, write_table
+from components.posts import ORACLE_SCHEMA, POST_SCHEMA, write_atomic, write_rows, write_table
 from components.simulator import scenes, social, trends, uploads
 from components.simulator.trends import NewClass, PriorShift, StyleShift, Trend
 
@@ -86,6 +85,10 @@ class FeedSpec(BaseModel):
     def day_date(self, day: int) -> date:
         return self.start_date + timedelta(days=day)
 
+    def day_start(self, day: int) -> datetime:
+        """Midnight (UTC) at the start of ``day``."""
+        return datetime.combine(self.day_date(day), datetime.min.time(), tzinfo=UTC)
+
     def class_shares(self, day: int) -> dict[str, float]:
         return trends.class_shares(day, self.priors(), list(self.trends))
 
@@ -128,7 +131,7 @@ def plan_day(spec: FeedSpec, day: int, users: social.Users) -> DayPlan:
     styles = rng.choice(len(filter_names), size=spec.posts_per_day, p=filter_p / filter_p.sum())
     authors = social.pick_authors(rng, users, label_idx)
     seconds = np.sort(rng.uniform(0, 86_400, size=spec.posts_per_day))
-    midnight = datetime.combine(spec.day_date(day), datetime.min.time(), tzinfo=UTC)
+    midnight = spec.day_start(day)
     return DayPlan(
         labels=[tags[k] for k in label_idx],
         filters=[filter_names[k] for k in styles],
@@ -259,9 +262,6 @@ def simulate(
         "scenario": scenario,
         "tags": spec.tags(),
         "days": sorted(written | set(days)),
-        "dates": {d: spec.day_date(d).isoformat() for d in sorted(written | set(days))},
     }
-    tmp = meta_path.with_name(".simulation.json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    os.replace(tmp, meta_path)
+    write_atomic(meta_path, json.dumps(meta, indent=2))
     return results

@@ -26,8 +26,6 @@ from components.simulator.draw import (
 )
 
 BASE_TAGS = ("food", "pets", "selfie", "cars", "fitness", "flowers", "landscape", "city")
-NOVEL_LOOKS = ("meme", "pixel_art")
-OBJECT_LOOKS = ("food", "pets", "selfie", "cars", "fitness", "flowers")  # drawn on a backdrop
 
 
 def _layer(width: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
@@ -237,7 +235,6 @@ SCENES: dict[str, Callable[[np.random.Generator, int], Image.Image]] = {
     "meme": meme,
     "pixel_art": pixel_art,
 }
-LOOKS = tuple(OBJECTS) + tuple(SCENES)
 
 
 def _sticker(rng: np.random.Generator, canvas: Image.Image) -> None:

@@ -8,14 +8,15 @@ the existing classes in proportion to their (prior-shifted) weights.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from components.errors import ConfigError
 
-FILTERS = ("vintage", "noir", "neon", "grain")
+Filter = Literal["vintage", "noir", "neon", "grain"]  # the trending filters apply_filter knows
+FILTERS = get_args(Filter)
 
 
 class _Event(BaseModel):
@@ -51,7 +52,7 @@ class StyleShift(_Event):
     """A filter trend: a growing share of posts, whatever their content, gets a look."""
 
     kind: Literal["style_shift"] = "style_shift"
-    filter: Literal["vintage", "noir", "neon", "grain"] = "vintage"
+    filter: Filter = "vintage"
     share: float = Field(default=0.3, gt=0, le=1)  # share of posts filtered once fully grown
 
     def describe(self) -> str:

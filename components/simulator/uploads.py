@@ -45,14 +45,14 @@ def _dms(degrees: float) -> tuple[float, float, float]:
 
 def encode(image: Image.Image, fmt: str, exif: Image.Exif | None = None) -> bytes:
     """The file bytes of ``image``; with ``exif``, pixels are stored the way its Orientation says."""
-    buf = io.BytesIO()
+    params: dict = {"quality": 90} if fmt == "JPEG" else {}
     if exif is not None:
         orientation = exif.get(EXIF_ORIENTATION, 1)
         if orientation in STORED_AS:
             image = image.transpose(STORED_AS[orientation])
-        image.save(buf, fmt, exif=exif.tobytes(), **({"quality": 90} if fmt == "JPEG" else {}))
-    else:
-        image.save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        params["exif"] = exif.tobytes()
+    buf = io.BytesIO()
+    image.save(buf, fmt, **params)
     return buf.getvalue()
 
 
