@@ -27,6 +27,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -265,3 +266,12 @@ def simulate(
     }
     write_atomic(meta_path, json.dumps(meta, indent=2))
     return results
+
+
+def oracle_styles(out: Path) -> dict[str, str]:
+    """``post_id -> filter`` for the filtered posts of a simulated feed (what a style slice is made of)."""
+    labels = out / "oracle" / "labels"
+    if not labels.exists():
+        return {}
+    table = pq.read_table(labels, columns=["post_id", "filter"])
+    return {p: f for p, f in zip(*(table.column(c).to_pylist() for c in ("post_id", "filter")), strict=True) if f}

@@ -1,0 +1,335 @@
+"""Train a tagger on a snapshot: from scratch, or fine-tune the champion with replay.
+
+Continual learning here means: start from the champion's weights, grow its head for
+labels a trend brought, and train on the posts the champion has not seen mixed with
+a replay buffer of the posts it was trained on (reservoir-sampled), which limits
+catastrophic forgetting (Rolnick et al., "Experience Replay for Continual
+Learning", NeurIPS 2019).
+
+Runs are deterministic for a seed: every epoch reseeds torch and the loader from
+``(seed, epoch)``, so a run resumed from its epoch-k checkpoint ends with the same
+weights as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.utils.data import DataLoader
+
+from components.data import (
+    PostImages,
+    SplitShares,
+    decode_images,
+    label_order,
+    labelled_posts,
+    reservoir_sample,
+    targets_for,
+)
+from components.errors import ConfigError
+from components.model import Tagger, TaggerSpec, build_tagger, extend_labels
+from components.preprocess import Preprocessing
+from components.snapshot import Snapshot, Store
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainConfig(BaseModel):
+    """How a tagger is trained. Every field is logged with the run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    arch: str = "resnet18"  # one of components.model.ARCHITECTURES
+    preprocessing: Preprocessing = Preprocessing(image_size=32, resize=36)  # small inputs: fast on a CPU
+    epochs: int = Field(default=10, ge=1)  # upper bound; early stopping may end sooner
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=3e-3, gt=0)  # peak of the one-cycle schedule, from scratch
+    finetune_lr: float = Field(default=1e-3, gt=0)  # peak when fine-tuning the champion
+    weight_decay: float = Field(default=1e-4, ge=0)
+    label_smoothing: float = Field(default=0.05, ge=0, lt=1)
+    patience: int = Field(default=3, ge=1)  # epochs without a better validation loss before stopping
+    keep: Literal["best", "last"] = "best"  # weights returned: the best validation loss's epoch, or the last
+    seed: int = 0
+    replay_share: float = Field(default=0.8, ge=0, lt=1)  # share of a fine-tuning set replayed; 0: no replay
+    replay_capacity: int = Field(default=5000, ge=0)  # most earlier posts replayed
+    device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:1 ...
+    loader_workers: int | None = Field(default=None, ge=0)  # None: 0 on a CPU, 8 with CUDA
+    weights: Path | None = None  # torchvision state dict a from-scratch backbone starts from
+
+    def record(self) -> dict[str, object]:
+        """Flat, loggable parameters."""
+        flat = {k: v for k, v in self.model_dump().items() if k != "preprocessing"}
+        flat["weights"] = str(self.weights) if self.weights else None
+        flat.update({f"pre_{k}": v for k, v in asdict(self.preprocessing).items()})
+        return flat
+
+
+@dataclass(frozen=True)
+class Base:
+    """The model a fine-tune starts from, and the snapshot it was trained on."""
+
+    tagger: Tagger
+    snapshot: Snapshot
+
+
+@dataclass
+class EpochStats:
+    epoch: int  # 1-based
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    images_per_second: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    tagger: Tagger  # the best epoch's weights, on the CPU, in eval mode
+    history: list[EpochStats]
+    best_epoch: int
+    stopped_early: bool
+    resumed_from: int  # epochs already done when this call started (0: a fresh run)
+    examples: dict[str, int]  # new, replay, val
+    labels: tuple[str, ...]
+    device: str
+
+
+@dataclass
+class Step:
+    epoch: int
+    step: int
+    steps: int
+    loss: float
+    accuracy: float
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} asked for, but torch sees no CUDA device")
+    return device
+
+
+def training_sets(
+    store: Store,
+    snapshot: Snapshot,
+    base: Base | None,
+    config: TrainConfig,
+    shares: SplitShares | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """(training posts, validation posts, counts). Fine-tuning trains on what is new plus replay."""
+    shares = shares or SplitShares()
+    posts = labelled_posts(store, snapshot, shares)
+    train, val = posts[posts.split == "train"], posts[posts.split == "val"]
+    if base is None:
+        return train, val, {"new": len(train), "replay": 0, "val": len(val)}
+    seen = labelled_posts(store, base.snapshot, shares)
+    seen = seen[seen.split == "train"]
+    known = set(zip(seen.post_id, seen.label, strict=True))
+    is_new = [(p, lab) not in known for p, lab in zip(train.post_id, train.label, strict=True)]
+    new = train[is_new]
+    if new.empty:
+        raise ConfigError(f"snapshot {snapshot.id} has no labelled posts that {base.snapshot.id} lacks")
+    if config.replay_share == 0:
+        return new, val, {"new": len(new), "replay": 0, "val": len(val)}
+    wanted = min(config.replay_capacity, round(len(new) * config.replay_share / (1 - config.replay_share)))
+    stream = seen.sort_values(["created_at", "post_id"]).itertuples(index=False)  # oldest first
+    replay = pd.DataFrame(reservoir_sample(stream, wanted, random.Random(config.seed)), columns=seen.columns)
+    mixed = pd.concat([new, replay], ignore_index=True)
+    return mixed, val, {"new": len(new), "replay": len(replay), "val": len(val)}
+
+
+def train(
+    store: Store,
+    snapshot: Snapshot,
+    config: TrainConfig,
+    run_dir: Path,
+    base: Base | None = None,
+    on_step: Callable[[Step], None] | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> TrainResult:
+    """Train on ``snapshot`` (fine-tuning ``base`` if given), checkpointing into ``run_dir`` each epoch.
+
+    Calling it again with the same ``run_dir`` resumes after the last finished epoch;
+    a finished run returns its result without training again.
+    """
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    train_posts, val_posts, counts = training_sets(store, snapshot, base, config)
+    if train_posts.empty or val_posts.empty:
+        raise ConfigError(f"snapshot {snapshot.id} has too few labelled posts to train and validate on")
+    if base is None:
+        labels = label_order((), train_posts)
+        tagger = build_tagger(TaggerSpec(config.arch, labels, config.preprocessing), config.weights)
+    else:
+        labels = label_order(base.tagger.labels, train_posts)
+        tagger = extend_labels(copy.deepcopy(base.tagger).cpu(), labels)
+    pre = tagger.spec.preprocessing
+    unknown_val = set(val_posts.label) - set(labels)
+    if unknown_val:  # a label with no training example cannot be learned; validate on what can be
+        val_posts = val_posts[~val_posts.label.isin(unknown_val)]
+    workers = config.loader_workers if config.loader_workers is not None else (0 if device.type == "cpu" else 8)
+    train_set = PostImages(decode_images(train_posts.path.tolist(), pre), targets_for(train_posts.label, labels))
+    val_set = PostImages(decode_images(val_posts.path.tolist(), pre), targets_for(val_posts.label, labels))
+
+    tagger = tagger.to(device)
+    if device.type == "cuda":
+        tagger = tagger.to(memory_format=torch.channels_last)
+    peak = config.lr if base is None else config.finetune_lr
+    optimiser = torch.optim.AdamW(tagger.parameters(), lr=peak, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=peak, total_steps=config.epochs * steps_per_epoch)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    state = _load_checkpoint(run_dir / CHECKPOINT)
+    history: list[EpochStats] = []
+    best_loss, best_epoch, best_state, stale, finished = math.inf, 0, None, 0, False
+    if state is not None:
+        if tuple(state["labels"]) != labels:
+            raise ConfigError(f"checkpoint in {run_dir} was trained for other labels; use a new run folder")
+        tagger.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        history = [EpochStats(**h) for h in state["history"]]
+        best_loss, best_epoch, best_state = state["best_loss"], state["best_epoch"], state["best_model"]
+        stale, finished = state["stale"], state["finished"]
+    resumed_from = len(history)
+
+    for epoch in range(resumed_from + 1, config.epochs + 1):
+        if finished:
+            break
+        epoch_seed = config.seed * 1_000_003 + epoch
+        torch.manual_seed(epoch_seed)  # dropout draws
+        augment = torch.Generator().manual_seed(epoch_seed)
+        loader = DataLoader(
+            train_set,
+            batch_size=config.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(epoch_seed),
+            collate_fn=_whole_batch,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            drop_last=len(train_set) > config.batch_size,
+        )
+        started = time.perf_counter()
+        tagger.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        for step, (images, targets) in enumerate(loader, 1):
+            x = _to(pre.training(images.to(device, non_blocking=True), augment), device)
+            y = targets.to(device, non_blocking=True)
+            with _autocast(device):
+                logits = tagger(x)
+                loss = loss_fn(logits.float(), y)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            if schedule.last_epoch + 1 < schedule.total_steps:
+                schedule.step()
+            n = len(y)
+            total_loss += loss.item() * n
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += n
+            if on_step is not None:
+                on_step(Step(epoch, step, len(loader), total_loss / seen, correct / seen))
+        seconds = time.perf_counter() - started
+        val_loss, val_accuracy = _validate(tagger, val_set, loss_fn, device, config.batch_size * 4)
+        stats = EpochStats(epoch, total_loss / seen, correct / seen, val_loss, val_accuracy, seen / seconds, seconds)
+        history.append(stats)
+        if val_loss < best_loss - 1e-4:
+            best_loss, best_epoch, stale = val_loss, epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in tagger.state_dict().items()}
+        else:
+            stale += 1
+        if config.keep == "last" and not math.isnan(val_loss):
+            best_epoch = epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in tagger.state_dict().items()}
+        finished = stale >= config.patience or epoch == config.epochs
+        _save_checkpoint(
+            run_dir / CHECKPOINT,
+            {
+                "labels": list(labels),
+                "model": tagger.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "schedule": schedule.state_dict(),
+                "history": [asdict(h) for h in history],
+                "best_loss": best_loss,
+                "best_epoch": best_epoch,
+                "best_model": best_state,
+                "stale": stale,
+                "finished": finished,
+            },
+        )
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    if best_state is None:
+        raise ConfigError(f"training diverged: validation loss was {history[-1].val_loss} at every epoch")
+    best = build_tagger(TaggerSpec(tagger.spec.arch, labels, pre))
+    best.load_state_dict(best_state)
+    return TrainResult(
+        tagger=best.eval(),
+        history=history,
+        best_epoch=best_epoch,
+        stopped_early=history[-1].epoch < config.epochs,
+        resumed_from=resumed_from,
+        examples=counts,
+        labels=labels,
+        device=str(device),
+    )
+
+
+def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch  # PostImages.__getitems__ already returns stacked tensors
+
+
+def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    # bf16 on CUDA: no loss scaling needed; full precision on the CPU
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def _validate(
+    tagger: Tagger, data: PostImages, loss_fn: nn.Module, device: torch.device, batch: int
+) -> tuple[float, float]:
+    tagger.eval()
+    total, correct = 0.0, 0
+    pre = tagger.spec.preprocessing
+    for start in range(0, len(data), batch):
+        x = pre.evaluation(data.images[start : start + batch].to(device))
+        y = data.targets[start : start + batch].to(device)
+        with _autocast(device):
+            logits = tagger(_to(x, device)).float()
+        total += loss_fn(logits, y).item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+    return total / len(data), correct / len(data)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # a crash mid-write leaves the previous epoch's checkpoint whole
+
+
+def _load_checkpoint(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,175 @@
+"""The model steps of the loop as whole units: train-and-register, evaluate-and-gate.
+
+These are what the CLI, the demo and (later) the KFP components call: each takes
+explicit stores and settings values and leaves its trace in the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.data import decode_images, labelled_posts
+from components.errors import ConfigError
+from components.evaluate import Evaluation, evaluate
+from components.gate import PromotionGate, Verdict
+from components.model import load_tagger, save_tagger
+from components.posts import write_atomic
+from components.predict import Predictor
+from components.registry import CHAMPION, Registry, code_version
+from components.snapshot import Snapshot, Store
+from components.train import Base, EpochStats, Step, TrainConfig, TrainResult, train
+
+
+@dataclass(frozen=True)
+class Trained:
+    version: int
+    run_id: str
+    result: TrainResult
+    base_version: int | None  # the champion it was fine-tuned from, if any
+    run_dir: Path
+
+
+def train_and_register(
+    store: Store,
+    snapshot: Snapshot,
+    config: TrainConfig,
+    registry: Registry,
+    runs_dir: Path,
+    from_champion: bool = False,
+    on_step: Callable[[Step], None] | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> Trained:
+    """Train on ``snapshot`` (fine-tuning the champion if asked), log the run and register the model.
+
+    The run folder is keyed by what decides the result (config, snapshot, base model),
+    so running the same command again after an interruption resumes the same run,
+    and after success returns the version it registered.
+    """
+    base, base_version = None, None
+    if from_champion:
+        base_version = registry.alias(CHAMPION)
+        if base_version is None:
+            raise ConfigError("there is no champion to fine-tune yet; train from scratch first")
+        base_snapshot = registry.client.get_model_version(registry.model_name, str(base_version)).tags.get("snapshot")
+        base = Base(load_tagger(registry.model_dir(base_version)), store.load(base_snapshot))
+    key = hashlib.sha256(
+        json.dumps([config.record(), snapshot.id, registry.model_name, base_version], default=str).encode()
+    ).hexdigest()[:12]
+    run_dir = runs_dir / key
+    state_path = run_dir / "run.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    run_id = state.get("run_id")
+    if run_id is None or not registry.run_exists(run_id):
+        params = config.record() | {"snapshot": snapshot.id, "base_version": base_version}
+        tags = {
+            "snapshot": snapshot.id,
+            "code_version": code_version(),
+            "mode": "fine-tune" if base else "scratch",
+            "base_version": str(base_version or ""),
+        }
+        run_id = registry.start_run(f"train-{snapshot.id[:8]}-{key[:6]}", params, tags)
+        state = {"run_id": run_id}
+        write_atomic(state_path, json.dumps(state))
+    else:
+        registry.client.update_run(run_id, status="RUNNING")
+
+    def epoch_done(stats: EpochStats) -> None:
+        values = {k: v for k, v in vars(stats).items() if k != "epoch"}
+        registry.log_metrics(run_id, values, step=stats.epoch)
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    try:
+        result = train(store, snapshot, config, run_dir, base=base, on_step=on_step, on_epoch=epoch_done)
+    except BaseException:
+        registry.finish_run(run_id, "KILLED")  # resumable: the next call reopens it
+        raise
+    if "version" in state:
+        registry.finish_run(run_id)
+        return Trained(state["version"], run_id, result, base_version, run_dir)
+    best = result.history[result.best_epoch - 1]
+    registry.log_metrics(
+        run_id,
+        {"best_epoch": result.best_epoch, "best_val_loss": best.val_loss, "best_val_accuracy": best.val_accuracy}
+        | {f"examples_{k}": v for k, v in result.examples.items()},
+    )
+    registry.log_json(run_id, "labels.json", list(result.labels))
+    tagger_dir = save_tagger(result.tagger, run_dir / "tagger")
+    description = (
+        f"{'fine-tuned from v' + str(base_version) if base_version else 'trained from scratch'} on {snapshot.id}"
+    )
+    version = registry.register(run_id, tagger_dir, snapshot.id, description)
+    write_atomic(state_path, json.dumps(state | {"version": version}))
+    registry.finish_run(run_id)
+    return Trained(version, run_id, result, base_version, run_dir)
+
+
+@dataclass(frozen=True)
+class Review:
+    version: int
+    challenger: Evaluation
+    champion: Evaluation | None
+    verdict: Verdict
+
+
+def old_labels(store: Store, snapshot: Snapshot, champion: Predictor | None) -> tuple[str, ...]:
+    """The classes forgetting is measured on: the champion's, or the first snapshot's labels."""
+    if champion is not None:
+        return champion.labels
+    root = snapshot
+    while root.parent is not None:
+        root = store.load(root.parent)
+    return tuple(sorted(root.labels))
+
+
+def evaluate_model(
+    store: Store,
+    snapshot: Snapshot,
+    predictor: Predictor,
+    name: str,
+    old: tuple[str, ...],
+    styles: Mapping[str, str] | None = None,
+) -> Evaluation:
+    """One model on the snapshot's test split."""
+    posts = labelled_posts(store, snapshot)
+    test = posts[posts.split == "test"].reset_index(drop=True)
+    if test.empty:
+        raise ConfigError(f"snapshot {snapshot.id} has no labelled test posts")
+    base = decode_images(test.path.tolist(), predictor.preprocessing)
+    return evaluate(predictor, test, base, name, snapshot.id, old, styles)
+
+
+def review(
+    store: Store,
+    snapshot: Snapshot,
+    registry: Registry,
+    version: int,
+    gate: PromotionGate,
+    styles: Mapping[str, str] | None = None,
+) -> Review:
+    """Score a version and the champion on one test split, run the gate, record the verdict.
+
+    A version that passes becomes ``@challenger`` (the candidate for an A/B test).
+    """
+    champion_version = registry.alias(CHAMPION)
+    if champion_version == version:
+        champion_version = None  # the champion is not its own rival
+    challenger = registry.load_predictor(version)
+    champion = registry.load_predictor(champion_version) if champion_version is not None else None
+    old = old_labels(store, snapshot, champion)
+    name = registry.model_name
+    ours = evaluate_model(store, snapshot, challenger, f"{name}/{version}", old, styles)
+    theirs = evaluate_model(store, snapshot, champion, f"{name}/{champion_version}", old, styles) if champion else None
+    verdict = gate.decide(ours, theirs)
+    registry.record_verdict(version, verdict)
+    run_id = registry.client.get_model_version(name, str(version)).run_id
+    if run_id and registry.run_exists(run_id):
+        registry.log_metrics(run_id, ours.flat())
+        registry.log_json(run_id, f"evaluation-{snapshot.id}.json", ours.to_dict())
+    if verdict.passed and champion_version is not None:
+        registry.set_challenger(version)
+    return Review(version, ours, theirs, verdict)
