@@ -20,6 +20,7 @@ test-slow: .venv/.synced
 
 bench: .venv/.synced
 	$(RUN) python benchmarks/bench_ingest.py
+	$(RUN) python benchmarks/bench_train.py
 
 sync: .venv/.synced
 

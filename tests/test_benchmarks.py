@@ -48,3 +48,20 @@ def test_ingest_benchmark_prints_throughput_per_case() -> None:
     assert cases[("simulated 64x64", 1)][0] == 100 and cases[("phone-size photos (12 MP)", 2)][0] == 2
     for images, rate, accepted in cases.values():
         assert rate > 0 and accepted == images  # every benchmark image is distinct and valid
+
+
+@pytest.mark.bench
+def test_training_benchmark_prints_platform_and_bare_rates() -> None:
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_train.py", "--posts", "300", "--epochs", "2", "--image-size", "32"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    found = re.search(r"platform img/s=\s*([\d.]+)\s+bare img/s=\s*([\d.]+)\s+ratio=([\d.]+)", result.stdout)
+    assert found, result.stdout
+    ours, bare, ratio = (float(g) for g in found.groups())
+    assert ours > 0 and bare > 0
+    assert ratio == pytest.approx(ours / bare, abs=0.01)

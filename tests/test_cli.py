@@ -98,11 +98,14 @@ def test_demo_simulates_ingests_and_snapshots(capsys: pytest.CaptureFixture, in_
     store = in_tmp / ".trendloop" / "store"
     snapshots = [p for p in (store / "snapshots").iterdir() if p.is_dir()]
     assert len(snapshots) == 4  # the seed set, then one per following day
-    assert "4. summary" in out and "HEAD" in out and "awaiting labels" in out
-    # the demo is idempotent: a second run finds everything ingested already
+    assert "5. summary" in out and "HEAD" in out and "awaiting labels" in out
+    assert "registered model" not in out and re.search(r"gate (PASSED|FAILED) for trendloop-tagger/1", out)
+    # the demo is idempotent: a second run finds everything ingested and trained already
     code, out, _ = run(capsys, "demo", "--days", "5", "--posts-per-day", "30", "--seed-days", "2")
     assert code == 0 and "0 accepted this run" in out
     assert len([p for p in (store / "snapshots").iterdir() if p.is_dir()]) == 4
+    code, out, _ = run(capsys, "model", "list")
+    assert code == 0 and re.search(r"│\s+1 │", out) and not re.search(r"│\s+2 │", out)  # one version, not two
 
 
 def test_example_config_lists_the_defaults() -> None:

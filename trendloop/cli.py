@@ -15,10 +15,12 @@ import typer
 from components.errors import ConfigError, TrendloopError
 from components.ingest import ingest as ingest_source
 from components.ingest import read_labels
-from components.simulator.feed import FeedSpec
+from components.simulator.feed import FeedSpec, oracle_styles
 from components.simulator.feed import simulate as simulate_feed
 from components.simulator.trends import parse_trend
 from components.snapshot import Store
+from components.train import TrainConfig
+from components.workflow import review, train_and_register
 from trendloop import render
 from trendloop.demo import run_demo
 from trendloop.settings import Settings, load_settings
@@ -29,10 +31,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+model_app = typer.Typer(
+    help="The registered tagger's versions and its champion/challenger aliases.", no_args_is_help=True
+)
+mlflow_app = typer.Typer(help="The MLflow tracking server of these settings.", no_args_is_help=True)
 snapshot_app = typer.Typer(help="List, inspect, compare and verify snapshots.", no_args_is_help=True)
 config_app = typer.Typer(help="Show the settings in force.", no_args_is_help=True)
 app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(config_app, name="config")
+app.add_typer(model_app, name="model")
+app.add_typer(mlflow_app, name="mlflow")
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -181,6 +189,109 @@ def snapshot_verify(
     render.console.print(f"snapshot {snap.id}: {snap.posts} posts, content and images match")
 
 
+@app.command()
+def train(
+    ctx: typer.Context,
+    snapshot: Annotated[str, typer.Option(help="Snapshot to train on: HEAD, HEAD~N, an id or prefix.")] = "HEAD",
+    from_champion: Annotated[
+        bool, typer.Option("--from-champion/--scratch", help="Fine-tune the champion with replay, or start afresh.")
+    ] = False,
+    arch: Annotated[str | None, typer.Option(help="Architecture (default from [train] arch).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (default from [train]).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default from [train]).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda (default from [train]).")] = None,
+) -> None:
+    """Train a tagger on a snapshot, log the run to MLflow and register it as a new version.
+
+    Interrupted? Run the same command again: it resumes from the last finished epoch.
+    """
+    settings = _settings(ctx)
+    changes = {"arch": arch, "epochs": epochs, "seed": seed, "device": device}
+    config = settings.train.model_copy(update={k: v for k, v in changes.items() if v is not None})
+    config = TrainConfig(**config.model_dump())  # validate the overrides
+    store = Store(settings.store_dir)
+    snap = store.resolve(snapshot)
+    registry = settings.open_registry()
+    with render.training_progress(config.epochs) as progress:
+        trained = train_and_register(
+            store, snap, config, registry, settings.runs_dir, from_champion, progress.step, progress.epoch
+        )
+    render.console.print(render.training_table(trained.result))
+    render.console.print(
+        f"registered {registry.model_name} version {trained.version} (run {trained.run_id}); "
+        f"next: `trendloop evaluate {trained.version}`"
+    )
+
+
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="Version number, or champion/challenger.")],
+    snapshot: Annotated[str, typer.Option(help="Whose test split to score on.")] = "HEAD",
+    oracle: Annotated[
+        Path | None, typer.Option(help="Simulated feed whose filters make style slices (default: the demo feed).")
+    ] = None,
+) -> None:
+    """Score a version against the champion on one test split and run the promotion gate.
+
+    The verdict and its reasons are recorded on the version; one that passes becomes @challenger.
+    """
+    settings = _settings(ctx)
+    store = Store(settings.store_dir)
+    registry = settings.open_registry()
+    styles = oracle_styles(oracle or settings.feed_dir)
+    result = review(store, store.resolve(snapshot), registry, registry.version_of(version), settings.gate, styles)
+    render.console.print(render.evaluation_table(result.challenger, result.champion))
+    render.console.print(render.verdict_text(result.verdict))
+    if not result.verdict.passed:
+        raise TrendloopError(f"version {result.version} did not pass the gate")
+
+
+@model_app.command("list")
+def model_list(ctx: typer.Context) -> None:
+    """Every version, newest first, with its aliases, snapshot, labels and gate verdict."""
+    registry = _settings(ctx).open_registry()
+    render.console.print(render.versions_table(registry.model_name, registry.versions()))
+
+
+@model_app.command("promote")
+def model_promote(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="Version number, or challenger.")],
+    force: Annotated[bool, typer.Option(help="Promote even without a passed gate.")] = False,
+) -> None:
+    """Make a version the champion (it must have passed `trendloop evaluate`)."""
+    registry = _settings(ctx).open_registry()
+    number = registry.version_of(version)
+    previous = registry.promote(number, force=force)
+    was = f" (was version {previous})" if previous is not None and previous != number else ""
+    render.console.print(f"{registry.model_name}@champion is version {number}{was}")
+
+
+@model_app.command("rollback")
+def model_rollback(ctx: typer.Context) -> None:
+    """Give @champion back to the previous champion."""
+    registry = _settings(ctx).open_registry()
+    current, previous = registry.rollback()
+    render.console.print(f"{registry.model_name}@champion is version {previous} again (was version {current})")
+
+
+@mlflow_app.command("ui")
+def mlflow_ui(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Open the MLflow UI over this state folder's runs and registry, on 127.0.0.1."""
+    settings = _settings(ctx)
+    if settings.registry.tracking_uri is not None:
+        raise ConfigError(f"the tracking server is remote: open {settings.registry.tracking_uri}")
+    settings.open_registry().experiment_id()  # creates the database and experiment on a fresh home
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    render.err_console.print(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    os.execv(sys.executable, command)
+
+
 @config_app.command("show")
 def config_show(ctx: typer.Context) -> None:
     """The resolved settings (defaults, config file and TRENDLOOP_* variables merged), as JSON."""
@@ -200,6 +311,7 @@ def demo(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: a ``TrendloopError`` becomes one line on stderr and exit code 1."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # its INFO/WARNING chatter is not ours to show
     try:
         app(args=argv, standalone_mode=True)
     except TrendloopError as err:

@@ -1,6 +1,7 @@
 """The main job, as far as the loop exists today: simulate -> ingest (seed week, then daily) -> snapshots.
 
-The first ``seed_days`` of the feed arrive labelled, standing in for the labelled
+Then a tagger is trained on the labelled posts, logged and registered in MLflow,
+gated, and made the champion. The first ``seed_days`` of the feed arrive labelled, standing in for the labelled
 history a platform starts from; the days after arrive as the platform sees them,
 unlabelled, one ingest (and one snapshot) per day. Later stages of the loop
 (training, serving, drift, active learning) extend this function.
@@ -11,8 +12,10 @@ from __future__ import annotations
 from rich.table import Table
 
 from components.ingest import IngestReport, ingest, read_labels
-from components.simulator.feed import simulate
+from components.registry import CHAMPION
+from components.simulator.feed import oracle_styles, simulate
 from components.snapshot import Store
+from components.workflow import review, train_and_register
 from trendloop import render
 from trendloop.settings import Settings
 
@@ -67,7 +70,22 @@ def run_demo(settings: Settings, days: int, seed_days: int, posts_per_day: int) 
             update(n)
     console.print(daily)
 
-    console.rule("[bold]4. summary")
+    console.rule("[bold]4. train a tagger on the labelled posts, gate it, make it the champion")
+    registry = settings.open_registry()
+    snapshot = store.head()
+    with render.training_progress(settings.train.epochs) as progress:
+        trained = train_and_register(
+            store, snapshot, settings.train, registry, settings.runs_dir, on_step=progress.step, on_epoch=progress.epoch
+        )
+    console.print(render.training_table(trained.result))
+    result = review(store, snapshot, registry, trained.version, settings.gate, oracle_styles(out))
+    console.print(render.evaluation_table(result.challenger, result.champion))
+    console.print(render.verdict_text(result.verdict))
+    if result.verdict.passed and registry.alias(CHAMPION) is None:
+        registry.promote(trained.version)
+        console.print(f"{registry.model_name} version {trained.version} is the champion")
+
+    console.rule("[bold]5. summary")
     head = store.head()
     rejected = sum(r.rejected_total for r in reports)
     console.print(render.snapshots_table(store.list()[-5:], head.id if head else None))
@@ -79,6 +97,7 @@ def run_demo(settings: Settings, days: int, seed_days: int, posts_per_day: int) 
             f"{rejected} rejected into {store.root / 'quarantine'}"
         )
         console.print(
-            f"next: `trendloop snapshot show`, `trendloop snapshot diff HEAD~{min(3, len(reports) - 1)} HEAD`"
+            f"next: `trendloop snapshot diff HEAD~{min(3, len(reports) - 1)} HEAD`, `trendloop model list`, "
+            "`trendloop mlflow ui`"
         )
     return reports

@@ -18,9 +18,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from components.evaluate import Evaluation
+from components.gate import Verdict
 from components.ingest import IngestReport
+from components.registry import VersionInfo
 from components.simulator.feed import DayResult, FeedSpec
 from components.snapshot import Snapshot, SnapshotDiff
+from components.train import EpochStats, Step, TrainResult
 
 # Logs and CI are not terminals: give tables room rather than rich's 80-column fallback.
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -38,6 +42,9 @@ class Bar:
 
     def advance(self, n: int) -> None:
         self._progress.advance(self._task, n)
+
+    def describe(self, text: str, done: int, total: int) -> None:
+        self._progress.update(self._task, completed=done, total=total, description=text)
 
 
 @contextmanager
@@ -57,6 +64,103 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Bar]:
         except BaseException:
             bar.live.transient = True  # a failure prints its one line, not a half-filled bar
             raise
+
+
+class TrainingProgress:
+    """One bar over all training steps, titled with the epoch, running loss and accuracy."""
+
+    def __init__(self, bar: Bar, epochs: int):
+        self._bar, self._epochs = bar, epochs
+        self._last = ""
+
+    def step(self, s: Step) -> None:
+        self._bar.describe(
+            f"epoch {s.epoch}/{self._epochs} loss {s.loss:.3f} acc {s.accuracy:.3f}{self._last}",
+            done=(s.epoch - 1) * s.steps + s.step,
+            total=s.steps * self._epochs,
+        )
+
+    def epoch(self, e: EpochStats) -> None:
+        self._last = f" | val loss {e.val_loss:.3f} acc {e.val_accuracy:.3f}"
+
+
+@contextmanager
+def training_progress(epochs: int) -> Iterator[TrainingProgress]:
+    with progress_bar("training") as bar:
+        yield TrainingProgress(bar, epochs)
+
+
+def training_table(result: TrainResult) -> Table:
+    how = f"resumed after epoch {result.resumed_from}, " if result.resumed_from else ""
+    table = Table(
+        title=f"training on {result.device}: {how}best epoch {result.best_epoch}"
+        f"{' (stopped early)' if result.stopped_early else ''}; examples "
+        + ", ".join(f"{k} {v}" for k, v in result.examples.items())
+    )
+    for col in ("epoch", "train loss", "train acc", "val loss", "val acc", "img/s", "seconds"):
+        table.add_column(col, justify="right")
+    for h in result.history:
+        mark = " *" if h.epoch == result.best_epoch else ""
+        table.add_row(
+            f"{h.epoch}{mark}",
+            f"{h.train_loss:.3f}",
+            f"{h.train_accuracy:.3f}",
+            f"{h.val_loss:.3f}",
+            f"{h.val_accuracy:.3f}",
+            f"{h.images_per_second:.0f}",
+            f"{h.seconds:.1f}",
+        )
+    return table
+
+
+def evaluation_table(challenger: Evaluation, champion: Evaluation | None) -> Table:
+    table = Table(title=f"test split of snapshot {challenger.snapshot}")
+    table.add_column("slice")
+    table.add_column("posts", justify="right")
+    for who in (challenger, champion):
+        if who is not None:
+            for metric in ("acc", "macro-F1", "ECE"):
+                table.add_column(f"{who.model}\n{metric}", justify="right")
+    rows = [("all", challenger.overall, champion.overall if champion else None)]
+    rows += [
+        (
+            name + (" (newest)" if name == challenger.newest_slice else ""),
+            m,
+            champion.slices.get(name) if champion else None,
+        )
+        for name, m in challenger.slices.items()
+    ]
+    for name, ours, theirs in rows:
+        cells = [name, str(ours.posts), f"{ours.accuracy:.3f}", f"{ours.macro_f1:.3f}", f"{ours.ece:.3f}"]
+        if champion is not None:
+            cells += [f"{theirs.accuracy:.3f}", f"{theirs.macro_f1:.3f}", f"{theirs.ece:.3f}"] if theirs else ["-"] * 3
+        table.add_row(*cells)
+    return table
+
+
+def verdict_text(verdict: Verdict) -> str:
+    against = f" against {verdict.champion}" if verdict.champion else ""
+    head = "[green]PASSED[/green]" if verdict.passed else "[red]FAILED[/red]"
+    return "\n".join([f"gate {head} for {verdict.challenger}{against}:", *(f"  {r}" for r in verdict.reasons)])
+
+
+def versions_table(name: str, versions: list[VersionInfo]) -> Table:
+    table = Table(title=f"registered model {name}")
+    for col in ("version", "aliases", "created", "snapshot", "labels", "val acc", "test acc", "gate"):
+        table.add_column(col, justify="right" if col in ("version", "val acc", "test acc") else "left")
+    for v in versions:
+        val, test = v.metrics.get("best_val_accuracy"), v.metrics.get("test_accuracy")
+        table.add_row(
+            str(v.version),
+            ", ".join(v.aliases) or "-",
+            v.created_at.strftime("%Y-%m-%d %H:%M"),
+            v.snapshot or "-",
+            str(len(v.labels)),
+            f"{val:.3f}" if val is not None else "-",
+            f"{test:.3f}" if test is not None else "-",
+            v.gate or "-",
+        )
+    return table
 
 
 def simulation_table(spec: FeedSpec, results: list[DayResult]) -> Table:

@@ -18,7 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from components.errors import ConfigError
+from components.gate import PromotionGate
+from components.registry import Registry
 from components.simulator.feed import FeedSpec
+from components.train import TrainConfig
 from components.validate import ImageLimits
 
 DEFAULT_CONFIG = Path("trendloop.toml")
@@ -40,6 +43,17 @@ class IngestSettings(BaseModel):
         return self.workers or os.cpu_count() or 1
 
 
+class RegistrySettings(BaseModel):
+    """Where runs are tracked and models registered (MLflow). Unset URIs give the embedded default."""
+
+    model_config = ConfigDict(extra="forbid")
+    tracking_uri: str | None = None  # e.g. http://mlflow:5000; unset: sqlite:///<home>/mlflow.db
+    registry_uri: str | None = None  # unset: the tracking URI
+    artifact_location: str | None = None  # for a new experiment; unset: <home>/mlartifacts (embedded default)
+    experiment: str = "trendloop"
+    model_name: str = "trendloop-tagger"  # the registered model every version belongs to
+
+
 class Settings(BaseSettings):
     """Everything trendloop reads from configuration. Nothing else reads the environment."""
 
@@ -47,6 +61,9 @@ class Settings(BaseSettings):
     home: Path = Path(".trendloop")  # all state of the embedded default lives under this folder
     simulate: FeedSpec = Field(default_factory=FeedSpec)  # the simulated feed's scenario
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    train: TrainConfig = Field(default_factory=TrainConfig)  # how taggers are trained and fine-tuned
+    gate: PromotionGate = Field(default_factory=PromotionGate)  # what a challenger must pass
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
 
     @classmethod
     def settings_customise_sources(
@@ -64,6 +81,28 @@ class Settings(BaseSettings):
     def store_dir(self) -> Path:
         """The image store, snapshots, ingest reports and quarantine."""
         return self.home / "store"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Training runs' checkpoints, keyed by what decides their result."""
+        return self.home / "runs"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.registry.tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    def open_registry(self) -> Registry:
+        self.home.mkdir(parents=True, exist_ok=True)
+        embedded = self.registry.tracking_uri is None
+        return Registry(
+            tracking_uri=self.tracking_uri,
+            registry_uri=self.registry.registry_uri,
+            experiment=self.registry.experiment,
+            artifact_location=self.registry.artifact_location
+            or ((self.home / "mlartifacts").resolve().as_uri() if embedded else None),
+            model_name=self.registry.model_name,
+            cache_dir=self.home / "models",
+        )
 
     @property
     def feed_dir(self) -> Path:
