@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -78,7 +78,6 @@ def decode_images(
     paths: list[str],
     preprocessing: Preprocessing,
     workers: int = 2,
-    progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Decode and resize every image once: uint8 (N, 3, resize, resize), ready for crops and flips."""
 
@@ -94,8 +93,6 @@ def decode_images(
     with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL releases the GIL while decoding
         for i, tensor in enumerate(pool.map(one, paths, chunksize=64)):
             out[i] = tensor
-            if progress is not None:
-                progress(1)
     return out
 
 

@@ -13,6 +13,7 @@ is the backbone.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -132,11 +133,9 @@ def extend_labels(tagger: Tagger, labels: tuple[str, ...]) -> Tagger:
 
 
 def save_tagger(tagger: Tagger, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in tagger.state_dict().items()}
-    tmp = folder / ".weights.pt.tmp"
-    torch.save(state, tmp)
-    tmp.replace(folder / "weights.pt")
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in tagger.state_dict().items()}, buffer)
+    write_atomic(folder / "weights.pt", buffer.getvalue())
     write_atomic(folder / "tagger.json", tagger.spec.to_json())
     return folder
 

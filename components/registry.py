@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from components.errors import TrendloopError
+from components.evaluate import Evaluation
 from components.gate import Verdict
 from components.model import load_tagger
 from components.predict import Predictor
@@ -119,14 +121,18 @@ class Registry:
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
-    def run_exists(self, run_id: str) -> bool:
+    def run_exists(self, run_id: str | None) -> bool:
+        return self._run(run_id) is not None
+
+    def _run(self, run_id: str | None):
         from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
+        if not run_id:
+            return None
         try:
-            self.client.get_run(run_id)
+            return self.client.get_run(run_id)
         except MlflowException:
-            return False
-        return True
+            return None
 
     # -- model versions --------------------------------------------------------------------
 
@@ -176,7 +182,7 @@ class Registry:
         found = self.client.search_model_versions(f"name = '{self.model_name}'")
         out = []
         for mv in found:
-            metrics = self.client.get_run(mv.run_id).data.metrics if mv.run_id and self.run_exists(mv.run_id) else {}
+            run = self._run(mv.run_id)
             out.append(
                 VersionInfo(
                     version=int(mv.version),
@@ -186,7 +192,7 @@ class Registry:
                     labels=json.loads(mv.tags.get("labels", "[]")),
                     gate=mv.tags.get("gate"),
                     created_at=datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC),
-                    metrics=metrics,
+                    metrics=run.data.metrics if run else {},
                 )
             )
         return sorted(out, key=lambda v: -v.version)
@@ -213,8 +219,12 @@ class Registry:
         except RegistryError:
             return None
 
-    def record_verdict(self, version: int, verdict: Verdict) -> None:
-        """Keep the gate's decision on the version (tags) and in its training run (artifact, metrics)."""
+    def snapshot_of(self, version: int) -> str:
+        """The snapshot a version was trained on."""
+        return self.client.get_model_version(self.model_name, str(version)).tags["snapshot"]
+
+    def record_review(self, version: int, verdict: Verdict, evaluation: Evaluation) -> None:
+        """Keep the gate's decision on the version (tags), and the evaluation in its training run."""
         tags = {
             "gate": "passed" if verdict.passed else "failed",
             "gate_reasons": "\n".join(verdict.reasons),
@@ -223,9 +233,11 @@ class Registry:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.model_name, str(version), key, value)
         run_id = self.client.get_model_version(self.model_name, str(version)).run_id
-        if run_id and self.run_exists(run_id):
+        if self.run_exists(run_id):
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
             self.log_json(run_id, f"gate-{verdict.snapshot}-{stamp}.json", verdict.to_dict())
+            self.log_json(run_id, f"evaluation-{evaluation.snapshot}.json", evaluation.to_dict())
+            self.log_metrics(run_id, evaluation.flat())
 
     def set_challenger(self, version: int) -> None:
         self.version_of(version)
@@ -286,7 +298,7 @@ class Registry:
             source = self.client.get_model_version_download_uri(self.model_name, str(version))
             mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=self.tracking_uri)
             if target.exists():  # another process finished first: same immutable content
-                _rmtree(tmp)
+                shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.rename(target)
         return _data_dir(target)
@@ -302,12 +314,6 @@ def _data_dir(model_folder: Path) -> Path:
     if not found:
         raise RegistryError(f"{model_folder} holds no saved tagger")
     return found[0].parent
-
-
-def _rmtree(path: Path) -> None:
-    import shutil  # noqa: PLC0415
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _param(value: object) -> str:

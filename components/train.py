@@ -14,6 +14,7 @@ weights as one that was never interrupted.
 from __future__ import annotations
 
 import copy
+import io
 import math
 import random
 import time
@@ -39,6 +40,7 @@ from components.data import (
 )
 from components.errors import ConfigError
 from components.model import Tagger, TaggerSpec, build_tagger, extend_labels
+from components.posts import write_atomic
 from components.preprocess import Preprocessing
 from components.snapshot import Snapshot, Store
 
@@ -182,15 +184,13 @@ def train(
     if unknown_val:  # a label with no training example cannot be learned; validate on what can be
         val_posts = val_posts[~val_posts.label.isin(unknown_val)]
     workers = config.loader_workers if config.loader_workers is not None else (0 if device.type == "cpu" else 8)
-    train_set = PostImages(decode_images(train_posts.path.tolist(), pre), targets_for(train_posts.label, labels))
-    val_set = PostImages(decode_images(val_posts.path.tolist(), pre), targets_for(val_posts.label, labels))
 
     tagger = tagger.to(device)
     if device.type == "cuda":
         tagger = tagger.to(memory_format=torch.channels_last)
     peak = config.lr if base is None else config.finetune_lr
     optimiser = torch.optim.AdamW(tagger.parameters(), lr=peak, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    steps_per_epoch = math.ceil(len(train_posts) / config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=peak, total_steps=config.epochs * steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
@@ -207,6 +207,9 @@ def train(
         best_loss, best_epoch, best_state = state["best_loss"], state["best_epoch"], state["best_model"]
         stale, finished = state["stale"], state["finished"]
     resumed_from = len(history)
+    if not finished:  # a finished run needs no images: its checkpoint holds the result
+        train_set = PostImages(decode_images(train_posts.path.tolist(), pre), targets_for(train_posts.label, labels))
+        val_set = PostImages(decode_images(val_posts.path.tolist(), pre), targets_for(val_posts.label, labels))
 
     for epoch in range(resumed_from + 1, config.epochs + 1):
         if finished:
@@ -248,12 +251,9 @@ def train(
         val_loss, val_accuracy = _validate(tagger, val_set, loss_fn, device, config.batch_size * 4)
         stats = EpochStats(epoch, total_loss / seen, correct / seen, val_loss, val_accuracy, seen / seconds, seconds)
         history.append(stats)
-        if val_loss < best_loss - 1e-4:
-            best_loss, best_epoch, stale = val_loss, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in tagger.state_dict().items()}
-        else:
-            stale += 1
-        if config.keep == "last" and not math.isnan(val_loss):
+        improved = val_loss < best_loss - 1e-4
+        best_loss, stale = (val_loss, 0) if improved else (best_loss, stale + 1)
+        if improved or (config.keep == "last" and not math.isnan(val_loss)):
             best_epoch = epoch
             best_state = {k: v.detach().cpu().clone() for k, v in tagger.state_dict().items()}
         finished = stale >= config.patience or epoch == config.epochs
@@ -323,10 +323,9 @@ def _validate(
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # a crash mid-write leaves the previous epoch's checkpoint whole
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, buffer.getvalue())  # a crash mid-write leaves the previous epoch's checkpoint whole
 
 
 def _load_checkpoint(path: Path) -> dict | None:

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from components.data import decode_images, labelled_posts
 from components.errors import ConfigError
 from components.evaluate import Evaluation, evaluate
@@ -19,6 +21,7 @@ from components.gate import PromotionGate, Verdict
 from components.model import load_tagger, save_tagger
 from components.posts import write_atomic
 from components.predict import Predictor
+from components.preprocess import Preprocessing
 from components.registry import CHAMPION, Registry, code_version
 from components.snapshot import Snapshot, Store
 from components.train import Base, EpochStats, Step, TrainConfig, TrainResult, train
@@ -54,8 +57,7 @@ def train_and_register(
         base_version = registry.alias(CHAMPION)
         if base_version is None:
             raise ConfigError("there is no champion to fine-tune yet; train from scratch first")
-        base_snapshot = registry.client.get_model_version(registry.model_name, str(base_version)).tags.get("snapshot")
-        base = Base(load_tagger(registry.model_dir(base_version)), store.load(base_snapshot))
+        base = Base(load_tagger(registry.model_dir(base_version)), store.load(registry.snapshot_of(base_version)))
     key = hashlib.sha256(
         json.dumps([config.record(), snapshot.id, registry.model_name, base_version], default=str).encode()
     ).hexdigest()[:12]
@@ -99,9 +101,8 @@ def train_and_register(
     )
     registry.log_json(run_id, "labels.json", list(result.labels))
     tagger_dir = save_tagger(result.tagger, run_dir / "tagger")
-    description = (
-        f"{'fine-tuned from v' + str(base_version) if base_version else 'trained from scratch'} on {snapshot.id}"
-    )
+    how = f"fine-tuned from version {base_version}" if base_version else "trained from scratch"
+    description = f"{how} on snapshot {snapshot.id}"
     version = registry.register(run_id, tagger_dir, snapshot.id, description)
     write_atomic(state_path, json.dumps(state | {"version": version}))
     registry.finish_run(run_id)
@@ -126,21 +127,33 @@ def old_labels(store: Store, snapshot: Snapshot, champion: Predictor | None) -> 
     return tuple(sorted(root.labels))
 
 
+class EvaluationSet:
+    """A snapshot's labelled test posts, decoded once per preprocessing (models often share one)."""
+
+    def __init__(self, store: Store, snapshot: Snapshot):
+        posts = labelled_posts(store, snapshot)
+        self.snapshot = snapshot
+        self.posts = posts[posts.split == "test"].reset_index(drop=True)
+        if self.posts.empty:
+            raise ConfigError(f"snapshot {snapshot.id} has no labelled test posts")
+        self._decoded: dict[Preprocessing, torch.Tensor] = {}
+
+    def images(self, preprocessing: Preprocessing) -> torch.Tensor:
+        if preprocessing not in self._decoded:
+            self._decoded[preprocessing] = decode_images(self.posts.path.tolist(), preprocessing)
+        return self._decoded[preprocessing]
+
+
 def evaluate_model(
-    store: Store,
-    snapshot: Snapshot,
+    test: EvaluationSet,
     predictor: Predictor,
     name: str,
     old: tuple[str, ...],
     styles: Mapping[str, str] | None = None,
 ) -> Evaluation:
-    """One model on the snapshot's test split."""
-    posts = labelled_posts(store, snapshot)
-    test = posts[posts.split == "test"].reset_index(drop=True)
-    if test.empty:
-        raise ConfigError(f"snapshot {snapshot.id} has no labelled test posts")
-    base = decode_images(test.path.tolist(), predictor.preprocessing)
-    return evaluate(predictor, test, base, name, snapshot.id, old, styles)
+    """One model on a snapshot's test split."""
+    base = test.images(predictor.preprocessing)
+    return evaluate(predictor, test.posts, base, name, test.snapshot.id, old, styles)
 
 
 def review(
@@ -161,15 +174,11 @@ def review(
     challenger = registry.load_predictor(version)
     champion = registry.load_predictor(champion_version) if champion_version is not None else None
     old = old_labels(store, snapshot, champion)
-    name = registry.model_name
-    ours = evaluate_model(store, snapshot, challenger, f"{name}/{version}", old, styles)
-    theirs = evaluate_model(store, snapshot, champion, f"{name}/{champion_version}", old, styles) if champion else None
+    name, test = registry.model_name, EvaluationSet(store, snapshot)
+    ours = evaluate_model(test, challenger, f"{name}/{version}", old, styles)
+    theirs = evaluate_model(test, champion, f"{name}/{champion_version}", old, styles) if champion else None
     verdict = gate.decide(ours, theirs)
-    registry.record_verdict(version, verdict)
-    run_id = registry.client.get_model_version(name, str(version)).run_id
-    if run_id and registry.run_exists(run_id):
-        registry.log_metrics(run_id, ours.flat())
-        registry.log_json(run_id, f"evaluation-{snapshot.id}.json", ours.to_dict())
+    registry.record_review(version, verdict, ours)
     if verdict.passed and champion_version is not None:
         registry.set_challenger(version)
     return Review(version, ours, theirs, verdict)

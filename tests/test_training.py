@@ -22,7 +22,7 @@ from components.simulator.feed import FeedSpec, simulate
 from components.simulator.trends import NewClass
 from components.snapshot import Snapshot, Store
 from components.train import Base, TrainConfig, train
-from components.workflow import evaluate_model
+from components.workflow import EvaluationSet, evaluate_model
 
 FEED = FeedSpec(
     seed=11,
@@ -46,6 +46,7 @@ class World:
     champion: Predictor
     champion_base: Base
     old: tuple[str, ...]
+    test: EvaluationSet  # the test split of ``after``
 
 
 class Interrupted(Exception):
@@ -66,11 +67,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     after = store.head()
     result = train(store, before, CONFIG, root / "runs" / "scratch")
     champion = Predictor(result.tagger)
-    return World(store, before, after, champion, Base(result.tagger, before), champion.labels)
+    base = Base(result.tagger, before)
+    return World(store, before, after, champion, base, champion.labels, EvaluationSet(store, after))
 
 
 def score(world: World, predictor: Predictor, name: str) -> Evaluation:
-    return evaluate_model(world.store, world.after, predictor, name, world.old)
+    return evaluate_model(world.test, predictor, name, world.old)
 
 
 def test_training_from_scratch_lowers_the_loss_and_beats_chance_widely(world: World) -> None:
@@ -78,7 +80,8 @@ def test_training_from_scratch_lowers_the_loss_and_beats_chance_widely(world: Wo
     assert result.resumed_from == CONFIG.epochs
     losses = [h.train_loss for h in result.history]
     assert losses[-1] < 0.7 * losses[0]
-    accuracy = evaluate_model(world.store, world.before, world.champion, "scratch", world.old).overall.accuracy
+    seen_before = EvaluationSet(world.store, world.before)
+    accuracy = evaluate_model(seen_before, world.champion, "scratch", world.old).overall.accuracy
     assert accuracy > 0.5  # chance is 1/8
     assert set(world.champion.labels) == set(FEED.tags()) - {"meme"}
 

@@ -207,8 +207,8 @@ def train(
     """
     settings = _settings(ctx)
     changes = {"arch": arch, "epochs": epochs, "seed": seed, "device": device}
-    config = settings.train.model_copy(update={k: v for k, v in changes.items() if v is not None})
-    config = TrainConfig(**config.model_dump())  # validate the overrides
+    overrides = {k: v for k, v in changes.items() if v is not None}
+    config = TrainConfig.model_validate(settings.train.model_dump() | overrides)  # validates the overrides
     store = Store(settings.store_dir)
     snap = store.resolve(snapshot)
     registry = settings.open_registry()
