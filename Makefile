@@ -21,6 +21,7 @@ test-slow: .venv/.synced
 bench: .venv/.synced
 	$(RUN) python benchmarks/bench_ingest.py
 	$(RUN) python benchmarks/bench_train.py
+	$(RUN) python benchmarks/bench_drift.py
 
 sync: .venv/.synced
 

@@ -15,3 +15,7 @@ class SourceError(TrendloopError):
 
 class SnapshotError(TrendloopError):
     """A snapshot that does not exist, is ambiguous, or no longer matches its content hash."""
+
+
+class DriftError(TrendloopError):
+    """A drift check that cannot run: a window too small, no champion, no traffic logged."""

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import traceback
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +15,8 @@ import typer
 from components.errors import ConfigError, TrendloopError
 from components.ingest import ingest as ingest_source
 from components.ingest import read_labels
+from components.monitor import check_drift, log_check, retrain_context
+from components.predlog import PredictionLog
 from components.simulator.feed import FeedSpec, oracle_styles
 from components.simulator.feed import simulate as simulate_feed
 from components.simulator.trends import parse_trend
@@ -34,6 +36,7 @@ app = typer.Typer(
 model_app = typer.Typer(
     help="The registered tagger's versions and its champion/challenger aliases.", no_args_is_help=True
 )
+drift_app = typer.Typer(help="Drift and new-trend checks of the traffic against the champion.", no_args_is_help=True)
 mlflow_app = typer.Typer(help="The MLflow tracking server of these settings.", no_args_is_help=True)
 snapshot_app = typer.Typer(help="List, inspect, compare and verify snapshots.", no_args_is_help=True)
 config_app = typer.Typer(help="Show the settings in force.", no_args_is_help=True)
@@ -41,6 +44,7 @@ app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(config_app, name="config")
 app.add_typer(model_app, name="model")
 app.add_typer(mlflow_app, name="mlflow")
+app.add_typer(drift_app, name="drift")
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -274,6 +278,46 @@ def model_rollback(ctx: typer.Context) -> None:
     registry = _settings(ctx).open_registry()
     current, previous = registry.rollback()
     render.console.print(f"{registry.model_name}@champion is version {previous} again (was version {current})")
+
+
+@drift_app.command("check")
+def drift_check(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None, typer.Option(help="Window start, UTC date/time (default: the newest day's start).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Window end, exclusive (default: open).")] = None,
+    days: Annotated[int, typer.Option(min=1, help="Without --since: the newest N days of traffic.")] = 1,
+    snapshot: Annotated[str, typer.Option(help="Snapshot whose posts make the traffic.")] = "HEAD",
+    version: Annotated[str, typer.Option(help="Whose predictions: champion, challenger or a number.")] = "champion",
+) -> None:
+    """Test a window of traffic against the champion's training data; find emerging trends.
+
+    Writes drift.json and Evidently's drift.html under <home>/drift/, logs both to MLflow,
+    and says which retrain triggers fire.
+    """
+    settings = _settings(ctx)
+    store = Store(settings.store_dir)
+    snap = store.resolve(snapshot)
+    start, end = _date(since, "--since"), _date(until, "--until")
+    if start is None:
+        newest = snap.manifest().column("created_at").to_pylist()
+        if not newest:
+            raise ConfigError(f"snapshot {snap.id} holds no posts")
+        last = max(newest).replace(hour=0, minute=0, second=0, microsecond=0)
+        start = last - timedelta(days=days - 1)
+    registry, log = settings.open_registry(), PredictionLog(settings.predictions_dir)
+    with render.console.status("checking drift"):
+        check = check_drift(
+            store, snap, registry, log, settings.checks_dir, start, end, settings.drift, settings.emerging, version
+        )
+        log_check(registry, check)
+        decisions = settings.retrain.decide(retrain_context(store, snap, registry, log, check.verdict))
+    render.console.print(render.drift_table(check.verdict))
+    if check.clusters:
+        render.console.print(render.clusters_table(check.clusters))
+    render.console.print(render.triggers_table(decisions))
+    render.console.print(f"report: {check.folder / 'drift.html'} (summary: drift.json)")
 
 
 @mlflow_app.command("ui")

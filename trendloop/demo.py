@@ -1,7 +1,9 @@
 """The main job, as far as the loop exists today: simulate -> ingest (seed week, then daily) -> snapshots.
 
 Then a tagger is trained on the labelled posts, logged and registered in MLflow,
-gated, and made the champion. The first ``seed_days`` of the feed arrive labelled, standing in for the labelled
+gated, and made the champion; each later day's traffic is checked for drift against
+the champion's training data, and the retrain triggers are asked. The first
+``seed_days`` of the feed arrive labelled, standing in for the labelled
 history a platform starts from; the days after arrive as the platform sees them,
 unlabelled, one ingest (and one snapshot) per day. Later stages of the loop
 (training, serving, drift, active learning) extend this function.
@@ -11,7 +13,10 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from components.errors import DriftError
 from components.ingest import IngestReport, ingest, read_labels
+from components.monitor import check_drift, log_check, retrain_context
+from components.predlog import PredictionLog
 from components.registry import CHAMPION
 from components.simulator.feed import oracle_styles, simulate
 from components.snapshot import Store
@@ -85,7 +90,52 @@ def run_demo(settings: Settings, days: int, seed_days: int, posts_per_day: int) 
         registry.promote(trained.version)
         console.print(f"{registry.model_name} version {trained.version} is the champion")
 
-    console.rule("[bold]5. summary")
+    if registry.alias(CHAMPION) is not None:
+        console.rule(f"[bold]5. check each day's traffic for drift against the champion: days {seed_days}-{days - 1}")
+        log, checks = PredictionLog(settings.predictions_dir), []
+        daily = Table("day", "date", "posts", "drift", "signals", "emerging trends (top hashtags)")
+        with render.progress_bar("checking drift", total=days - seed_days) as update:
+            for n, day in enumerate(range(seed_days, days), 1):
+                try:
+                    check = check_drift(
+                        store,
+                        snapshot,
+                        registry,
+                        log,
+                        settings.checks_dir,
+                        spec.day_start(day),
+                        spec.day_start(day + 1),
+                        settings.drift,
+                        settings.emerging,
+                    )
+                except DriftError as err:  # a day or a reference too small to test: say so, go on
+                    daily.add_row(str(day), spec.day_date(day).isoformat(), "", "-", str(err), "")
+                    update(n)
+                    continue
+                log_check(registry, check)
+                checks.append(check)
+                v = check.verdict
+                daily.add_row(
+                    str(day),
+                    spec.day_date(day).isoformat(),
+                    str(v.current_posts),
+                    "[red]yes[/red]" if v.drifted else "no",
+                    ", ".join(v.drifted_signals),
+                    "; ".join(" ".join(c.top_hashtags[:3]) for c in check.clusters[:3]),
+                )
+                update(n)
+        console.print(daily)
+        last = checks[-1] if checks else None
+        if last is not None:
+            console.print(render.drift_table(last.verdict, f"{last.since:%Y-%m-%d}: "))
+            if last.clusters:
+                console.print(render.clusters_table(last.clusters))
+        verdict = last.verdict if last else None
+        decisions = settings.retrain.decide(retrain_context(store, snapshot, registry, log, verdict))
+        console.print(render.triggers_table(decisions))
+        console.print(f"reports: {settings.checks_dir}/<check>/drift.html and drift.json, and in MLflow")
+
+    console.rule("[bold]6. summary")
     head = store.head()
     rejected = sum(r.rejected_total for r in reports)
     console.print(render.snapshots_table(store.list()[-5:], head.id if head else None))

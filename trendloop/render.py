@@ -18,6 +18,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from components.drift import DriftVerdict
+from components.emerging import EmergingCluster
 from components.evaluate import Evaluation
 from components.gate import Verdict
 from components.ingest import IngestReport
@@ -25,6 +27,7 @@ from components.registry import VersionInfo
 from components.simulator.feed import DayResult, FeedSpec
 from components.snapshot import Snapshot, SnapshotDiff
 from components.train import EpochStats, Step, TrainResult
+from components.triggers import Decision
 
 # Logs and CI are not terminals: give tables room rather than rich's 80-column fallback.
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -257,4 +260,61 @@ def diff_table(d: SnapshotDiff) -> Table:
     table.add_column("change", justify="right")
     for label, (a, b) in d.label_counts.items():
         table.add_row(label, str(a), str(b), f"{b - a:+d}")
+    return table
+
+
+def drift_table(verdict: DriftVerdict, title: str = "") -> Table:
+    """One row per signal: its test, score against threshold, and what moved."""
+    flag = "[red]DRIFT[/red]" if verdict.drifted else "[green]no drift[/green]"
+    table = Table(
+        "signal",
+        "method",
+        "score",
+        "threshold",
+        "drifted",
+        "detail",
+        title=f"{title}{flag}: {verdict.current_posts} posts against {verdict.reference_posts} reference posts "
+        f"(false-alarm rate {verdict.false_alarm_rate:g})",
+    )
+    for s in verdict.signals:
+        side = ">" if s.higher_is_drift else "<"
+        table.add_row(
+            s.name, s.method, f"{s.score:.3g}", f"{side} {s.threshold:.3g}", "yes" if s.drifted else "", s.detail
+        )
+    return table
+
+
+def clusters_table(clusters: list[EmergingCluster]) -> Table:
+    table = Table(
+        "#",
+        "posts",
+        "share",
+        "lift",
+        "growth/day",
+        "per day",
+        "top hashtags",
+        "champion calls them",
+        "examples",
+        title="emerging clusters",
+    )
+    for i, c in enumerate(clusters, 1):
+        called = ", ".join(f"{k} {v}" for k, v in list(c.predicted_as.items())[:3])
+        table.add_row(
+            str(i),
+            str(c.size),
+            f"{c.share:.1%}",
+            f"{c.lift:.1f}x",
+            f"{c.growth_per_day:+.1%}",
+            " ".join(str(n) for n in c.per_day.values()),
+            " ".join(c.top_hashtags),
+            called,
+            " ".join(c.examples[:3]),
+        )
+    return table
+
+
+def triggers_table(decisions: list[Decision]) -> Table:
+    table = Table("trigger", "fires", "why", title="retrain triggers")
+    for d in decisions:
+        table.add_row(d.trigger, "[bold]yes[/bold]" if d.fire else "no", d.reason)
     return table

@@ -17,11 +17,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from components.drift import DriftConfig
+from components.emerging import EmergingConfig
 from components.errors import ConfigError
 from components.gate import PromotionGate
 from components.registry import Registry
 from components.simulator.feed import FeedSpec
 from components.train import TrainConfig
+from components.triggers import RetrainPolicy
 from components.validate import ImageLimits
 
 DEFAULT_CONFIG = Path("trendloop.toml")
@@ -64,6 +67,9 @@ class Settings(BaseSettings):
     train: TrainConfig = Field(default_factory=TrainConfig)  # how taggers are trained and fine-tuned
     gate: PromotionGate = Field(default_factory=PromotionGate)  # what a challenger must pass
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    drift: DriftConfig = Field(default_factory=DriftConfig)  # how drift checks test the traffic
+    emerging: EmergingConfig = Field(default_factory=EmergingConfig)  # what counts as an emerging trend
+    retrain: RetrainPolicy = Field(default_factory=RetrainPolicy)  # when a retrain is due
 
     @classmethod
     def settings_customise_sources(
@@ -86,6 +92,16 @@ class Settings(BaseSettings):
     def runs_dir(self) -> Path:
         """Training runs' checkpoints, keyed by what decides their result."""
         return self.home / "runs"
+
+    @property
+    def predictions_dir(self) -> Path:
+        """The prediction log: batch predictions now, served requests later."""
+        return self.home / "predictions"
+
+    @property
+    def checks_dir(self) -> Path:
+        """One folder per drift check: drift.json and Evidently's drift.html."""
+        return self.home / "drift"
 
     @property
     def tracking_uri(self) -> str:

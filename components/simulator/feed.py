@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
@@ -275,3 +276,19 @@ def oracle_styles(out: Path) -> dict[str, str]:
         return {}
     table = pq.read_table(labels, columns=["post_id", "filter"])
     return {p: f for p, f in zip(*(table.column(c).to_pylist() for c in ("post_id", "filter")), strict=True) if f}
+
+
+def read_feed(out: Path, days: range | None = None) -> pd.DataFrame:
+    """A simulated feed's posts joined with the oracle, in time order: post_id, user_id, created_at,
+    hashtags, caption, path (absolute), label, filter. For experiments that bypass ingestion."""
+    posts = pq.read_table(out / "posts").to_pandas()
+    oracle = pq.read_table(out / "oracle" / "labels", columns=["post_id", "label", "filter"]).to_pandas()
+    frame = posts.merge(oracle, on="post_id", how="left").sort_values("created_at", ignore_index=True)
+    if days is not None:
+        meta = json.loads((out / "simulation.json").read_text())
+        spec = FeedSpec.model_validate(meta["scenario"])
+        start, end = spec.day_start(days.start), spec.day_start(days.stop)
+        frame = frame[(frame.created_at >= start) & (frame.created_at < end)].reset_index(drop=True)
+    frame["path"] = [str(out / ref) for ref in frame.pop("image")]
+    frame["hashtags"] = [list(t) if t is not None else [] for t in frame.hashtags]
+    return frame[["post_id", "user_id", "created_at", "hashtags", "caption", "path", "label", "filter"]]

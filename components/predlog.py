@@ -1,0 +1,138 @@
+"""The prediction log: every prediction the platform made, one Parquet file per day and batch.
+
+Layout under the log root::
+
+    day=YYYY-MM-DD/<batch>.parquet    PREDICTION_SCHEMA rows whose ``time`` falls on that day
+
+Serving appends request batches; before serving exists, ``log_batch_predictions``
+writes the champion's predictions over the stored posts of each day (``time`` is
+the post's creation time, so a window of days is a window of traffic). A batch
+file is written whole and atomically and rewriting one with the same name
+replaces it, so running a batch again never duplicates a record.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from components.data import decode_images
+from components.posts import TIMESTAMP, write_table
+from components.predict import Predictor
+from components.snapshot import Snapshot, Store
+
+# A prediction record (DESIGN.md, Data contracts).
+PREDICTION_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("post_id", pa.string()),  # the stored post predicted, when there is one
+        pa.field("user_id", pa.string()),
+        pa.field("arm", pa.string()),  # champion, challenger
+        pa.field("model_version", pa.int64()),
+        pa.field("predicted", pa.string()),
+        pa.field("confidence", pa.float32()),
+        pa.field("probabilities", pa.list_(pa.float32())),  # in the order of the version's labels
+        pa.field("embedding", pa.list_(pa.float32())),  # (D,) penultimate layer
+        pa.field("latency_ms", pa.float32()),
+        pa.field("time", TIMESTAMP),
+    ]
+)
+
+
+class PredictionLog:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def write(self, records: pa.Table, batch: str) -> int:
+        """Write ``records`` as batch ``batch``, split by day; returns the rows written."""
+        records = records.cast(PREDICTION_SCHEMA)
+        days = pc.strftime(records.column("time"), format="%Y-%m-%d")
+        for day in pc.unique(days).to_pylist():
+            part = records.filter(pc.equal(days, day))
+            write_table(part, self.root / f"day={day}" / f"{batch}.parquet")
+        return len(records)
+
+    def read(
+        self, since: datetime | None = None, until: datetime | None = None, version: int | None = None
+    ) -> pa.Table:
+        """Records with ``since <= time < until`` (of one model version if given), oldest first."""
+        files = sorted(self.root.glob("day=*/*.parquet"))
+        if not files:
+            return PREDICTION_SCHEMA.empty_table()
+        dataset = ds.dataset([str(f) for f in files], schema=PREDICTION_SCHEMA, format="parquet")
+        condition = pc.scalar(True)
+        if since is not None:
+            condition &= pc.field("time") >= pc.scalar(since)
+        if until is not None:
+            condition &= pc.field("time") < pc.scalar(until)
+        if version is not None:
+            condition &= pc.field("model_version") == version
+        return dataset.to_table(filter=condition).sort_by("time")
+
+    def batch_posts(self, day: str, batch: str) -> set[str]:
+        path = self.root / f"day={day}" / f"{batch}.parquet"
+        if not path.exists():
+            return set()
+        return set(pq.read_table(path, columns=["post_id"]).column("post_id").to_pylist())
+
+
+def log_batch_predictions(
+    store: Store,
+    snapshot: Snapshot,
+    predictor: Predictor,
+    version: int,
+    log: PredictionLog,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    arm: str = "champion",
+) -> int:
+    """Predict the snapshot's posts created in ``[since, until)`` with ``predictor`` and log them.
+
+    Days already logged for this version with the same posts are skipped. Returns the
+    number of records written.
+    """
+    posts = snapshot.manifest().select(["post_id", "user_id", "created_at", "image"])
+    all_days = pc.strftime(posts.column("created_at"), format="%Y-%m-%d")
+    created = posts.column("created_at")
+    in_window = pa.array(np.ones(len(posts), bool))
+    if since is not None:
+        in_window = pc.and_(in_window, pc.greater_equal(created, pa.scalar(since, TIMESTAMP)))
+    if until is not None:
+        in_window = pc.and_(in_window, pc.less(created, pa.scalar(until, TIMESTAMP)))
+    batch = f"batch-v{version}"
+    written = 0
+    for day in sorted(pc.unique(all_days.filter(in_window)).to_pylist()):
+        part = posts.filter(pc.equal(all_days, day))  # the whole day: its file is rewritten whole
+        ids = part.column("post_id").to_pylist()
+        if set(ids) <= log.batch_posts(day, batch):
+            continue
+        start = time.perf_counter()
+        paths = [str(store.root / ref) for ref in part.column("image").to_pylist()]
+        images = decode_images(paths, predictor.preprocessing)
+        out = predictor.predict_base(images)
+        latency = 1000 * (time.perf_counter() - start) / max(len(ids), 1)
+        records = pa.table(
+            {
+                "request_id": [f"{batch}-{p}" for p in ids],
+                "post_id": ids,
+                "user_id": part.column("user_id"),
+                "arm": [arm] * len(ids),
+                "model_version": [version] * len(ids),
+                "predicted": out.predicted,
+                "confidence": out.confidence.astype(np.float32),
+                "probabilities": list(out.probabilities.astype(np.float32)),
+                "embedding": list(out.embeddings.astype(np.float32)),
+                "latency_ms": [latency] * len(ids),
+                "time": part.column("created_at"),
+            },
+            schema=PREDICTION_SCHEMA,
+        )
+        written += log.write(records, batch)
+    return written
