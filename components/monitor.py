@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +40,13 @@ def reference_windows(
     trained-on posts are what novelty is measured against, for reference and traffic alike.
     """
     posts = labelled_posts(store, snapshot)
+    manifest = _manifest(snapshot)  # read once for both windows
     windows = []
     for held_out in (True, False):
         part = posts[(posts.split != "train") == held_out]
         if len(part) > max_posts:
             part = part.sample(max_posts, random_state=seed)
-        meta = _metadata(snapshot, part.post_id)
+        meta = _metadata(manifest, snapshot, part.post_id)
         windows.append(predict_window(predictor, meta.assign(path=part.path.to_numpy())))
     return windows[0], windows[1]
 
@@ -64,7 +65,7 @@ def current_window(
     records = log.read(since, until, version)
     records = records.filter(pc.is_valid(records.column("post_id")))
     ids = records.column("post_id").to_pylist()
-    meta = _metadata(snapshot, pd.Series(ids))
+    meta = _metadata(_manifest(snapshot), snapshot, pd.Series(ids))
     frame = meta.assign(
         predicted=records.column("predicted").to_pylist(),
         confidence=records.column("confidence").to_numpy(),
@@ -75,15 +76,28 @@ def current_window(
     return Window(frame.reset_index(drop=True), embeddings)
 
 
-def _metadata(snapshot: Snapshot, post_ids: pd.Series) -> pd.DataFrame:
+def _manifest(snapshot: Snapshot) -> pd.DataFrame:
+    """The snapshot's post metadata a window needs, indexed by post_id."""
+    columns = ["post_id", "created_at", "hashtags", "caption"]
+    return snapshot.manifest().select(columns).to_pandas().set_index("post_id")
+
+
+def _metadata(manifest: pd.DataFrame, snapshot: Snapshot, post_ids: pd.Series) -> pd.DataFrame:
     """post_id, created_at, hashtags, caption of ``post_ids``, in their order."""
-    manifest = snapshot.manifest().select(["post_id", "created_at", "hashtags", "caption"]).to_pandas()
-    found = manifest.set_index("post_id").reindex(post_ids.to_numpy())
+    found = manifest.reindex(post_ids.to_numpy())
     missing = found.created_at.isna().sum()
     if missing:
         raise DriftError(f"{missing} logged posts are not in snapshot {snapshot.id}; check against a newer snapshot")
     found["hashtags"] = [list(t) if t is not None else [] for t in found.hashtags]
     return found.rename_axis("post_id").reset_index()
+
+
+def newest_days(snapshot: Snapshot, days: int) -> datetime:
+    """The start (UTC midnight) of the newest ``days`` days of the snapshot's traffic."""
+    created = snapshot.manifest().column("created_at").to_pylist()
+    if not created:
+        raise DriftError(f"snapshot {snapshot.id} holds no posts")
+    return max(created).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days - 1)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import traceback
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +15,7 @@ import typer
 from components.errors import ConfigError, TrendloopError
 from components.ingest import ingest as ingest_source
 from components.ingest import read_labels
-from components.monitor import check_drift, log_check, retrain_context
+from components.monitor import check_drift, log_check, newest_days, retrain_context
 from components.predlog import PredictionLog
 from components.simulator.feed import FeedSpec, oracle_styles
 from components.simulator.feed import simulate as simulate_feed
@@ -299,13 +299,7 @@ def drift_check(
     settings = _settings(ctx)
     store = Store(settings.store_dir)
     snap = store.resolve(snapshot)
-    start, end = _date(since, "--since"), _date(until, "--until")
-    if start is None:
-        newest = snap.manifest().column("created_at").to_pylist()
-        if not newest:
-            raise ConfigError(f"snapshot {snap.id} holds no posts")
-        last = max(newest).replace(hour=0, minute=0, second=0, microsecond=0)
-        start = last - timedelta(days=days - 1)
+    start, end = _date(since, "--since") or newest_days(snap, days), _date(until, "--until")
     registry, log = settings.open_registry(), PredictionLog(settings.predictions_dir)
     with render.console.status("checking drift"):
         check = check_drift(
