@@ -22,6 +22,7 @@ bench: .venv/.synced
 	$(RUN) python benchmarks/bench_ingest.py
 	$(RUN) python benchmarks/bench_train.py
 	$(RUN) python benchmarks/bench_drift.py
+	$(RUN) python benchmarks/bench_active_learning.py
 
 sync: .venv/.synced
 

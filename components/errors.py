@@ -19,3 +19,7 @@ class SnapshotError(TrendloopError):
 
 class DriftError(TrendloopError):
     """A drift check that cannot run: a window too small, no champion, no traffic logged."""
+
+
+class LabelingError(TrendloopError):
+    """Label Studio cannot be reached or refused a request; what was queued locally stays queued."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from components.errors import SourceError
+from components.errors import SnapshotError, SourceError
 from components.posts import ENGAGEMENT, SNAPSHOT_SCHEMA, write_atomic, write_rows
 from components.snapshot import Store
 from components.sources import BadRecord, Candidate, read_source
@@ -289,3 +289,33 @@ def _quarantine(store: Store, run_id: str, rejections: list[dict]) -> Path:
 
 def _save_report(store: Store, report: IngestReport) -> None:
     write_atomic(store.root / "ingests" / f"{report.run_id}.json", json.dumps(asdict(report), indent=2))
+
+
+@dataclass(frozen=True)
+class RelabelReport:
+    snapshot: str | None  # HEAD afterwards
+    new_snapshot: bool
+    relabelled: list[str]  # post ids whose label changed
+    unchanged: int  # posts that already carried the label
+    missing: list[str]  # post ids HEAD does not hold
+
+
+def relabel(store: Store, labels: dict[str, str], label_source: str, source: dict) -> RelabelReport:
+    """Commit ``labels`` (post id -> label) onto HEAD's posts as a new snapshot.
+
+    Posts HEAD does not hold are reported, not added. The same labels committed twice
+    give the same snapshot (content-addressed), so a retried commit duplicates nothing.
+    """
+    head = store.head()
+    if head is None:
+        raise SnapshotError("there are no snapshots yet; ingest something first")
+    rows = head.manifest().to_pylist()
+    index = {row["post_id"]: n for n, row in enumerate(rows)}
+    missing = sorted(p for p in labels if p not in index)
+    changed = sorted(p for p, label in labels.items() if p in index and rows[index[p]]["label"] != label)
+    _relabel(rows, index, {p: (labels[p], label_source) for p in changed})
+    if not changed:
+        return RelabelReport(head.id, False, [], len(labels) - len(missing), missing)
+    sources = [{**source, "kind": label_source, "relabelled": len(changed)}]
+    snap, new = store.commit(pa.Table.from_pylist(rows, schema=SNAPSHOT_SCHEMA), head.id, sources)
+    return RelabelReport(snap.id, new, changed, len(labels) - len(missing) - len(changed), missing)

@@ -54,7 +54,7 @@ class Predictor:
         """Decoded images or encoded image bytes (any format Pillow reads)."""
         pre = self.preprocessing
         if not images:
-            return self._empty()
+            return self.empty()
         base = torch.stack([pre.base(_open(im)) for im in images])
         return self.predict_base(base)
 
@@ -62,7 +62,7 @@ class Predictor:
     def predict_base(self, base: torch.Tensor) -> Predictions:
         """uint8 (N, 3, resize, resize) images already through ``Preprocessing.base``."""
         if len(base) == 0:
-            return self._empty()
+            return self.empty()
         probs, embs = [], []
         for start in range(0, len(base), self.batch_size):
             x = self.preprocessing.evaluation(base[start : start + self.batch_size].to(self.device))
@@ -72,7 +72,8 @@ class Predictor:
             embs.append(emb.float().cpu())
         return Predictions(self.labels, torch.cat(probs).numpy(), torch.cat(embs).numpy())
 
-    def _empty(self) -> Predictions:
+    def empty(self) -> Predictions:
+        """No predictions: (0, C) probabilities and (0, D) embeddings."""
         c, d = len(self.labels), self.tagger.embedding_dim
         return Predictions(self.labels, np.zeros((0, c), np.float32), np.zeros((0, d), np.float32))
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,8 @@ import pytest
 from components.simulator.feed import FeedSpec, simulate
 from components.simulator.trends import NewClass, PriorShift, StyleShift
 from components.snapshot import Store
+from infra.labelstudio import LocalLabelStudio
+from trendloop.settings import LabelStudioSettings
 
 SMALL_FEED = FeedSpec(
     seed=3,
@@ -37,3 +42,30 @@ def small_feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "store")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLabelStudio]:
+    """A real Label Studio server for the session; tests keep their stores under its document root."""
+    root = tmp_path_factory.mktemp("labelstudio")
+    (root / "homes").mkdir()
+    server = LocalLabelStudio(root / "state", free_port(), LabelStudioSettings().version, root / "homes")
+    try:
+        server.up(timeout=600)
+        yield server
+    finally:
+        server.down()
+
+
+@pytest.fixture
+def ls_home(label_studio: LocalLabelStudio, request: pytest.FixtureRequest) -> Path:
+    """A state folder for one test, inside what the session's Label Studio may read images from."""
+    home = label_studio.document_root / re.sub(r"\W+", "_", request.node.name)[:80]
+    home.mkdir()
+    return home

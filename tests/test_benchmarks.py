@@ -65,3 +65,26 @@ def test_training_benchmark_prints_platform_and_bare_rates() -> None:
     ours, bare, ratio = (float(g) for g in found.groups())
     assert ours > 0 and bare > 0
     assert ratio == pytest.approx(ours / bare, abs=0.01)
+
+
+@pytest.mark.bench
+def test_active_learning_benchmark_prints_curves_and_labels_needed() -> None:
+    args = ["--seeds", "2", "--rounds", "2", "--query", "8", "--posts-per-day", "30", "--seed-epochs", "1"]
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_active_learning.py", *args, "--epochs", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    strategies = ("random", "least_confidence", "margin", "entropy", "bald", "entropy+kcenter")
+    assert "| strategy | 0 | 8 | 16 |" in result.stdout  # labels bought after each round
+    for name in strategies:
+        row = re.search(
+            rf"^\| {re.escape(name)} \| ([\d.]+) \(([\d.]+)\) \| .* \| ([\d.]+) \(([\d.]+)\) \|$", result.stdout, re.M
+        )
+        assert row, name
+        assert all(0 <= float(v) <= 1 for v in row.groups())
+        assert re.search(rf"^  {re.escape(name)}\s+(\d+|not reached in 16)$", result.stdout, re.M)
+    assert re.search(r"^  random\s+(8|16)$", result.stdout, re.M)  # random reaches its own final accuracy

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from components.snapshot import Store
+from infra.labelstudio import LocalLabelStudio
 from trendloop.cli import main
 from trendloop.settings import Settings, load_settings
 
@@ -92,22 +94,38 @@ def test_failures_exit_non_zero_with_one_line(capsys: pytest.CaptureFixture, arg
     assert err.strip().startswith(message) and len(err.strip().splitlines()) == 1
 
 
-def test_demo_simulates_ingests_and_snapshots(capsys: pytest.CaptureFixture, in_tmp: Path) -> None:
-    code, out, err = run(capsys, "demo", "--days", "5", "--posts-per-day", "30", "--seed-days", "2")
+def test_demo_runs_the_loop_through_label_studio(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, label_studio: LocalLabelStudio, ls_home: Path
+) -> None:
+    monkeypatch.chdir(ls_home)  # the session's Label Studio reads images below its document root
+    monkeypatch.setenv("TRENDLOOP_LABELSTUDIO__URL", label_studio.url)
+    monkeypatch.setenv("TRENDLOOP_LABELSTUDIO__TOKEN", label_studio.credentials().token)
+    monkeypatch.setenv(
+        "TRENDLOOP_LABELSTUDIO__IMAGE_URL", f"/data/local-files/?d={ls_home.name}/.trendloop/store/{{image}}"
+    )
+    monkeypatch.setenv("TRENDLOOP_LABELSTUDIO__PROJECT", "demo test")
+    monkeypatch.setenv("TRENDLOOP_RETRAIN__EVERY_DAYS", "0.000001")  # a retrain is due at once: annotators are asked
+    monkeypatch.setenv("TRENDLOOP_ACTIVE_LEARNING__BATCH_SIZE", "20")
+    args = ("demo", "--days", "5", "--posts-per-day", "30", "--seed-days", "2")
+    code, out, err = run(capsys, *args)
     assert code == 0, err
-    store = in_tmp / ".trendloop" / "store"
-    snapshots = [p for p in (store / "snapshots").iterdir() if p.is_dir()]
-    assert len(snapshots) == 4  # the seed set, then one per following day
-    assert "6. summary" in out and "HEAD" in out and "awaiting labels" in out
+    store = Store(ls_home / ".trendloop" / "store")
+    assert "7. summary" in out and "HEAD" in out and "awaiting labels" in out
+    assert "registered model" not in out and re.search(r"gate (PASSED|FAILED) for trendloop-tagger/1", out)
+    daily = 4  # the seed set, then one snapshot per following day
     if "is the champion" in out:  # drift checks need a champion; 30 posts a day make too small a reference
         assert "the reference window holds" in out and "retrain triggers" in out
+        assert "6. active learning (retrain due)" in out and "pushed 20 tasks" in out
+        assert re.search(r"committed 20 labels as snapshot (\w+)", out)
+        assert sum(r["label_source"] == "annotators" for r in store.head().manifest().to_pylist()) == 20
+        daily += 1
     else:
-        assert "check each day's traffic" not in out
-    assert "registered model" not in out and re.search(r"gate (PASSED|FAILED) for trendloop-tagger/1", out)
-    # the demo is idempotent: a second run finds everything ingested and trained already
-    code, out, _ = run(capsys, "demo", "--days", "5", "--posts-per-day", "30", "--seed-days", "2")
+        assert "check each day's traffic" not in out and "6. active learning" not in out
+    assert len(store.list()) == daily
+    # the demo is idempotent: a second run finds everything ingested, trained and labelled already
+    code, out, _ = run(capsys, *args)
     assert code == 0 and "0 accepted this run" in out
-    assert len([p for p in (store / "snapshots").iterdir() if p.is_dir()]) == 4
+    assert len(store.list()) == daily
     code, out, _ = run(capsys, "model", "list")
     assert code == 0 and re.search(r"│\s+1 │", out) and not re.search(r"│\s+2 │", out)  # one version, not two
 

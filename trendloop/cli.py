@@ -12,11 +12,17 @@ from typing import Annotated
 
 import typer
 
-from components.errors import ConfigError, TrendloopError
+from active_learning.annotators import annotate as annotate_tasks
+from active_learning.labelstudio import LabelingProject
+from active_learning.loop import commit_labels, offered_labels, pull_labels, push_queued, select_posts
+from active_learning.queue import LabelQueue
+from active_learning.strategies import SelectionConfig
+from components.errors import ConfigError, LabelingError, TrendloopError
 from components.ingest import ingest as ingest_source
 from components.ingest import read_labels
 from components.monitor import check_drift, log_check, newest_days, retrain_context
 from components.predlog import PredictionLog
+from components.registry import CHAMPION
 from components.simulator.feed import FeedSpec, oracle_styles
 from components.simulator.feed import simulate as simulate_feed
 from components.simulator.trends import parse_trend
@@ -37,6 +43,11 @@ model_app = typer.Typer(
     help="The registered tagger's versions and its champion/challenger aliases.", no_args_is_help=True
 )
 drift_app = typer.Typer(help="Drift and new-trend checks of the traffic against the champion.", no_args_is_help=True)
+services_app = typer.Typer(help="The embedded default's local services (Label Studio).", no_args_is_help=True)
+label_app = typer.Typer(
+    help="Active learning: select posts for annotators, push them to Label Studio, pull their labels.",
+    no_args_is_help=True,
+)
 mlflow_app = typer.Typer(help="The MLflow tracking server of these settings.", no_args_is_help=True)
 snapshot_app = typer.Typer(help="List, inspect, compare and verify snapshots.", no_args_is_help=True)
 config_app = typer.Typer(help="Show the settings in force.", no_args_is_help=True)
@@ -45,6 +56,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(model_app, name="model")
 app.add_typer(mlflow_app, name="mlflow")
 app.add_typer(drift_app, name="drift")
+app.add_typer(services_app, name="services")
+app.add_typer(label_app, name="label")
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -312,6 +325,139 @@ def drift_check(
         render.console.print(render.clusters_table(check.clusters))
     render.console.print(render.triggers_table(decisions))
     render.console.print(f"report: {check.folder / 'drift.html'} (summary: drift.json)")
+
+
+@services_app.command("up")
+def services_up(ctx: typer.Context) -> None:
+    """Start the embedded Label Studio on 127.0.0.1 (its first start takes about a minute)."""
+    settings = _settings(ctx)
+    if settings.labelstudio.url is not None:
+        raise ConfigError(f"labelstudio.url is set: trendloop uses {settings.labelstudio.url} and starts nothing")
+    server = settings.label_studio_server()
+    with render.console.status(f"starting Label Studio {server.version} on {server.url}"):
+        status = server.up(settings.labelstudio.start_timeout)
+    render.console.print(render.service_line("label-studio", status, server))
+
+
+@services_app.command("down")
+def services_down(ctx: typer.Context) -> None:
+    """Stop the embedded Label Studio; its data stays under <home>/services."""
+    server = _settings(ctx).label_studio_server()
+    render.console.print("label-studio stopped" if server.down() else "label-studio was not running")
+
+
+@services_app.command("status")
+def services_status(ctx: typer.Context) -> None:
+    """Whether the embedded Label Studio runs, where, and how to log in."""
+    settings = _settings(ctx)
+    if settings.labelstudio.url is not None:
+        render.console.print(f"label-studio: shared server {settings.labelstudio.url} (not managed here)")
+        return
+    server = settings.label_studio_server()
+    render.console.print(render.service_line("label-studio", server.status(), server))
+
+
+def _labeling(settings: Settings) -> tuple[LabelingProject, LabelQueue]:
+    if settings.labelstudio.url is None and not settings.label_studio_server().status().running:
+        raise LabelingError(
+            "the embedded Label Studio is not running: start it with `trendloop services up` (queued posts stay queued)"
+        )
+    return settings.labeling_project(), LabelQueue(settings.labeling_dir / "queue.db")
+
+
+def _champion_labels(settings: Settings) -> tuple[str, ...]:
+    registry = settings.open_registry()
+    return registry.load_predictor(CHAMPION).labels if registry.alias(CHAMPION) is not None else ()
+
+
+@label_app.command("select")
+def label_select(
+    ctx: typer.Context,
+    budget: Annotated[
+        int | None, typer.Option(min=1, help="Posts to queue (default: active_learning.batch_size).")
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="least_confidence, margin, entropy, bald or random (default: settings).")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="Only posts created from this UTC date/time.")] = None,
+    until: Annotated[str | None, typer.Option(help="Only posts created before this UTC date/time.")] = None,
+    version: Annotated[str, typer.Option(help="The model that scores: champion, challenger or a number.")] = "champion",
+) -> None:
+    """Score HEAD's unlabelled posts with the model and queue the most informative for annotators."""
+    settings = _settings(ctx)
+    config = settings.active_learning
+    if strategy is not None:
+        config = SelectionConfig.model_validate({**config.model_dump(), "strategy": strategy})
+    store, registry = Store(settings.store_dir), settings.open_registry()
+    number = registry.version_of(version)
+    queue = LabelQueue(settings.labeling_dir / "queue.db")
+    with render.console.status("scoring unlabelled posts"):
+        report = select_posts(
+            store,
+            store.resolve("HEAD"),
+            registry.load_predictor(number),
+            str(number),
+            queue,
+            config,
+            since=_date(since, "--since"),
+            until=_date(until, "--until"),
+            budget=budget,
+        )
+    render.console.print(render.select_text(report))
+
+
+@label_app.command("push")
+def label_push(ctx: typer.Context) -> None:
+    """Send queued posts to Label Studio as pre-annotated tasks; what fails stays queued."""
+    settings = _settings(ctx)
+    project, queue = _labeling(settings)
+    ls = settings.labelstudio
+    labels = offered_labels(Store(settings.store_dir), _champion_labels(settings))
+    report = push_queued(
+        queue, project, labels, image_url=ls.image_url, overlap=ls.overlap, local_files=settings.local_files()
+    )
+    render.console.print(render.push_text(report, project))
+
+
+@label_app.command("annotate")
+def label_annotate(
+    ctx: typer.Context,
+    feed: Annotated[
+        Path | None, typer.Option(help="Simulated feed whose truth answers (default: <home>/feed).")
+    ] = None,
+) -> None:
+    """Simulated annotators label the open tasks in Label Studio from the simulator's ground truth."""
+    settings = _settings(ctx)
+    truth = read_labels((feed or settings.feed_dir) / "oracle" / "labels")
+    project, _ = _labeling(settings)
+    report = annotate_tasks(project, truth, settings.annotators)
+    render.console.print(
+        f"{report.annotations} annotations on {report.tasks} tasks ({report.wrong} wrong on purpose, "
+        f"{report.named} naming a new trend, {report.unknown} tasks of posts the feed does not know)"
+    )
+
+
+@label_app.command("pull")
+def label_pull(
+    ctx: typer.Context,
+    commit: Annotated[bool, typer.Option(help="Commit the decided labels as a new snapshot.")] = True,
+) -> None:
+    """Pull annotations, decide each post's label by majority vote, commit them as a snapshot."""
+    settings = _settings(ctx)
+    project, queue = _labeling(settings)
+    store = Store(settings.store_dir)
+    known = _champion_labels(settings) or tuple(offered_labels(store, ()))
+    report = pull_labels(queue, project, known, settings.labelstudio.overlap // 2 + 1)
+    render.console.print(render.pull_table(report))
+    if commit:
+        render.console.print(render.relabel_text(commit_labels(store, queue)))
+
+
+@label_app.command("status")
+def label_status(ctx: typer.Context) -> None:
+    """How many posts are queued, in Label Studio, annotated, decided and committed."""
+    queue = LabelQueue(_settings(ctx).labeling_dir / "queue.db")
+    render.console.print(render.queue_table(queue.counts()))
 
 
 @mlflow_app.command("ui")

@@ -2,27 +2,74 @@
 
 Then a tagger is trained on the labelled posts, logged and registered in MLflow,
 gated, and made the champion; each later day's traffic is checked for drift against
-the champion's training data, and the retrain triggers are asked. The first
-``seed_days`` of the feed arrive labelled, standing in for the labelled
-history a platform starts from; the days after arrive as the platform sees them,
+the champion's training data, and the retrain triggers are asked; when drift is
+found or a retrain is due, the posts the champion is least sure of go to Label
+Studio, simulated annotators label them there, and their labels come back as a
+new snapshot. The first ``seed_days`` of the feed arrive labelled, standing in for
+the labelled history a platform starts from; the days after arrive as the platform sees them,
 unlabelled, one ingest (and one snapshot) per day. Later stages of the loop
-(training, serving, drift, active learning) extend this function.
+extend this function.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+from pathlib import Path
+
 from rich.table import Table
 
-from components.errors import DriftError
+from active_learning.annotators import annotate
+from active_learning.loop import commit_labels, offered_labels, pull_labels, push_queued, select_posts
+from active_learning.queue import LabelQueue
+from components.errors import ConfigError, DriftError, LabelingError
 from components.ingest import IngestReport, ingest, read_labels
 from components.monitor import check_drift, log_check, retrain_context
 from components.predlog import PredictionLog
-from components.registry import CHAMPION
+from components.registry import CHAMPION, Registry
 from components.simulator.feed import oracle_styles, simulate
 from components.snapshot import Store
 from components.workflow import review, train_and_register
 from trendloop import render
 from trendloop.settings import Settings
+
+
+def label_posts(settings: Settings, store: Store, registry: Registry, since: datetime, feed: Path, why: str) -> None:
+    """Step 6: select the posts the champion is least sure of, have (simulated) annotators label them in
+    Label Studio, pull their labels and commit them as a snapshot."""
+    console = render.console
+    console.rule(f"[bold]6. active learning ({why}): select -> Label Studio -> annotators -> labels")
+    ls = settings.labelstudio
+    if ls.url is None:
+        server = settings.label_studio_server()
+        with console.status(f"starting Label Studio on {server.url} (the first start takes a minute)"):
+            console.print(render.service_line("label-studio", server.up(ls.start_timeout), server))
+    queue = LabelQueue(settings.labeling_dir / "queue.db")
+    project = settings.labeling_project()
+    version = registry.alias(CHAMPION)
+    champion = registry.load_predictor(version)
+    if queue.posts():
+        console.print(f"the queue holds {len(queue.posts())} posts from an earlier run: no new selection")
+    else:
+        with console.status("scoring the unlabelled posts"):
+            selected = select_posts(
+                store, store.head(), champion, str(version), queue, settings.active_learning, since=since
+            )
+        console.print(render.select_text(selected))
+    pushed = push_queued(
+        queue,
+        project,
+        offered_labels(store, champion.labels),
+        image_url=ls.image_url,
+        overlap=ls.overlap,
+        local_files=settings.local_files(),
+    )
+    console.print(render.push_text(pushed, project))
+    with console.status("simulated annotators at work in Label Studio"):
+        done = annotate(project, read_labels(feed / "oracle" / "labels"), settings.annotators)
+    console.print(f"simulated annotators: {done.annotations} annotations on {done.tasks} tasks ({done.wrong} wrong)")
+    console.print(render.pull_table(pull_labels(queue, project, champion.labels, ls.overlap // 2 + 1)))
+    console.print(render.relabel_text(commit_labels(store, queue)))
+    console.print(f"Label Studio: {project.url} (project {project.title!r}); `trendloop services down` stops it")
 
 
 def run_demo(settings: Settings, days: int, seed_days: int, posts_per_day: int) -> list[IngestReport]:
@@ -134,8 +181,17 @@ def run_demo(settings: Settings, days: int, seed_days: int, posts_per_day: int) 
         decisions = settings.retrain.decide(retrain_context(store, snapshot, registry, log, verdict))
         console.print(render.triggers_table(decisions))
         console.print(f"reports: {settings.checks_dir}/<check>/drift.html and drift.json, and in MLflow")
+        drifted = any(c.verdict.drifted for c in checks)
+        if drifted or any(d.fire for d in decisions):
+            why = "drift" if drifted else "retrain due"
+            try:
+                label_posts(settings, store, registry, spec.day_start(seed_days), out, why)
+            except (LabelingError, ConfigError) as err:  # Label Studio down or not startable: say so, go on
+                console.print(f"[red]active learning stopped:[/red] {err}")
+        else:
+            console.print("no drift and no trigger fired: annotators are not asked for labels this time")
 
-    console.rule("[bold]6. summary")
+    console.rule("[bold]7. summary")
     head = store.head()
     rejected = sum(r.rejected_total for r in reports)
     console.print(render.snapshots_table(store.list()[-5:], head.id if head else None))

@@ -18,16 +18,19 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from active_learning.labelstudio import LabelingProject
+from active_learning.loop import PullReport, PushReport, SelectReport
 from components.drift import DriftVerdict
 from components.emerging import EmergingCluster
 from components.evaluate import Evaluation
 from components.gate import Verdict
-from components.ingest import IngestReport
+from components.ingest import IngestReport, RelabelReport
 from components.registry import VersionInfo
 from components.simulator.feed import DayResult, FeedSpec
 from components.snapshot import Snapshot, SnapshotDiff
 from components.train import EpochStats, Step, TrainResult
 from components.triggers import Decision
+from infra.labelstudio import LocalLabelStudio, ServerStatus
 
 # Logs and CI are not terminals: give tables room rather than rich's 80-column fallback.
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -317,4 +320,67 @@ def triggers_table(decisions: list[Decision]) -> Table:
     table = Table("trigger", "fires", "why", title="retrain triggers")
     for d in decisions:
         table.add_row(d.trigger, "[bold]yes[/bold]" if d.fire else "no", d.reason)
+    return table
+
+
+def service_line(name: str, status: ServerStatus, server: LocalLabelStudio) -> str:
+    if not status.running:
+        return f"{name}: {status.detail} ({status.url}; start it with `trendloop services up`)"
+    creds = server.credentials()
+    return (
+        f"{name}: running on {status.url} (pid {status.pid}, {status.detail}); "
+        f"log in as {creds.username}, password in {server.state_dir / 'credentials.json'}"
+    )
+
+
+def select_text(r: SelectReport) -> str:
+    if r.queued == 0:
+        return f"nothing queued: {r.pool} unlabelled posts not queued before"
+    means = ", ".join(f"{arm} {score:.3f}" for arm, score in sorted(r.mean_score.items()))
+    return (
+        f"queued {r.queued} of {r.pool} unlabelled posts as batch {r.batch}: {r.active} by {r.strategy}, "
+        f"{r.control} random control (mean score: {means})"
+    )
+
+
+def push_text(r: PushReport, project: LabelingProject) -> str:
+    if r.project_id is None:
+        return "nothing to push: every queued post is in Label Studio already"
+    return (
+        f"pushed {r.pushed} tasks to {project.url}/projects/{r.project_id}"
+        + (f" ({r.found} were there already)" if r.found else "")
+        + (f"; {r.pending} still queued" if r.pending else "")
+    )
+
+
+def pull_table(r: PullReport) -> Table:
+    table = Table("", "value", title="annotations pulled")
+    table.add_row("annotated tasks read", str(r.tasks))
+    table.add_row("annotations (new)", f"{r.annotations} ({r.new_annotations})")
+    table.add_row("posts with a label", str(r.decided))
+    for status, n in sorted(r.undecided.items()):
+        table.add_row(f"posts {status}", str(n))
+    a = r.agreement
+    if a.posts:
+        table.add_row(
+            "agreement (posts with 2+ votes)", f"{a.pairwise:.2f} pairwise, Fleiss' kappa {a.kappa:.2f} ({a.posts})"
+        )
+    for label, n in sorted(r.new_classes.items()):
+        table.add_row("new class named", f"{label} ({n} posts)")
+    for arm, acc in r.accuracy.items():
+        table.add_row(f"model accuracy, {arm} posts", f"{acc:.1%}")
+    return table
+
+
+def relabel_text(r: RelabelReport) -> str:
+    if not r.relabelled:
+        return f"no new labels to commit (HEAD {r.snapshot})"
+    missing = f"; {len(r.missing)} posts not in HEAD" if r.missing else ""
+    return f"committed {len(r.relabelled)} labels as snapshot {r.snapshot}{missing}"
+
+
+def queue_table(counts: dict[str, int]) -> Table:
+    table = Table("posts", "count", title="labelling queue")
+    for name, n in counts.items():
+        table.add_row(name.replace("_", " "), str(n))
     return table

@@ -17,6 +17,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from active_learning.annotators import AnnotatorsConfig
+from active_learning.labelstudio import LabelingProject
+from active_learning.strategies import SelectionConfig
 from components.drift import DriftConfig
 from components.emerging import EmergingConfig
 from components.errors import ConfigError
@@ -26,6 +29,7 @@ from components.simulator.feed import FeedSpec
 from components.train import TrainConfig
 from components.triggers import RetrainPolicy
 from components.validate import ImageLimits
+from infra.labelstudio import LocalLabelStudio
 
 DEFAULT_CONFIG = Path("trendloop.toml")
 
@@ -57,6 +61,22 @@ class RegistrySettings(BaseModel):
     model_name: str = "trendloop-tagger"  # the registered model every version belongs to
 
 
+class LabelStudioSettings(BaseModel):
+    """Where annotators label. Unset url and token give the embedded server trendloop starts itself."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = None  # a shared Label Studio, e.g. http://label-studio:8080; unset: the embedded one
+    token: str | None = None  # its API token (legacy or personal access token); unset: the embedded admin's
+    port: int = Field(default=8089, gt=0, lt=65536)  # the embedded server's port on 127.0.0.1
+    version: str = "1.23.2"  # the label-studio release the embedded server runs
+    project: str = Field(default="trendloop: what is this post about?", min_length=3, max_length=50)  # found by title
+    image_url: str = "/data/local-files/?d={image}"  # a task's image; {image} is its path in the store
+    serve_store: bool = True  # connect a local-files storage to the store (the server must see its disk)
+    overlap: int = Field(default=1, ge=1)  # annotations per task; a majority of them decides
+    timeout: float = Field(default=30.0, gt=0)  # seconds per request
+    start_timeout: float = Field(default=600.0, gt=0)  # seconds the first start may take (it migrates a database)
+
+
 class Settings(BaseSettings):
     """Everything trendloop reads from configuration. Nothing else reads the environment."""
 
@@ -70,6 +90,9 @@ class Settings(BaseSettings):
     drift: DriftConfig = Field(default_factory=DriftConfig)  # how drift checks test the traffic
     emerging: EmergingConfig = Field(default_factory=EmergingConfig)  # what counts as an emerging trend
     retrain: RetrainPolicy = Field(default_factory=RetrainPolicy)  # when a retrain is due
+    labelstudio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
+    active_learning: SelectionConfig = Field(default_factory=SelectionConfig)  # which posts annotators see
+    annotators: AnnotatorsConfig = Field(default_factory=AnnotatorsConfig)  # the simulated ones (demo, tests)
 
     @classmethod
     def settings_customise_sources(
@@ -102,6 +125,30 @@ class Settings(BaseSettings):
     def checks_dir(self) -> Path:
         """One folder per drift check: drift.json and Evidently's drift.html."""
         return self.home / "drift"
+
+    @property
+    def labeling_dir(self) -> Path:
+        """The labelling queue (queue.db): selected, pushed, annotated and decided posts."""
+        return self.home / "labeling"
+
+    def label_studio_server(self) -> LocalLabelStudio:
+        """The embedded Label Studio: its state under <home>/services, images read from the store."""
+        ls = self.labelstudio
+        return LocalLabelStudio(self.home / "services" / "labelstudio", ls.port, ls.version, self.store_dir)
+
+    def labeling_project(self) -> LabelingProject:
+        """The Label Studio project of these settings: the shared server's, or the embedded one's."""
+        ls = self.labelstudio
+        if ls.url is not None:
+            if ls.token is None:
+                raise ConfigError("labelstudio.url is set but labelstudio.token is not (TRENDLOOP_LABELSTUDIO__TOKEN)")
+            return LabelingProject(ls.url, ls.token, ls.project, ls.timeout)
+        server = self.label_studio_server()
+        return LabelingProject(server.url, server.credentials().token, ls.project, ls.timeout)
+
+    def local_files(self) -> Path | None:
+        """The folder Label Studio reads task images from, when it serves them from the store."""
+        return (self.store_dir / "images").resolve() if self.labelstudio.serve_store else None
 
     @property
     def tracking_uri(self) -> str:

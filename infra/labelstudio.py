@@ -1,0 +1,219 @@
+"""The embedded default's Label Studio: a real server on 127.0.0.1, started and stopped by trendloop.
+
+It runs in its own environment (``uv tool run --from label-studio==<version>``:
+Label Studio pins Django, pytz and pyarrow versions that our environment cannot
+share). Everything it keeps lives under ``state_dir``::
+
+    credentials.json   admin e-mail, password and API token, made on first start (mode 0600)
+    data/              Label Studio's database and media (LABEL_STUDIO_BASE_DATA_DIR)
+    server.json        pid, port and start time of the running server
+    server.log         its output
+
+The server reads task images from ``document_root`` (local-files serving), which
+is the image store: nothing else on the machine is readable through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from components.errors import ConfigError, LabelingError
+from components.posts import write_atomic
+
+ADMIN = "admin@trendloop.local"
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never goes through a proxy
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+    token: str
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    running: bool
+    url: str
+    pid: int | None
+    detail: str  # one line: why not running, or since when
+
+
+class LocalLabelStudio:
+    def __init__(
+        self, state_dir: Path, port: int, version: str, document_root: Path, launcher: list[str] | None = None
+    ):
+        self.state_dir = state_dir.resolve()
+        self.port = port
+        self.version = version
+        self.document_root = document_root.resolve()
+        self.launcher = launcher
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "server.log"
+
+    def credentials(self) -> Credentials:
+        """The admin's credentials, generated on first use and kept readable by the owner only."""
+        path = self.state_dir / "credentials.json"
+        if path.exists():
+            return Credentials(**json.loads(path.read_text()))
+        creds = Credentials(ADMIN, secrets.token_urlsafe(18), secrets.token_hex(20))
+        write_atomic(path, json.dumps(creds.__dict__, indent=2))
+        path.chmod(0o600)
+        return creds
+
+    def command(self) -> list[str]:
+        if self.launcher:
+            return [*self.launcher, "start"]
+        uv = os.environ.get("UV") or shutil.which("uv")
+        if uv is None:
+            raise ConfigError(
+                "starting Label Studio needs uv (it runs in its own environment): `pip install uv`, "
+                "or set labelstudio.url to a running Label Studio"
+            )
+        return [uv, "tool", "run", "--from", f"label-studio=={self.version}", "label-studio", "start"]
+
+    def environment(self) -> dict[str, str]:
+        creds = self.credentials()
+        return {
+            **os.environ,
+            "LABEL_STUDIO_BASE_DATA_DIR": str(self.state_dir / "data"),
+            "LABEL_STUDIO_USERNAME": creds.username,
+            "LABEL_STUDIO_PASSWORD": creds.password,
+            "LABEL_STUDIO_USER_TOKEN": creds.token,
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
+            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+            "SSRF_PROTECTION_ENABLED": "false",  # webhooks to 127.0.0.1
+            "COLLECT_ANALYTICS": "false",
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _record(self) -> dict | None:
+        path = self.state_dir / "server.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def healthy(self) -> bool:
+        try:
+            with _DIRECT.open(self.url + "/health", timeout=2) as response:
+                return json.loads(response.read()).get("status") == "UP"
+        except (OSError, ValueError):
+            return False
+
+    def status(self) -> ServerStatus:
+        record = self._record()
+        pid = record["pid"] if record and _alive(record["pid"]) else None
+        if pid is not None and self.healthy():
+            return ServerStatus(True, self.url, pid, f"up since {record['started_at']}")
+        if pid is not None:
+            return ServerStatus(False, self.url, pid, "started but not answering yet (see server.log)")
+        if self.healthy():
+            return ServerStatus(
+                False, self.url, None, f"port {self.port} answers, but not with the server trendloop started"
+            )
+        return ServerStatus(False, self.url, None, "stopped")
+
+    def up(self, timeout: float = 600.0) -> ServerStatus:
+        """Start the server unless it runs, and wait until it answers (a first start migrates its database)."""
+        record = self._record()
+        if record and _alive(record["pid"]):
+            return self._wait(record["pid"], None, timeout)
+        if self.healthy():
+            raise LabelingError(
+                f"something else answers on port {self.port}; set labelstudio.port to a free port "
+                "(or labelstudio.url to use that server)"
+            )
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "data").mkdir(exist_ok=True)
+        command = [*self.command(), "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port)]
+        with self.log_path.open("ab") as log:
+            process = subprocess.Popen(
+                command,
+                cwd=self.state_dir,
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: `down` stops uv and the server together
+            )
+        record = {"pid": process.pid, "port": self.port, "version": self.version, "started_at": _now()}
+        write_atomic(self.state_dir / "server.json", json.dumps(record, indent=2))
+        return self._wait(process.pid, process, timeout)
+
+    def _wait(self, pid: int, process: subprocess.Popen | None, timeout: float) -> ServerStatus:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return self.status()
+            exited = process.poll() is not None if process is not None else not _alive(pid)
+            if exited:
+                (self.state_dir / "server.json").unlink(missing_ok=True)
+                raise LabelingError(f"Label Studio exited while starting: {self._log_tail()}")
+            time.sleep(1.0)
+        raise LabelingError(f"Label Studio did not answer on {self.url} within {timeout:.0f} s: {self._log_tail()}")
+
+    def down(self, timeout: float = 30.0) -> bool:
+        """Stop the server this state folder started; False if none was running."""
+        record = self._record()
+        if record is None:
+            return False
+        pid = record["pid"]
+        stopped = _alive(pid)
+        if stopped:
+            _signal_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _alive(pid):
+                _signal_group(pid, signal.SIGKILL)
+        (self.state_dir / "server.json").unlink(missing_ok=True)
+        return stopped
+
+    def _log_tail(self, lines: int = 5) -> str:
+        if not self.log_path.exists():
+            return "no log"
+        tail = self.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
+        return " | ".join(line.strip() for line in tail) + f" (full log: {self.log_path})"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it is our exited child
+        if finished == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: ask the kernel
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

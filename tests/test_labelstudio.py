@@ -1,0 +1,308 @@
+"""Integration: the labelling loop against a real Label Studio server (started once per session)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import threading
+import urllib.request
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from active_learning.annotators import AnnotatorsConfig, annotate
+from active_learning.consensus import OTHER
+from active_learning.labelstudio import LabelingProject, config_labels
+from active_learning.loop import commit_labels, offered_labels, pull_labels, push_queued, select_posts
+from active_learning.queue import LabelQueue
+from active_learning.strategies import SelectionConfig
+from components.errors import LabelingError
+from components.ingest import ingest, read_labels
+from components.model import TaggerSpec, build_tagger
+from components.predict import Predictor
+from components.preprocess import Preprocessing
+from components.snapshot import Store
+from infra.labelstudio import LocalLabelStudio
+from tests.conftest import SMALL_FEED, free_port
+
+LABELS = ("food", "pets", "selfie", "cars", "fitness", "flowers", "landscape", "city")
+
+
+class Loop:
+    """One test's store, queue, project and model, over the session's server."""
+
+    def __init__(self, server: LocalLabelStudio, home: Path, feed: Path, title: str):
+        self.store = Store(home / "store")
+        ingest(feed, self.store, labels=read_labels(feed / "oracle" / "labels"), until=SMALL_FEED.day_start(2))
+        ingest(feed, self.store, since=SMALL_FEED.day_start(2))
+        self.truth = read_labels(feed / "oracle" / "labels")
+        self.queue = LabelQueue(home / "labeling" / "queue.db")
+        self.project = LabelingProject(server.url, server.credentials().token, title)
+        torch.manual_seed(0)
+        spec = TaggerSpec("resnet18", LABELS, Preprocessing(image_size=32, resize=36))
+        self.predictor = Predictor(build_tagger(spec).eval())
+        self.images = (self.store.root / "images").resolve()
+        # images are served from the server's document root; this test's store sits one folder below it
+        self.image_url = f"/data/local-files/?d={home.name}/store/{{image}}"
+
+    def select(self, budget: int, **config) -> None:
+        select_posts(
+            self.store, self.store.head(), self.predictor, "3", self.queue, SelectionConfig(**config), budget=budget
+        )
+
+    def push(self, overlap: int = 1, project: LabelingProject | None = None, chunk: int = 500):
+        return push_queued(
+            self.queue,
+            project or self.project,
+            offered_labels(self.store, LABELS),
+            image_url=self.image_url,
+            overlap=overlap,
+            local_files=self.images,
+            chunk=chunk,
+        )
+
+    def tasks(self) -> pd.DataFrame:
+        rows = [
+            {"task": t.id, "post_id": t.data["post_id"], "annotations": len(t.annotations or []), "raw": t}
+            for t in self.project.tasks_below(10**6)
+        ]
+        return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def loop(label_studio: LocalLabelStudio, ls_home: Path, small_feed: Path, request: pytest.FixtureRequest) -> Loop:
+    name = request.node.name
+    return Loop(label_studio, ls_home, small_feed, f"{name[:40]} {hashlib.sha256(name.encode()).hexdigest()[:8]}")
+
+
+def test_project_is_created_once_and_only_grows(loop: Loop, label_studio: LocalLabelStudio):
+    project = loop.project
+    first = project.ensure(["food", "pets"], overlap=3, local_files=loop.images)
+    again = LabelingProject(project.url, label_studio.credentials().token, project.title)
+    assert again.ensure(["pets", "food"], local_files=loop.images) == first  # found by title, not made twice
+    assert project.labels() == ["food", "pets"]
+    project.ensure(["food", "pets", "meme"], overlap=3)
+    raw = project.client.projects.get(first)
+    assert config_labels(raw.label_config) == ["food", "pets", "meme"] and OTHER in raw.label_config
+    assert raw.maximum_annotations == 3 and raw.sampling == "Uncertainty sampling"
+    storages = project.client.import_storage.local.list(project=first)
+    assert [Path(s.path) for s in storages] == [loop.images]  # the store is connected once
+
+
+def test_push_creates_pre_annotated_tasks_once(loop: Loop, label_studio: LocalLabelStudio):
+    loop.select(12, strategy="entropy", control_share=0.25)
+    queued = {p.post_id: p for p in loop.queue.posts()}
+    report = loop.push()
+    assert (report.pushed, report.found, report.pending) == (12, 0, 0)
+    tasks = loop.tasks()
+    assert sorted(tasks.post_id) == sorted(queued)
+    task = tasks.raw.iloc[0]
+    post = queued[task.data["post_id"]]
+    [prediction] = task.predictions
+    prediction = prediction if isinstance(prediction, dict) else prediction.model_dump()
+    assert prediction["model_version"] == "3" and prediction["score"] == pytest.approx(post.confidence)
+    assert loop.project.client.projects.get(report.project_id).model_version == "3"  # tasks ordered by its scores
+    assert prediction["result"][0]["value"]["choices"] == [post.predicted]
+    assert task.data["arm"] == post.arm and task.data["caption"] == (post.caption or "")
+    assert sum(p.arm == "control" for p in queued.values()) == 3
+    # Label Studio serves the stored image itself, byte for byte
+    request = urllib.request.Request(
+        label_studio.url + task.data["image"], headers={"Authorization": f"Token {label_studio.credentials().token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.read() == (loop.store.root / post.image).read_bytes()
+    # pushing again sends nothing; a queue that lost its state finds the tasks instead of duplicating them
+    assert loop.push().project_id is None
+    fresh = LabelQueue(loop.queue.path.with_name("fresh.db"))
+    fresh.add(replace(p, task_id=None, project_id=None, pushed_at=None) for p in loop.queue.posts())
+    recovered = push_queued(fresh, loop.project, LABELS, image_url=loop.image_url)
+    assert (recovered.pushed, recovered.found, recovered.pending) == (0, 12, 0)
+    assert len(loop.tasks()) == 12
+    # a new selection never picks a queued post
+    loop.select(5)
+    assert len(loop.queue.posts()) == 17 and loop.push().pushed == 5 and len(loop.tasks()) == 17
+
+
+def test_pull_decides_by_majority_names_new_classes_and_commits_once(loop: Loop):
+    loop.select(6, diversity=False, control_share=0.0)
+    loop.push(overlap=3)
+    tasks = loop.tasks().sort_values("post_id").reset_index(drop=True)
+    people = list(loop.project.annotator_ids(["ann-a", "ann-b", "ann-c"]).values())
+    votes = [
+        [("food", None), ("food", None), ("pets", None)],  # food, 2 of 3
+        [(OTHER, "Meme"), (OTHER, "#meme"), ("food", None)],  # a new class, named twice
+        [(OTHER, "meme"), (OTHER, "meme "), (OTHER, "meme")],  # the same new class
+        [("food", None), ("pets", None)],  # tied so far: waits for a third vote
+        [(OTHER, None), (OTHER, None), ("cars", None)],  # other, but nobody named it
+    ]
+    for row, answers in zip(tasks.itertuples(), votes, strict=False):
+        for person, (choice, trend) in zip(people, answers, strict=False):
+            loop.project.annotate(row.task, choice, trend, annotator=person)
+    report = pull_labels(loop.queue, loop.project, LABELS, min_votes=2)
+    ids = tasks.post_id.tolist()
+    assert (report.tasks, report.annotations, report.new_annotations) == (5, 14, 14)
+    assert loop.queue.uncommitted() == {ids[0]: "food", ids[1]: "meme", ids[2]: "meme"}
+    assert report.new_classes == {"meme": 2} and report.undecided == {"tied": 1, "unnamed": 1}
+    assert report.agreement.posts == 5 and 0 < report.agreement.pairwise < 1
+    # pulling again adds nothing
+    again = pull_labels(loop.queue, loop.project, LABELS, min_votes=2)
+    assert again.new_annotations == 0 and len(loop.queue.annotations()) == 14
+    # the tie is broken by a third annotator on the next pull
+    loop.project.annotate(tasks.task[3], "pets", annotator=people[2])
+    third = pull_labels(loop.queue, loop.project, LABELS, min_votes=2)
+    assert third.new_annotations == 1 and loop.queue.uncommitted()[ids[3]] == "pets"
+    # committed once: the labels land in a snapshot, a second commit finds nothing new
+    head = loop.store.head()
+    committed = commit_labels(loop.store, loop.queue)
+    assert committed.new_snapshot and committed.relabelled == sorted(ids[:4])
+    rows = {r["post_id"]: r for r in loop.store.head().manifest().to_pylist()}
+    assert rows[ids[1]]["label"] == "meme" and rows[ids[1]]["label_source"] == "annotators"
+    assert loop.store.head().parent == head.id
+    assert commit_labels(loop.store, loop.queue).relabelled == [] and loop.queue.uncommitted() == {}
+    # the named class is offered to annotators from the next push on
+    loop.select(2)
+    loop.push(overlap=3)
+    assert "meme" in loop.project.labels()
+
+
+def test_simulated_annotators_label_through_label_studio(loop: Loop):
+    loop.select(10, control_share=0.2)
+    loop.push(overlap=3)
+    report = annotate(loop.project, loop.truth, AnnotatorsConfig(count=3, per_task=3, error_rate=0.0))
+    assert (report.tasks, report.annotations, report.wrong) == (10, 30, 0)
+    assert (loop.tasks().annotations == 3).all()
+    assert annotate(loop.project, loop.truth, AnnotatorsConfig(count=3, per_task=3)).annotations == 0  # all done
+    pulled = pull_labels(loop.queue, loop.project, LABELS, min_votes=2)
+    decided = loop.queue.uncommitted()
+    assert len(decided) == 10 and all(label == loop.truth[post] for post, label in decided.items())
+    assert pulled.agreement.kappa == pytest.approx(1.0)
+    assert set(pulled.accuracy) <= {"active", "control"} and pulled.accuracy
+    named = {post for post in decided if loop.truth[post] not in LABELS}
+    assert report.named == 3 * len(named) and pulled.new_classes == ({"meme": len(named)} if named else {})
+
+
+def test_simulated_annotators_make_the_errors_they_are_told_to(loop: Loop):
+    loop.select(8, control_share=0.0)
+    loop.push()
+    report = annotate(loop.project, loop.truth, AnnotatorsConfig(count=2, per_task=1, error_rate=1.0))
+    assert report.annotations == report.wrong == 8
+    pull_labels(loop.queue, loop.project, LABELS)
+    assert all(label != loop.truth[post] for post, label in loop.queue.uncommitted().items())
+
+
+class FlakyProxy:
+    """Forwards HTTP to Label Studio, then drops every connection after ``limit`` requests: the server going down."""
+
+    def __init__(self, target: str, limit: int):
+        self.limit, self.seen = limit, 0
+        host, port = target.removeprefix("http://").split(":")
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def forward(self) -> None:
+                proxy.seen += 1
+                if proxy.seen > proxy.limit:
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                upstream = http.client.HTTPConnection(host, int(port), timeout=30)
+                upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+                answer = upstream.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for key, value in answer.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_push_when_label_studio_is_down_keeps_the_batch_queued(loop: Loop, label_studio: LocalLabelStudio):
+    loop.select(9, control_share=0.0)
+    token = label_studio.credentials().token
+    down = LabelingProject(f"http://127.0.0.1:{free_port()}", token, loop.project.title, timeout=5)
+    with pytest.raises(LabelingError, match=r"unreachable while trying to list projects.*9 posts stay queued"):
+        loop.push(project=down)
+    assert len(loop.queue.pending()) == 9
+    # the server goes down half-way: the chunks it took are marked pushed, the rest stay queued
+    proxy = FlakyProxy(label_studio.url, limit=8)
+    try:
+        flaky = LabelingProject(proxy.url, token, loop.project.title, timeout=5)
+        with pytest.raises(LabelingError, match="stay queued"):
+            loop.push(project=flaky, chunk=3)
+    finally:
+        proxy.close()
+    left = len(loop.queue.pending())
+    assert 0 < left < 9 and len(loop.tasks()) == 9 - left
+    report = loop.push(chunk=3)
+    assert report.pushed == left and report.pending == 0
+    assert sorted(loop.tasks().post_id) == sorted(p.post_id for p in loop.queue.posts())  # one task per post
+
+
+def test_pull_when_label_studio_is_down_changes_nothing(loop: Loop, label_studio: LocalLabelStudio):
+    loop.select(6, control_share=0.0)
+    loop.push()
+    annotate(loop.project, loop.truth, AnnotatorsConfig(count=1, per_task=1, error_rate=0.0))
+    token = label_studio.credentials().token
+    down = LabelingProject(f"http://127.0.0.1:{free_port()}", token, loop.project.title, timeout=5)
+    with pytest.raises(LabelingError, match="unreachable"):
+        pull_labels(loop.queue, down, LABELS)
+    # down after the first page: nothing of the half-read pull is stored, not even the cursor
+    proxy = FlakyProxy(label_studio.url, limit=2)
+    try:
+        flaky = LabelingProject(proxy.url, token, loop.project.title, timeout=5)
+        with pytest.raises(LabelingError, match="unreachable while trying to pull annotations"):
+            pull_labels(loop.queue, flaky, LABELS, page_size=2)
+    finally:
+        proxy.close()
+    assert loop.queue.annotations() == [] and loop.queue.get("pull_cursor") is None
+    assert loop.queue.counts()["decided"] == 0
+    report = pull_labels(loop.queue, loop.project, LABELS)
+    assert report.new_annotations == 6 and len(loop.queue.uncommitted()) == 6
+
+
+def test_wrong_token_is_a_clear_error(label_studio: LocalLabelStudio):
+    project = LabelingProject(label_studio.url, "not-a-token", "whatever")
+    with pytest.raises(LabelingError, match=r"refused to list projects: HTTP 401"):
+        project.ensure(["food"])
+
+
+def test_server_status_credentials_and_restart(label_studio: LocalLabelStudio, tmp_path: Path):
+    status = label_studio.status()
+    assert status.running and status.pid is not None
+    creds_file = label_studio.state_dir / "credentials.json"
+    assert creds_file.stat().st_mode & 0o077 == 0  # the token is readable by its owner only
+    assert label_studio.up(timeout=5).pid == status.pid  # up again: the same server, nothing started
+    squatter = LocalLabelStudio(tmp_path / "other", label_studio.port, label_studio.version, tmp_path)
+    assert not squatter.status().running and "not with the server trendloop started" in squatter.status().detail
+    with pytest.raises(LabelingError, match="something else answers on port"):
+        squatter.up(timeout=5)
+    assert LocalLabelStudio(tmp_path / "never", free_port(), label_studio.version, tmp_path).down() is False
+    # stop and start again: projects and the token survive (they live under the state folder)
+    project = LabelingProject(label_studio.url, label_studio.credentials().token, "survives a restart")
+    made = project.ensure(["food"])
+    assert label_studio.down() and not label_studio.healthy() and label_studio.status().detail == "stopped"
+    assert label_studio.up(timeout=300).running
+    assert (
+        LabelingProject(label_studio.url, label_studio.credentials().token, "survives a restart").ensure(["food"])
+        == made
+    )
