@@ -98,9 +98,8 @@ def select_posts(
         mc_samples=config.mc_samples,
         mc_dropout=config.mc_dropout,
     )
-    centers = (
-        labelled_embeddings(store, snapshot, predictor, config.max_centers, config.seed) if config.diversity else None
-    )
+    diverse = config.diversity and config.strategy != "random"
+    centers = labelled_embeddings(store, snapshot, predictor, config.max_centers, config.seed) if diverse else None
     picked = select_batch(scored.scores, scored.predictions.embeddings, config, budget, centers)
     predicted, confidence = scored.predictions.predicted, scored.predictions.confidence
     posts = []
@@ -112,7 +111,7 @@ def select_posts(
                 image=row.image,
                 batch=batch,
                 arm=arm,
-                strategy=config.strategy + ("+kcenter" if config.diversity and config.strategy != "random" else ""),
+                strategy=config.strategy + ("+kcenter" if diverse else ""),
                 score=float(scored.scores[i]),
                 predicted=predicted[i],
                 confidence=float(confidence[i]),

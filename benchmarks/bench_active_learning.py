@@ -121,10 +121,11 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
             3e-3,
             seed,
         )
-        acc, acc_new = evaluate(Predictor(base), decoded["test"], targets["test"], new)
-        print(f"seed {seed}: seed model {acc:.3f} test accuracy ({time.perf_counter() - start:.0f} s)")
-        for name, (strategy, diversity) in STRATEGIES.items():
-            rows.append({"seed": seed, "strategy": name, "labels": 0, "accuracy": acc, "new_class": acc_new})
+        base_acc, base_new = evaluate(Predictor(base), decoded["test"], targets["test"], new)
+        print(f"seed {seed}: seed model {base_acc:.3f} test accuracy ({time.perf_counter() - start:.0f} s)")
+        for name in args.strategies:
+            strategy, diversity = STRATEGIES[name]
+            rows.append({"seed": seed, "strategy": name, "labels": 0, "accuracy": base_acc, "new_class": base_new})
             model = copy.deepcopy(base)
             bought = np.zeros(0, dtype=np.int64)
             config = SelectionConfig(
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                 bought = np.concatenate([bought, rest[picked.indices]])
                 images = torch.cat([decoded["seed"], decoded["pool"][bought]])
                 y = torch.cat([targets["seed"], targets["pool"][bought]])
-                model = fit(model, images, y, args.epochs, 1e-3, seed * 100 + round_)
+                model = fit(model, images, y, args.epochs, args.lr, seed * 100 + round_)
                 acc, acc_new = evaluate(Predictor(model), decoded["test"], targets["test"], new)
                 rows.append(
                     {"seed": seed, "strategy": name, "labels": len(bought), "accuracy": acc, "new_class": acc_new}
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
 
 
 def report(results: pd.DataFrame) -> None:
-    order = list(STRATEGIES)
+    order = [name for name in STRATEGIES if name in set(results.strategy)]
     mean = results.pivot_table(index="strategy", columns="labels", values="accuracy", aggfunc="mean", dropna=False).loc[
         order
     ]
@@ -187,6 +188,8 @@ def report(results: pd.DataFrame) -> None:
     print("|---" * (len(new.columns) + 1) + "|")
     for name in order:
         print(f"| {name} | " + " | ".join(f"{new.loc[name, c]:.3f}" for c in new.columns) + " |")
+    if "random" not in order:
+        return
     target = mean.loc["random"].iloc[-1]
     print(f"\nlabels needed to reach random's final accuracy ({target:.3f} at {mean.columns[-1]} labels)")
     for name in order:
@@ -204,6 +207,8 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--seed-epochs", type=int, default=12, help="epochs of the seed model")
     parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs per round")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of each round's fine-tuning")
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     parser.add_argument(
         "--prefilter", type=int, default=5, help="k-center picks among prefilter x query most uncertain"
     )
