@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from active_learning.consensus import OTHER
-from active_learning.labelstudio import LabelingProject
+from active_learning.labelstudio import LabelingProject, annotations_of
 
 
 class AnnotatorsConfig(BaseModel):
@@ -51,10 +51,11 @@ def annotate(project: LabelingProject, truth: dict[str, str], config: Annotators
         if true is None:
             unknown += 1
             continue
-        done_by = {_field(a, "completed_by") for a in task.annotations or []}
+        made = annotations_of(task)
+        done_by = {a.get("completed_by") for a in made}
         free = [uid for uid in people.values() if uid not in done_by]
         rng = np.random.default_rng([config.seed, task.id])
-        need = min(per_task - len(task.annotations or []), len(free))
+        need = min(per_task - len(made), len(free))
         for uid in rng.choice(free, size=need, replace=False) if need > 0 else []:
             answer = true
             if rng.random() < config.error_rate and len(offered) > 1:
@@ -67,7 +68,3 @@ def annotate(project: LabelingProject, truth: dict[str, str], config: Annotators
     with ThreadPoolExecutor(config.workers) as pool:
         list(pool.map(lambda job: project.annotate(*job), jobs))
     return AnnotateReport(tasks, len(jobs), wrong, named, unknown)
-
-
-def _field(item: object, name: str) -> object:
-    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)

@@ -87,6 +87,11 @@ def parse_annotation(task_id: int, post_id: str, raw: dict) -> Annotation:
     )
 
 
+def annotations_of(task: Any) -> list[dict]:
+    """A listed task's annotations as dicts (the SDK gives dicts or models, depending on the listing)."""
+    return [a if isinstance(a, dict) else a.model_dump() for a in task.annotations or []]
+
+
 def ls_time(value: Any) -> str | None:
     """Label Studio's own time format for filters: 2026-01-05T10:00:00.000000Z."""
     if value is None:

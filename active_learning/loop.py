@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from active_learning.consensus import Agreement, agreement, decide_all
-from active_learning.labelstudio import LabelingProject, choice_result, ls_time, parse_annotation
+from active_learning.labelstudio import LabelingProject, annotations_of, choice_result, ls_time, parse_annotation
 from active_learning.pool import score_pool
-from active_learning.queue import Annotation, LabelQueue, QueuedPost
+from active_learning.queue import LabelQueue, QueuedPost
 from active_learning.strategies import SelectionConfig, heuristic, select_batch
 from components.data import decode_images
 from components.errors import LabelingError
@@ -42,10 +42,9 @@ class SelectReport:
 
 
 def unlabelled_pool(
-    store: Store, snapshot: Snapshot, exclude: set[str], since: datetime | None = None, until: datetime | None = None
+    store: Store, posts: pd.DataFrame, exclude: set[str], since: datetime | None = None, until: datetime | None = None
 ) -> pd.DataFrame:
-    """The snapshot's unlabelled posts not in ``exclude``: post_id, created_at, image, caption, hashtags, path."""
-    posts = snapshot.manifest().select(["post_id", "created_at", "image", "caption", "hashtags", "label"]).to_pandas()
+    """The manifest's unlabelled posts not in ``exclude``: post_id, created_at, image, caption, hashtags, path."""
     keep = posts.label.isna() & ~posts.post_id.isin(exclude)
     if since is not None:
         keep &= posts.created_at >= pd.Timestamp(since)
@@ -56,9 +55,8 @@ def unlabelled_pool(
     return pool
 
 
-def labelled_embeddings(store: Store, snapshot: Snapshot, predictor: Predictor, limit: int, seed: int) -> np.ndarray:
-    """Embeddings of up to ``limit`` labelled posts (sampled): what the model has already been taught."""
-    posts = snapshot.manifest().select(["image", "label"]).to_pandas()
+def labelled_embeddings(store: Store, posts: pd.DataFrame, predictor: Predictor, limit: int, seed: int) -> np.ndarray:
+    """Embeddings of up to ``limit`` of the manifest's labelled posts (sampled): what the model has been taught."""
     posts = posts[posts.label.notna()]
     if limit == 0 or posts.empty:
         return np.zeros((0, predictor.tagger.embedding_dim), np.float32)
@@ -80,7 +78,9 @@ def select_posts(
     budget: int | None = None,
 ) -> SelectReport:
     """Score the snapshot's unlabelled posts with ``predictor`` and queue a batch for annotators."""
-    pool = unlabelled_pool(store, snapshot, queue.queued_ids(), since, until)
+    manifest = snapshot.manifest().select(["post_id", "created_at", "image", "caption", "hashtags", "label"])
+    posts = manifest.to_pandas()
+    pool = unlabelled_pool(store, posts, queue.queued_ids(), since, until)
     stamp = datetime.now(UTC)
     batch = (
         "sel-"
@@ -99,7 +99,7 @@ def select_posts(
         mc_dropout=config.mc_dropout,
     )
     diverse = config.diversity and config.strategy != "random"
-    centers = labelled_embeddings(store, snapshot, predictor, config.max_centers, config.seed) if diverse else None
+    centers = labelled_embeddings(store, posts, predictor, config.max_centers, config.seed) if diverse else None
     picked = select_batch(scored.scores, scored.predictions.embeddings, config, budget, centers)
     predicted, confidence = scored.predictions.predicted, scored.predictions.confidence
     posts = []
@@ -203,9 +203,9 @@ def push_queued(
         if newest is not None:
             project.set_model_version(newest.model_version)
     except LabelingError as err:
-        left = len(queue.pending())
+        left = len(pending) - pushed - found
         raise LabelingError(f"{err}; {left} posts stay queued for the next push") from None
-    return PushReport(project_id, pushed, found, len(queue.pending()))
+    return PushReport(project_id, pushed, found, len(pending) - pushed - found)
 
 
 @dataclass(frozen=True)
@@ -237,11 +237,12 @@ def pull_labels(
         if post_id is None:
             continue  # a task someone else made in the project: not ours to decide
         tasks += 1
-        pulled.extend(_annotation(task.id, post_id, raw) for raw in task.annotations or [])
+        pulled.extend(parse_annotation(task.id, post_id, raw) for raw in annotations_of(task))
         stamp = ls_time(getattr(task, "updated_at", None))
         newest = max(newest or stamp, stamp) if stamp else newest
     new = queue.record_annotations(pulled, newest)
-    decisions = decide_all(queue.annotations(), known, min_votes)
+    everything = queue.annotations()
+    decisions = decide_all(everything, known, min_votes)
     queue.save_decisions(decisions)
     decided = [d for d in decisions if d.status == "decided"]
     right: dict[str, list[bool]] = {}
@@ -256,13 +257,9 @@ def pull_labels(
         decided=len(decided),
         undecided=dict(Counter(d.status for d in decisions if d.status != "decided")),
         new_classes=dict(Counter(d.label for d in decided if d.new_class)),
-        agreement=agreement(queue.annotations()),
+        agreement=agreement(everything),
         accuracy={arm: float(np.mean(v)) for arm, v in sorted(right.items())},
     )
-
-
-def _annotation(task_id: int, post_id: str, raw: object) -> Annotation:
-    return parse_annotation(task_id, post_id, raw if isinstance(raw, dict) else raw.model_dump())
 
 
 def commit_labels(store: Store, queue: LabelQueue) -> RelabelReport:
@@ -274,5 +271,6 @@ def commit_labels(store: Store, queue: LabelQueue) -> RelabelReport:
     digest = hashlib.sha256("".join(f"{p}={labels[p]}\n" for p in sorted(labels)).encode()).hexdigest()[:12]
     report = relabel(store, labels, "annotators", {"batch": f"labels-{digest}", "uri": str(queue.path)})
     if report.snapshot is not None:
-        queue.mark_committed([p for p in labels if p not in set(report.missing)], report.snapshot)
+        missing = set(report.missing)
+        queue.mark_committed([p for p in labels if p not in missing], report.snapshot)
     return report

@@ -51,14 +51,11 @@ class ServerStatus:
 
 
 class LocalLabelStudio:
-    def __init__(
-        self, state_dir: Path, port: int, version: str, document_root: Path, launcher: list[str] | None = None
-    ):
+    def __init__(self, state_dir: Path, port: int, version: str, document_root: Path):
         self.state_dir = state_dir.resolve()
         self.port = port
         self.version = version
         self.document_root = document_root.resolve()
-        self.launcher = launcher
 
     @property
     def url(self) -> str:
@@ -79,8 +76,6 @@ class LocalLabelStudio:
         return creds
 
     def command(self) -> list[str]:
-        if self.launcher:
-            return [*self.launcher, "start"]
         uv = os.environ.get("UV") or shutil.which("uv")
         if uv is None:
             raise ConfigError(

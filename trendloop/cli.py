@@ -362,7 +362,7 @@ def _labeling(settings: Settings) -> tuple[LabelingProject, LabelQueue]:
         raise LabelingError(
             "the embedded Label Studio is not running: start it with `trendloop services up` (queued posts stay queued)"
         )
-    return settings.labeling_project(), LabelQueue(settings.labeling_dir / "queue.db")
+    return settings.labeling_project(), settings.label_queue()
 
 
 def _champion_labels(settings: Settings) -> tuple[str, ...]:
@@ -390,7 +390,7 @@ def label_select(
         config = SelectionConfig.model_validate({**config.model_dump(), "strategy": strategy})
     store, registry = Store(settings.store_dir), settings.open_registry()
     number = registry.version_of(version)
-    queue = LabelQueue(settings.labeling_dir / "queue.db")
+    queue = settings.label_queue()
     with render.console.status("scoring unlabelled posts"):
         report = select_posts(
             store,
@@ -447,7 +447,7 @@ def label_pull(
     project, queue = _labeling(settings)
     store = Store(settings.store_dir)
     known = _champion_labels(settings) or tuple(offered_labels(store, ()))
-    report = pull_labels(queue, project, known, settings.labelstudio.overlap // 2 + 1)
+    report = pull_labels(queue, project, known, settings.labelstudio.min_votes)
     render.console.print(render.pull_table(report))
     if commit:
         render.console.print(render.relabel_text(commit_labels(store, queue)))
@@ -456,7 +456,7 @@ def label_pull(
 @label_app.command("status")
 def label_status(ctx: typer.Context) -> None:
     """How many posts are queued, in Label Studio, annotated, decided and committed."""
-    queue = LabelQueue(_settings(ctx).labeling_dir / "queue.db")
+    queue = _settings(ctx).label_queue()
     render.console.print(render.queue_table(queue.counts()))
 
 

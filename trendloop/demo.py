@@ -20,7 +20,6 @@ from rich.table import Table
 
 from active_learning.annotators import annotate
 from active_learning.loop import commit_labels, offered_labels, pull_labels, push_queued, select_posts
-from active_learning.queue import LabelQueue
 from components.errors import ConfigError, DriftError, LabelingError
 from components.ingest import IngestReport, ingest, read_labels
 from components.monitor import check_drift, log_check, retrain_context
@@ -43,7 +42,7 @@ def label_posts(settings: Settings, store: Store, registry: Registry, since: dat
         server = settings.label_studio_server()
         with console.status(f"starting Label Studio on {server.url} (the first start takes a minute)"):
             console.print(render.service_line("label-studio", server.up(ls.start_timeout), server))
-    queue = LabelQueue(settings.labeling_dir / "queue.db")
+    queue = settings.label_queue()
     project = settings.labeling_project()
     version = registry.alias(CHAMPION)
     champion = registry.load_predictor(version)
@@ -67,7 +66,7 @@ def label_posts(settings: Settings, store: Store, registry: Registry, since: dat
     with console.status("simulated annotators at work in Label Studio"):
         done = annotate(project, read_labels(feed / "oracle" / "labels"), settings.annotators)
     console.print(f"simulated annotators: {done.annotations} annotations on {done.tasks} tasks ({done.wrong} wrong)")
-    console.print(render.pull_table(pull_labels(queue, project, champion.labels, ls.overlap // 2 + 1)))
+    console.print(render.pull_table(pull_labels(queue, project, champion.labels, ls.min_votes)))
     console.print(render.relabel_text(commit_labels(store, queue)))
     console.print(f"Label Studio: {project.url} (project {project.title!r}); `trendloop services down` stops it")
 

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from active_learning.annotators import AnnotatorsConfig
 from active_learning.labelstudio import LabelingProject
+from active_learning.queue import LabelQueue
 from active_learning.strategies import SelectionConfig
 from components.drift import DriftConfig
 from components.emerging import EmergingConfig
@@ -76,6 +77,11 @@ class LabelStudioSettings(BaseModel):
     timeout: float = Field(default=30.0, gt=0)  # seconds per request
     start_timeout: float = Field(default=600.0, gt=0)  # seconds the first start may take (it migrates a database)
 
+    @property
+    def min_votes(self) -> int:
+        """Votes a post needs before its label is decided: a majority of ``overlap``."""
+        return self.overlap // 2 + 1
+
 
 class Settings(BaseSettings):
     """Everything trendloop reads from configuration. Nothing else reads the environment."""
@@ -130,6 +136,9 @@ class Settings(BaseSettings):
     def labeling_dir(self) -> Path:
         """The labelling queue (queue.db): selected, pushed, annotated and decided posts."""
         return self.home / "labeling"
+
+    def label_queue(self) -> LabelQueue:
+        return LabelQueue(self.labeling_dir / "queue.db")
 
     def label_studio_server(self) -> LocalLabelStudio:
         """The embedded Label Studio: its state under <home>/services, images read from the store."""
