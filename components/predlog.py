@@ -14,7 +14,7 @@ replaces it, so running a batch again never duplicates a record.
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -42,17 +42,23 @@ PREDICTION_SCHEMA = pa.schema(
         pa.field("embedding", pa.list_(pa.float32())),  # (D,) penultimate layer
         pa.field("latency_ms", pa.float32()),
         pa.field("time", TIMESTAMP),
+        pa.field("experiment", pa.string()),  # the A/B experiment a served request belonged to; null for batches
     ]
 )
 
 
-class PredictionLog:
-    def __init__(self, root: Path):
-        self.root = root
+class DayLog:
+    """Records of one schema, one Parquet file per day and batch, each written whole and atomically.
+
+    Files written before a column was added read back with nulls in it.
+    """
+
+    def __init__(self, root: Path, schema: pa.Schema):
+        self.root, self.schema = root, schema
 
     def write(self, records: pa.Table, batch: str) -> int:
         """Write ``records`` as batch ``batch``, split by day; returns the rows written."""
-        records = records.cast(PREDICTION_SCHEMA)
+        records = records.cast(self.schema)
         days = pc.strftime(records.column("time"), format="%Y-%m-%d")
         for day in pc.unique(days).to_pylist():
             part = records.filter(pc.equal(days, day))
@@ -60,21 +66,49 @@ class PredictionLog:
         return len(records)
 
     def read(
-        self, since: datetime | None = None, until: datetime | None = None, version: int | None = None
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        where: pc.Expression | None = None,
+        columns: list[str] | None = None,
     ) -> pa.Table:
-        """Records with ``since <= time < until`` (of one model version if given), oldest first."""
+        """Records with ``since <= time < until`` that match ``where``, oldest first."""
         files = sorted(self.root.glob("day=*/*.parquet"))
+        if since is not None:  # whole days before the window need not be opened
+            first = f"day={(since.astimezone(UTC) if since.tzinfo else since).strftime('%Y-%m-%d')}"
+            files = [f for f in files if f.parent.name >= first]
         if not files:
-            return PREDICTION_SCHEMA.empty_table()
-        dataset = ds.dataset([str(f) for f in files], schema=PREDICTION_SCHEMA, format="parquet")
+            empty = self.schema.empty_table()
+            return empty.select(columns) if columns else empty
+        dataset = ds.dataset([str(f) for f in files], schema=self.schema, format="parquet")
         condition = pc.scalar(True)
         if since is not None:
             condition &= pc.field("time") >= pc.scalar(since)
         if until is not None:
             condition &= pc.field("time") < pc.scalar(until)
+        if where is not None:
+            condition &= where
+        if columns and "time" not in columns:
+            return dataset.to_table(filter=condition, columns=[*columns, "time"]).sort_by("time").select(columns)
+        return dataset.to_table(filter=condition, columns=columns).sort_by("time")
+
+
+class PredictionLog(DayLog):
+    def __init__(self, root: Path):
+        super().__init__(root, PREDICTION_SCHEMA)
+
+    def read(  # type: ignore[override]
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        version: int | None = None,
+        where: pc.Expression | None = None,
+        columns: list[str] | None = None,
+    ) -> pa.Table:
+        """Records with ``since <= time < until`` (of one model version if given), oldest first."""
         if version is not None:
-            condition &= pc.field("model_version") == version
-        return dataset.to_table(filter=condition).sort_by("time")
+            where = (pc.field("model_version") == version) & (where if where is not None else pc.scalar(True))
+        return super().read(since, until, where, columns)
 
     def batch_posts(self, day: str, batch: str) -> set[str]:
         path = self.root / f"day={day}" / f"{batch}.parquet"
@@ -131,6 +165,7 @@ def log_batch_predictions(
                 "embedding": list(out.embeddings.astype(np.float32)),
                 "latency_ms": [latency] * len(ids),
                 "time": part.column("created_at"),
+                "experiment": pa.nulls(len(ids), pa.string()),
             },
             schema=PREDICTION_SCHEMA,
         )

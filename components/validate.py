@@ -68,6 +68,32 @@ def pixel_hash(image: Image.Image) -> str:
 def validate_image(data: bytes, limits: ImageLimits | None = None) -> CleanImage | Rejection:
     """Validate and normalise one upload. Never raises for bad bytes: it returns a ``Rejection``."""
     limits = limits or ImageLimits()
+    fixes: list[str] = []
+    decoded = decode_image(data, limits, fixes)
+    if isinstance(decoded, Rejection):
+        return decoded
+    rgb, fmt, had_metadata = decoded
+    if limits.max_side and max(rgb.size) > limits.max_side:
+        rgb = rgb.resize(_fit(rgb.size, limits.max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        fixes.append("downscaled")
+    # A fresh image from raw pixels carries no info dict: no EXIF, GPS, ICC or text chunks survive.
+    clean = Image.frombytes("RGB", rgb.size, rgb.tobytes())
+    buf = io.BytesIO()
+    clean.save(buf, "PNG", compress_level=1)
+    if had_metadata:
+        fixes.append("metadata-stripped")
+    return CleanImage(buf.getvalue(), pixel_hash(clean), clean.width, clean.height, fmt, tuple(fixes))
+
+
+def decode_image(
+    data: bytes, limits: ImageLimits, fixes: list[str] | None = None, draft_side: int | None = None
+) -> tuple[Image.Image, str, bool] | Rejection:
+    """Bytes -> (upright 8-bit RGB image, source format, whether it carried metadata), or a ``Rejection``.
+
+    ``fixes`` collects what was changed. A JPEG much larger than ``draft_side`` (default:
+    ``limits.max_side``) is decoded at a reduced scale by libjpeg.
+    """
+    fixes = [] if fixes is None else fixes
     if not data:
         return Rejection("empty_file", "the file has zero bytes")
     if len(data) > limits.max_bytes:
@@ -77,12 +103,12 @@ def validate_image(data: bytes, limits: ImageLimits | None = None) -> CleanImage
         return opened
     image = opened
     fmt = image.format or "unknown"
-    fixes: list[str] = []
     if getattr(image, "n_frames", 1) > 1:
         fixes.append("first-frame-only")
-    if limits.max_side and fmt == "JPEG" and max(image.size) > 2 * limits.max_side:
+    draft_side = draft_side or limits.max_side
+    if draft_side and fmt == "JPEG" and max(image.size) > 2 * draft_side:
         # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: big phone photos decode several times faster.
-        image.draft("RGB", _fit(image.size, limits.max_side))
+        image.draft("RGB", _fit(image.size, draft_side))
     try:
         image.load()
     except Image.DecompressionBombError as err:
@@ -103,16 +129,7 @@ def validate_image(data: bytes, limits: ImageLimits | None = None) -> CleanImage
     rgb = _to_rgb(image, fixes)
     if isinstance(rgb, Rejection):
         return rgb
-    if limits.max_side and max(rgb.size) > limits.max_side:
-        rgb = rgb.resize(_fit(rgb.size, limits.max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
-        fixes.append("downscaled")
-    # A fresh image from raw pixels carries no info dict: no EXIF, GPS, ICC or text chunks survive.
-    clean = Image.frombytes("RGB", rgb.size, rgb.tobytes())
-    buf = io.BytesIO()
-    clean.save(buf, "PNG", compress_level=1)
-    if had_metadata:
-        fixes.append("metadata-stripped")
-    return CleanImage(buf.getvalue(), pixel_hash(clean), clean.width, clean.height, fmt, tuple(fixes))
+    return rgb, fmt, had_metadata
 
 
 def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int]:
