@@ -7,12 +7,12 @@ UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: demo test test-slow bench sync clean
+.PHONY: demo test test-slow bench sync clean browser
 
 demo: .venv/.synced
 	$(RUN) trendloop demo
 
-test: .venv/.synced
+test: .venv/.synced browser
 	$(RUN) pytest
 
 test-slow: .venv/.synced
@@ -23,6 +23,16 @@ bench: .venv/.synced
 	$(RUN) python benchmarks/bench_train.py
 	$(RUN) python benchmarks/bench_drift.py
 	$(RUN) python benchmarks/bench_active_learning.py
+	$(RUN) python benchmarks/bench_serving.py
+
+# The dashboard tests drive a real headless Chromium (Debian's package; Playwright's own browser
+# downloads are not used). Installed here when missing and we may (root with apt); else they skip.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
+	  else echo "no Chromium: the dashboard's browser tests will skip (Debian: sudo apt-get install chromium)"; fi; }
 
 sync: .venv/.synced
 

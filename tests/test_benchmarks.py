@@ -88,3 +88,20 @@ def test_active_learning_benchmark_prints_curves_and_labels_needed() -> None:
         assert all(0 <= float(v) <= 1 for v in row.groups())
         assert re.search(rf"^  {re.escape(name)}\s+(\d+|not reached in 16)$", result.stdout, re.M)
     assert re.search(r"^  random\s+(8|16)$", result.stdout, re.M)  # random reaches its own final accuracy
+
+
+@pytest.mark.bench
+def test_serving_benchmark_prints_throughput_and_latency_per_path_and_concurrency() -> None:
+    # The Ray path starts a Ray head and deploys the app (a minute here); tests/test_serving.py covers it.
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_serving.py", "--requests", "24", "--concurrency", "1", "4",
+         "--paths", "inprocess", "fastapi", "--cpus", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    rows = re.findall(r"^\| (\w+)\s+\|\s+(\d+) \|\s+([\d.]+) \|\s+([\d.]+) \|\s+([\d.]+) \|\s+([\d.]+) \|\s+(\d+) \|$",
+                      result.stdout, re.M)  # fmt: skip
+    cells = {(path, int(c)): (float(rps), float(p50), float(p95), float(p99), int(fail))
+             for path, c, rps, p50, p95, p99, fail in rows}  # fmt: skip
+    assert set(cells) == {("inprocess", 1), ("inprocess", 4), ("fastapi", 1), ("fastapi", 4)}, result.stdout
+    for rps, p50, p95, p99, fail in cells.values():
+        assert rps > 0 and 0 < p50 <= p95 <= p99 and fail == 0

@@ -29,6 +29,8 @@ from components.simulator.trends import parse_trend
 from components.snapshot import Store
 from components.train import TrainConfig
 from components.workflow import review, train_and_register
+from serving import control
+from serving.dashboard import render_dashboard
 from trendloop import render
 from trendloop.demo import run_demo
 from trendloop.settings import Settings, load_settings
@@ -58,6 +60,12 @@ app.add_typer(mlflow_app, name="mlflow")
 app.add_typer(drift_app, name="drift")
 app.add_typer(services_app, name="services")
 app.add_typer(label_app, name="label")
+serve_app = typer.Typer(
+    help="Ray Serve: the champion and the challenger behind one router, with the A/B dashboard.", no_args_is_help=True
+)
+ab_app = typer.Typer(help="The A/B test between champion and challenger: read it, decide it.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+app.add_typer(ab_app, name="ab")
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -357,6 +365,134 @@ def services_status(ctx: typer.Context) -> None:
     render.console.print(render.service_line("label-studio", server.status(), server))
 
 
+@serve_app.command("up")
+def serve_up(ctx: typer.Context) -> None:
+    """Deploy the serving app for @champion and @challenger (starting a local Ray head unless one is configured)."""
+    settings = _settings(ctx)
+    s = settings.serving_control()
+    if settings.serving.ray_dashboard is None:
+        ray = settings.local_ray()
+        with render.console.status(f"starting Ray on 127.0.0.1 (dashboard {ray.dashboard_url})"):
+            ray.up()
+    with render.console.status("deploying the serving app (replicas load their models)"):
+        experiment = control.up(s, settings.serving.start_timeout)
+    url = settings.serving.url
+    render.console.print(f"serving on {url}: POST {url}/predict?user_id=..., the A/B dashboard at {url}/ab")
+    render.console.print(render.experiment_line(experiment))
+
+
+@serve_app.command("down")
+def serve_down(ctx: typer.Context) -> None:
+    """Stop the serving app (replicas finish their requests and write their logs), then the local Ray head."""
+    settings = _settings(ctx)
+    s = settings.serving_control()
+    if s.admin.reachable():
+        with render.console.status("stopping the serving app"):
+            s.admin.shutdown()
+            s.admin.wait_gone()
+        render.console.print("serving app stopped")
+    if settings.serving.ray_dashboard is None:
+        render.console.print("local Ray stopped" if settings.local_ray().down() else "local Ray was not running")
+
+
+@serve_app.command("status")
+def serve_status(ctx: typer.Context) -> None:
+    """Whether the app runs, each deployment's state, and the live traffic knobs."""
+    s = _settings(ctx).serving_control()
+    if not s.admin.reachable():
+        render.console.print(f"serving: stopped (no Ray dashboard at {s.admin.url})")
+        return
+    apps = s.admin.applications()
+    config = s.admin.config()
+    render.console.print(render.serving_table(apps, config))
+    render.console.print(render.experiment_line(s.experiments.current()))
+
+
+@serve_app.command("config")
+def serve_config_cmd(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(help="Write it here (default: print).")] = None,
+) -> None:
+    """The Serve config for the current aliases: what `serve up` applies, and a RayService's serveConfigV2."""
+    s = _settings(ctx).serving_control()
+    wanted = control.versions(s.registry)
+    config = s.config_for(wanted, control.traffic_of(s.experiments.current(), wanted["champion"]))
+    text = json.dumps(config, indent=2)
+    if out is None:
+        print(text)
+    else:
+        out.write_text(text + "\n")
+        render.console.print(f"wrote {out}")
+
+
+@ab_app.command("status")
+def ab_status(ctx: typer.Context) -> None:
+    """The running test in plain words: verdict, arms, lift with its interval, SRM and guardrails."""
+    s = _settings(ctx).serving_control()
+    render.console.print(render.ab_summary(control.report(s)))
+
+
+@ab_app.command("report")
+def ab_report_cmd(
+    ctx: typer.Context,
+    html: Annotated[Path | None, typer.Option(help="Also write the dashboard, self-contained, to this file.")] = None,
+) -> None:
+    """The running test's full report as JSON (what /ab/report.json serves)."""
+    s = _settings(ctx).serving_control()
+    found = control.report(s)
+    print(json.dumps(found, indent=2))
+    if html is not None:
+        html.write_text(render_dashboard(found, report_url=None))
+
+
+@ab_app.command("decide")
+def ab_decide(
+    ctx: typer.Context,
+    apply: Annotated[bool, typer.Option(help="Act on the verdict: promote or roll back, serving follows.")] = False,
+) -> None:
+    """Apply the decision rule the test declared when it started; with --apply, act on it."""
+    s = _settings(ctx).serving_control()
+    outcome = control.decide(s, apply)
+    render.console.print(render.ab_summary(outcome.report))
+    if apply:
+        render.console.print(f"action: {outcome.action}")
+        render.console.print(render.experiment_line(outcome.experiment))
+
+
+@ab_app.command("split")
+def ab_split(
+    ctx: typer.Context, share: Annotated[float, typer.Argument(min=0.0, max=1.0, help="The challenger's share.")]
+) -> None:
+    """Change the challenger's share of users, live. A new test phase starts (same salt: users only move one way)."""
+    s = _settings(ctx).serving_control()
+    experiment = control.follow(s, split=share, note=f"split changed to {share}")
+    render.console.print(render.experiment_line(experiment))
+
+
+@ab_app.command("promote")
+def ab_promote(
+    ctx: typer.Context, force: Annotated[bool, typer.Option(help="Promote even without a passed gate.")] = False
+) -> None:
+    """Make the challenger the champion now, whatever the test says; serving follows without a restart."""
+    s = _settings(ctx).serving_control()
+    challenger = s.registry.version_of("challenger")
+    s.registry.promote(challenger, force=force)
+    current = s.experiments.current()
+    if current is not None:
+        s.experiments.finish(current.id, "promote", "promoted by hand")
+    render.console.print(f"@champion is version {challenger}")
+    render.console.print(render.experiment_line(control.follow(s)))
+
+
+@ab_app.command("rollback")
+def ab_rollback(ctx: typer.Context) -> None:
+    """Give @champion back to the previous champion; serving follows without a restart."""
+    s = _settings(ctx).serving_control()
+    current, previous = s.registry.rollback()
+    render.console.print(f"@champion is version {previous} again (was version {current})")
+    render.console.print(render.experiment_line(control.follow(s, note="champion rolled back")))
+
+
 def _labeling(settings: Settings) -> tuple[LabelingProject, LabelQueue]:
     if settings.labelstudio.url is None and not settings.label_studio_server().status().running:
         raise LabelingError(
@@ -488,9 +624,15 @@ def demo(
     days: Annotated[int, typer.Option(min=2, help="Days of feed to simulate.")] = 21,
     seed_days: Annotated[int, typer.Option(min=1, help="First days whose posts arrive labelled (the seed set).")] = 7,
     posts_per_day: Annotated[int, typer.Option(min=1)] = 200,
+    ab_requests: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Requests of the A/B test's simulated users (half as many before it); 0 skips serving."
+        ),
+    ] = 3000,
 ) -> None:
-    """The main job: simulate a feed, ingest a labelled seed week, then the unlabelled days after it."""
-    run_demo(_settings(ctx), days=days, seed_days=seed_days, posts_per_day=posts_per_day)
+    """The main job: simulate, ingest, train, check drift, label in Label Studio, serve and A/B test."""
+    run_demo(_settings(ctx), days=days, seed_days=seed_days, posts_per_day=posts_per_day, ab_requests=ab_requests)
 
 
 def main(argv: list[str] | None = None) -> None:

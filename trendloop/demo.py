@@ -1,11 +1,13 @@
-"""The main job, as far as the loop exists today: simulate -> ingest (seed week, then daily) -> snapshots.
+"""The main job: simulate -> ingest -> train -> drift -> active learning -> serve and A/B test.
 
 Then a tagger is trained on the labelled posts, logged and registered in MLflow,
 gated, and made the champion; each later day's traffic is checked for drift against
 the champion's training data, and the retrain triggers are asked; when drift is
 found or a retrain is due, the posts the champion is least sure of go to Label
 Studio, simulated annotators label them there, and their labels come back as a
-new snapshot. The first ``seed_days`` of the feed arrive labelled, standing in for
+new snapshot. Then a challenger fine-tuned on that snapshot serves beside the
+champion in Ray Serve, simulated users send images and feedback, and the A/B
+test's rule decides. The first ``seed_days`` of the feed arrive labelled, standing in for
 the labelled history a platform starts from; the days after arrive as the platform sees them,
 unlabelled, one ingest (and one snapshot) per day. Later stages of the loop
 extend this function.
@@ -13,6 +15,8 @@ extend this function.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -24,12 +28,18 @@ from components.errors import ConfigError, DriftError, LabelingError
 from components.ingest import IngestReport, ingest, read_labels
 from components.monitor import check_drift, log_check, retrain_context
 from components.predlog import PredictionLog
-from components.registry import CHAMPION, Registry
+from components.registry import CHALLENGER, CHAMPION, Registry
 from components.simulator.feed import oracle_styles, simulate
-from components.snapshot import Store
+from components.snapshot import Snapshot, Store
 from components.workflow import review, train_and_register
+from infra.ray import RayError
+from serving import control
+from serving.deploy import ServingError
+from serving.traffic import Audience, drive
 from trendloop import render
 from trendloop.settings import Settings
+
+DEMO_LIFT = 0.5  # the simulated users engage 50% more with the challenger's tags: big enough to decide on
 
 
 def label_posts(settings: Settings, store: Store, registry: Registry, since: datetime, feed: Path, why: str) -> None:
@@ -71,7 +81,68 @@ def label_posts(settings: Settings, store: Store, registry: Registry, since: dat
     console.print(f"Label Studio: {project.url} (project {project.title!r}); `trendloop services down` stops it")
 
 
-def run_demo(settings: Settings, days: int, seed_days: int, posts_per_day: int) -> list[IngestReport]:
+def ab_test(settings: Settings, store: Store, registry: Registry, feed: Path, requests: int) -> None:
+    """Step 7: fine-tune a challenger on the newest snapshot, serve it beside the champion and A/B test it.
+
+    Simulated users send images; the challenger's true effect on engagement is
+    ``DEMO_LIFT``. The champion serves alone first (the pre-period CUPED reads),
+    then the test runs under the rule in ``[ab]`` and ``ab decide --apply`` acts.
+    """
+    console = render.console
+    console.rule("[bold]7. serve champion and challenger (Ray Serve), A/B test them, decide")
+    head = store.head()
+    with render.training_progress(settings.train.epochs) as progress:
+        trained = train_and_register(
+            store, head, settings.train, registry, settings.runs_dir, from_champion=True,
+            on_step=progress.step, on_epoch=progress.epoch,
+        )  # fmt: skip
+    reviewed = review(store, head, registry, trained.version, settings.gate, oracle_styles(feed))
+    console.print(render.verdict_text(reviewed.verdict))
+    s = settings.serving_control()
+    if settings.serving.ray_dashboard is None:
+        with console.status("starting Ray on 127.0.0.1"):
+            settings.local_ray().up()
+    challenger = registry.alias(CHALLENGER)
+    if challenger is not None:
+        registry.clear_challenger("held back until the pre-period traffic is logged")
+    with console.status("deploying the serving app"):
+        control.up(s, settings.serving.start_timeout)
+    url = settings.serving.url
+    images = demo_uploads(store, head)
+    audience = Audience(users=max(requests * 2 // 5, 50), base_rate=0.15, lift=DEMO_LIFT, seed=1)
+    with console.status(f"pre-period: {requests // 2} requests, champion only"):
+        pre = asyncio.run(drive(url, images, audience, requests // 2, concurrency=8, seed=2))
+    console.print(
+        f"pre-period: {pre.ok} predictions, {pre.feedback} feedback events, {sum(pre.failed.values())} failed"
+    )
+    if challenger is None:
+        console.print("no challenger passed the gate: only the champion serves")
+        console.print(f"serving on {url} (`trendloop serve down` stops it)")
+        return
+    registry.set_challenger(challenger)
+    experiment = control.follow(s, note="a new challenger")
+    console.print(render.experiment_line(experiment))
+    with console.status(f"A/B test: {requests} requests from {audience.users} simulated users"):
+        test = asyncio.run(drive(url, images, audience, requests, concurrency=8, seed=3))
+    console.print(f"test traffic: {test.ok} predictions ({test.arms}), {test.feedback} feedback events, "
+                  f"{sum(test.failed.values())} failed")  # fmt: skip
+    time.sleep(2 * settings.serving.flush_every_s)  # the router's last records reach the log
+    outcome = control.decide(s, apply=True)
+    console.print(render.ab_summary(outcome.report))
+    console.print(f"decision: {outcome.action}")
+    console.print(render.experiment_line(outcome.experiment))
+    console.print(f"dashboard: {url}/ab; `trendloop ab status`, `trendloop serve down` stops serving")
+
+
+def demo_uploads(store: Store, snapshot: Snapshot, n: int = 32) -> list[bytes]:
+    """Images users upload in the demo: stored posts' images, as bytes."""
+    refs = snapshot.manifest().column("image").to_pylist()[:n]
+    return [(store.root / ref).read_bytes() for ref in refs]
+
+
+def run_demo(
+    settings: Settings, days: int, seed_days: int, posts_per_day: int, ab_requests: int = 3000
+) -> list[IngestReport]:
     """Run the demo loop under ``settings.home`` and print what happened; returns each ingest's report."""
     spec = settings.simulate.model_copy(update={"posts_per_day": posts_per_day})
     seed_days = min(seed_days, days - 1)
@@ -189,8 +260,13 @@ def run_demo(settings: Settings, days: int, seed_days: int, posts_per_day: int) 
                 console.print(f"[red]active learning stopped:[/red] {err}")
         else:
             console.print("no drift and no trigger fired: annotators are not asked for labels this time")
+        if ab_requests > 0:
+            try:
+                ab_test(settings, store, registry, out, ab_requests)
+            except (ServingError, RayError, ConfigError) as err:  # Ray not startable, app not deploying: say so
+                console.print(f"[red]serving stopped:[/red] {err}")
 
-    console.rule("[bold]7. summary")
+    console.rule("[bold]8. summary")
     head = store.head()
     rejected = sum(r.rejected_total for r in reports)
     console.print(render.snapshots_table(store.list()[-5:], head.id if head else None))

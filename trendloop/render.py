@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from components.snapshot import Snapshot, SnapshotDiff
 from components.train import EpochStats, Step, TrainResult
 from components.triggers import Decision
 from infra.labelstudio import LocalLabelStudio, ServerStatus
+from serving.experiment import Experiment
 
 # Logs and CI are not terminals: give tables room rather than rich's 80-column fallback.
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -384,3 +386,61 @@ def queue_table(counts: dict[str, int]) -> Table:
     for name, n in counts.items():
         table.add_row(name.replace("_", " "), str(n))
     return table
+
+
+def experiment_line(experiment: Experiment | None) -> str:
+    if experiment is None:
+        return "no A/B test: every user sees the champion"
+    return (
+        f"A/B test {experiment.id}: champion v{experiment.champion_version} vs challenger "
+        f"v{experiment.challenger_version}, {experiment.split:.0%} of users on the challenger, "
+        f"since {experiment.started_at[:19]}"
+    )
+
+
+def serving_table(applications: dict, config: dict | None) -> Table:
+    table = Table(title="serving")
+    for column in ("deployment", "status", "replicas", "live config"):
+        table.add_column(column)
+    app = applications.get("trendloop", {})
+    knobs = {
+        d["name"]: d.get("user_config") for d in (config or {}).get("applications", [{}])[0].get("deployments", [])
+    }
+    for name, state in app.get("deployments", {}).items():
+        replicas = sum(1 for r in state.get("replicas", []) if r.get("state") == "RUNNING")
+        table.add_row(name, state.get("status", "?"), str(replicas), json.dumps(knobs.get(name), default=str))
+    table.caption = f"app: {app.get('status', 'not deployed')}"
+    return table
+
+
+def ab_summary(report: dict) -> Table:
+    decision = report.get("decision", {})
+    table = Table(title=f"{decision.get('verdict', '?').upper()}: {decision.get('headline', '')}", title_justify="left")
+    for column in ("arm", "version", "users", "exposures", "engagement", "reports", "p95 latency"):
+        table.add_column(column, justify="right" if column != "arm" else "left")
+    experiment = report.get("experiment", {})
+    for arm, stats in (report.get("arms") or {}).items():
+        table.add_row(
+            arm,
+            str(experiment.get(f"{arm}_version")),
+            f"{stats['users']:,}",
+            f"{stats['exposures']:,}",
+            _share(stats.get("engagement_rate"), 2),
+            _share(stats.get("report_rate"), 3),
+            f"{stats['latency_p95_ms']:.0f} ms" if stats.get("latency_p95_ms") is not None else "-",
+        )
+    lift, srm = report.get("lift") or {}, report.get("srm") or {}
+    srm_p = "-" if srm.get("p_value") is None else f"{srm['p_value']:.3g}"
+    table.caption = (
+        f"lift {_share(lift.get('relative'), 1, signed=True)}, always-valid interval "
+        f"{_share(lift.get('cs_low'), 1, signed=True)} to {_share(lift.get('cs_high'), 1, signed=True)}"
+        f"{' (CUPED)' if lift.get('cuped') else ''}; sample ratio {'ok' if srm.get('ok') else 'MISMATCH'}"
+        f" (p = {srm_p})"
+    )
+    return table
+
+
+def _share(value: float | None, digits: int, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}%}" if signed else f"{value:.{digits}%}"

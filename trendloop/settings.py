@@ -25,12 +25,20 @@ from components.drift import DriftConfig
 from components.emerging import EmergingConfig
 from components.errors import ConfigError
 from components.gate import PromotionGate
+from components.predlog import PredictionLog
 from components.registry import Registry
 from components.simulator.feed import FeedSpec
 from components.train import TrainConfig
 from components.triggers import RetrainPolicy
 from components.validate import ImageLimits
 from infra.labelstudio import LocalLabelStudio
+from infra.ray import LocalRay, RayPorts
+from serving.abtest import DecisionRule
+from serving.control import Serving
+from serving.deploy import ArmSpec, RouterSpec, ServeAdmin, serve_config
+from serving.eventlog import FeedbackLog
+from serving.experiment import Experiments
+from serving.router import Traffic
 
 DEFAULT_CONFIG = Path("trendloop.toml")
 
@@ -83,6 +91,33 @@ class LabelStudioSettings(BaseModel):
         return self.overlap // 2 + 1
 
 
+class ServingSettings(BaseModel):
+    """Where and how the champion and challenger serve (Ray Serve). Unset ray_dashboard: a local Ray head."""
+
+    model_config = ConfigDict(extra="forbid")
+    ray_dashboard: str | None = None  # a Ray cluster's dashboard, e.g. http://raycluster-head-svc:8265
+    ray_ports: RayPorts = Field(default_factory=RayPorts)  # the local head's ports on 127.0.0.1
+    ray_cpus: int | None = Field(default=None, ge=1)  # CPUs the local head offers; unset: all of them
+    ray_gpus: int | None = Field(default=None, ge=0)  # GPUs the local head offers; unset: all it finds
+    host: str = "127.0.0.1"  # where the HTTP proxy listens
+    port: int = Field(default=8000, gt=0, lt=65536)
+    route_prefix: str = "/"
+    champion: ArmSpec = Field(default_factory=ArmSpec)  # replicas, CPUs, GPUs (fractions share one) and batching
+    challenger: ArmSpec = Field(default_factory=ArmSpec)
+    router: RouterSpec = Field(default_factory=RouterSpec)
+    split: float = Field(default=0.5, ge=0, le=1)  # the challenger's share of users when a test starts
+    top_k: int = Field(default=3, ge=1)  # tags returned per image
+    threads: int = Field(default=1, ge=1)  # torch threads per arm replica
+    max_upload_bytes: int = Field(default=10 * 2**20, gt=0)  # larger uploads get 413
+    flush_every_s: float = Field(default=1.0, gt=0)  # how often queued log records are written
+    pre_days: float = Field(default=14.0, ge=0)  # the CUPED pre-period before a test starts
+    start_timeout: float = Field(default=600.0, gt=0)  # seconds `serve up` waits for the app
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}{self.route_prefix.rstrip('/')}"
+
+
 class Settings(BaseSettings):
     """Everything trendloop reads from configuration. Nothing else reads the environment."""
 
@@ -99,6 +134,8 @@ class Settings(BaseSettings):
     labelstudio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
     active_learning: SelectionConfig = Field(default_factory=SelectionConfig)  # which posts annotators see
     annotators: AnnotatorsConfig = Field(default_factory=AnnotatorsConfig)  # the simulated ones (demo, tests)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    ab: DecisionRule = Field(default_factory=DecisionRule)  # the A/B decision rule each new test declares
 
     @classmethod
     def settings_customise_sources(
@@ -174,6 +211,63 @@ class Settings(BaseSettings):
             or ((self.home / "mlartifacts").resolve().as_uri() if embedded else None),
             model_name=self.registry.model_name,
             cache_dir=self.home / "models",
+        )
+
+    @property
+    def serving_dir(self) -> Path:
+        """Feedback log, experiment records and the local Ray head's state."""
+        return self.home / "serving"
+
+    def local_ray(self) -> LocalRay:
+        sv = self.serving
+        return LocalRay(self.serving_dir / "ray", sv.ray_ports, sv.ray_cpus, sv.ray_gpus)
+
+    def serve_args(self) -> dict:
+        """The serving app's ``args``: where replicas find models and write logs (absolute paths)."""
+        reg = self.open_registry()
+        return {
+            "models": {
+                "registry": {
+                    "tracking_uri": reg.tracking_uri,
+                    "registry_uri": reg.registry_uri,
+                    "experiment": reg.experiment,
+                    "artifact_location": reg.artifact_location,
+                    "model_name": reg.model_name,
+                    "cache_dir": str(reg.cache_dir.resolve()),
+                }
+            },
+            "logs": {
+                "predictions": str(self.predictions_dir.resolve()),
+                "feedback": str((self.serving_dir / "feedback").resolve()),
+                "experiments": str((self.serving_dir / "experiments").resolve()),
+            },
+            "top_k": self.serving.top_k,
+            "threads": self.serving.threads,
+            "limits": {"max_bytes": self.serving.max_upload_bytes, "max_pixels": self.ingest.max_pixels},
+            "max_upload_bytes": self.serving.max_upload_bytes,
+            "flush_every_s": self.serving.flush_every_s,
+            "pre_days": self.serving.pre_days,
+        }
+
+    def serving_control(self) -> Serving:
+        """The serving app of these settings: the cluster's (serving.ray_dashboard) or the local head's."""
+        sv = self.serving
+        args = self.serve_args()
+        arms = {"champion": sv.champion, "challenger": sv.challenger}
+
+        def config_for(versions: dict[str, int | None], traffic: Traffic) -> dict:
+            return serve_config(args, versions, traffic, arms, sv.router, sv.host, sv.port, sv.route_prefix)
+
+        return Serving(
+            admin=ServeAdmin(sv.ray_dashboard or self.local_ray().dashboard_url),
+            registry=self.open_registry(),
+            experiments=Experiments(self.serving_dir / "experiments"),
+            config_for=config_for,
+            split=sv.split,
+            rule=self.ab,
+            predictions=PredictionLog(self.predictions_dir),
+            feedback=FeedbackLog(self.serving_dir / "feedback"),
+            pre_days=sv.pre_days,
         )
 
     @property

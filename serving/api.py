@@ -1,0 +1,137 @@
+"""The HTTP face of the router (FastAPI): the same app runs in Ray Serve and, for comparison, in plain uvicorn.
+
+Endpoints:
+
+    POST /predict?user_id=U     body: the image bytes      -> tags, confidence, arm, model version, request id
+    POST /feedback              {"request_id", "event"}    -> the event recorded
+    GET  /healthz               the process answers
+    GET  /readyz                the champion has a model loaded (503 until it has)
+    GET  /ab                    the A/B dashboard (HTML)
+    GET  /ab/report.json        the A/B analysis the dashboard shows
+    GET  /openapi.json          this, as an OpenAPI spec
+
+Every refusal is a 4xx with ``{"detail": "..."}`` saying what was wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+from serving.dashboard import render_dashboard
+from serving.eventlog import EVENTS
+from serving.router import BadRequest, Router
+
+Probe = Callable[[], Awaitable[int | None]]  # the model version an arm has loaded, or None
+
+
+class Feedback(BaseModel):
+    request_id: str = Field(min_length=1, max_length=64, description="the request_id /predict returned")
+    event: Literal[EVENTS] = Field(description="what the user did with the tagged post")  # type: ignore[valid-type]
+
+
+class Tag(BaseModel):
+    label: str
+    score: float
+
+
+class Prediction(BaseModel):
+    request_id: str
+    user_id: str
+    arm: str = Field(description="champion or challenger")
+    model_version: int
+    experiment: str | None
+    label: str
+    confidence: float
+    tags: list[Tag] = Field(description="the top labels, most likely first")
+    latency_ms: float
+
+
+class Recorded(BaseModel):
+    request_id: str
+    event: str
+    arm: str
+    recorded_at: str
+
+
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "the image file's bytes (JPEG, PNG, WEBP, GIF, BMP or TIFF)",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+def build_api(
+    router: Router,
+    probes: dict[str, Probe],
+    report: Callable[[], dict],
+    report_ttl_s: float = 5.0,
+) -> FastAPI:
+    """The FastAPI app over ``router``; ``report()`` computes the A/B report (it runs in a thread)."""
+    api = FastAPI(
+        title="trendloop serving",
+        version="1",
+        description="Image tags from the champion or the challenger model, sticky per user, with an A/B dashboard.",
+    )
+    cache: dict[str, tuple[float, dict]] = {}
+
+    @api.exception_handler(BadRequest)
+    async def refused(request: Request, err: BadRequest) -> JSONResponse:
+        return JSONResponse({"detail": err.message}, status_code=err.status)
+
+    @api.post("/predict", response_model=Prediction, openapi_extra=_IMAGE_BODY)
+    async def predict(
+        request: Request, user_id: str = Query(description="who posted: decides the arm, sticky")
+    ) -> dict:
+        upload = await _read_capped(request, router.max_upload_bytes)
+        return await router.predict(upload, user_id)
+
+    @api.post("/feedback", response_model=Recorded)
+    async def feedback(body: Feedback) -> dict:
+        return router.feedback(body.request_id, body.event)
+
+    @api.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz() -> JSONResponse:
+        loaded = {arm: await probe() for arm, probe in probes.items()}
+        ready = loaded.get("champion") is not None
+        body = {"ready": ready, "models": loaded, "traffic": router.traffic.__dict__}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @api.get("/ab/report.json")
+    async def ab_report() -> dict:
+        now = time.monotonic()
+        if "report" not in cache or now - cache["report"][0] > report_ttl_s:
+            cache["report"] = (now, await asyncio.to_thread(report))
+        return cache["report"][1]
+
+    @api.get("/ab", response_class=HTMLResponse)
+    async def dashboard(request: Request) -> str:
+        return render_dashboard(report_url=str(request.url_for("ab_report").path))
+
+    return api
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` (before reading it all)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(413, f"the image is {int(declared):,} bytes; the limit is {limit:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(413, f"the image is over the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,140 @@
+"""The Ray Serve application: a router (FastAPI ingress) in front of one model deployment per arm.
+
+Thin wrappers only: ``TaggerArm`` runs a ``serving.tagging.ArmModel`` with dynamic
+batching, ``Ingress`` runs a ``serving.router.Router`` behind ``serving.api``. Both
+take their live knobs through ``reconfigure(user_config)``: the arm its model
+version and batching, the router its split, salt and experiment. A change there
+reaches running replicas without restarting them (serving.deploy writes it).
+
+``build(args)`` is the application builder a Serve config names
+(``import_path: serving.app:build``): locally and on a KubeRay cluster alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from components.predict import Predictor
+from components.predlog import PredictionLog
+from components.registry import Registry
+from components.validate import ImageLimits
+from serving.api import build_api
+from serving.eventlog import EventWriter, FeedbackLog
+from serving.experiment import CHALLENGER, CHAMPION, Experiments
+from serving.report import ab_report
+from serving.router import RequestBook, Router, Traffic
+from serving.tagging import ArmModel, pick_device
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+class TaggerArm:
+    def __init__(
+        self, models: dict, num_gpus: float = 0.0, threads: int = 1, top_k: int = 3, limits: dict | None = None
+    ):
+        torch.set_num_threads(threads)
+        self.model = ArmModel(version_loader(models, pick_device(num_gpus)), top_k, ImageLimits(**(limits or {})))
+
+    def reconfigure(self, config: dict) -> None:
+        self.predict.set_max_batch_size(int(config.get("max_batch_size", 32)))
+        self.predict.set_batch_wait_timeout_s(float(config.get("batch_wait_ms", 5.0)) / 1000)
+        self.model.use(config.get("version"))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def predict(self, uploads: list[bytes]) -> list:
+        return await asyncio.to_thread(self.model.predict, uploads)
+
+    async def version(self) -> int | None:
+        return self.model.version if self.model.ready else None
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
+@serve.ingress()
+class Ingress:
+    def __init__(
+        self,
+        champion: DeploymentHandle,
+        challenger: DeploymentHandle,
+        logs: dict,
+        max_upload_bytes: int = 10 * 2**20,
+        flush_every_s: float = 1.0,
+        pre_days: float = 14.0,
+    ):
+        predictions, feedback = PredictionLog(Path(logs["predictions"])), FeedbackLog(Path(logs["feedback"]))
+        self.experiments = Experiments(Path(logs["experiments"]))
+        self.pre_days = pre_days
+        writer = f"serve-{os.getpid()}"
+        self.handles = {CHAMPION: champion, CHALLENGER: challenger}
+        self.router = Router(
+            arms={arm: handle.predict.remote for arm, handle in self.handles.items()},
+            predictions=EventWriter(predictions, writer, flush_every_s),
+            feedback=EventWriter(feedback, writer, flush_every_s),
+            book=RequestBook(predictions),
+            max_upload_bytes=max_upload_bytes,
+        )
+
+    def __serve_build_asgi_app__(self):
+        probes = {arm: handle.version.remote for arm, handle in self.handles.items()}
+        return build_api(self.router, probes, self.report)
+
+    def reconfigure(self, config: dict) -> None:
+        self.router.configure(Traffic.from_config(config))
+
+    def report(self) -> dict:
+        traffic = self.router.traffic
+        if traffic.experiment is None:
+            return no_experiment(traffic)
+        experiment = self.experiments.get(traffic.experiment)
+        return ab_report(self.router.book.log, self.router.feedback_log.log, experiment, self.pre_days)
+
+    def __del__(self) -> None:
+        self.router.close()  # a clean shutdown writes every queued record
+
+
+def version_loader(models: dict, device: str) -> Callable[[int], Predictor]:
+    """Where versions come from: ``{"registry": {...Registry arguments}}`` (MLflow), or
+    ``{"folders": path}`` (``<path>/<version>/`` holds a saved tagger: a baked-in image, a benchmark)."""
+    if "folders" in models:
+        root = Path(models["folders"])
+        return lambda version: Predictor.from_folder(root / str(version), device)
+    registry = Registry(**{**models["registry"], "cache_dir": Path(models["registry"]["cache_dir"])})
+    return lambda version: registry.load_predictor(version, device)
+
+
+def no_experiment(traffic: Traffic) -> dict:
+    return {
+        "experiment": {"id": None, "champion_version": traffic.champion_version, "challenger_version": None},
+        "decision": {
+            "verdict": "none",
+            "headline": "No A/B test is running: every user sees the champion.",
+            "reasons": [],
+        },
+    }
+
+
+def build(args: dict) -> serve.Application:
+    """The application from a Serve config's ``args`` (see serving.deploy.serve_config)."""
+    arms = {
+        arm: TaggerArm.options(name=arm).bind(
+            args["models"],
+            num_gpus=float(args.get("num_gpus", {}).get(arm, 0.0)),
+            threads=int(args.get("threads", 1)),
+            top_k=int(args.get("top_k", 3)),
+            limits=args.get("limits"),
+        )
+        for arm in (CHAMPION, CHALLENGER)
+    }
+    return Ingress.options(name="router").bind(
+        arms[CHAMPION],
+        arms[CHALLENGER],
+        args["logs"],
+        max_upload_bytes=int(args.get("max_upload_bytes", 10 * 2**20)),
+        flush_every_s=float(args.get("flush_every_s", 1.0)),
+        pre_days=float(args.get("pre_days", 14.0)),
+    )

@@ -1,0 +1,139 @@
+"""Keep serving, the registry and the experiment record in step.
+
+The registry's aliases say what should serve; the experiment record says which
+test is running, under which rule; the Serve config says what does serve. Every
+change goes the same way: move the alias (or the split), open or close the
+experiment, then apply the live knobs to the running app (``with_user_config``),
+so serving follows the registry without a restart and without dropping requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from components.predlog import PredictionLog
+from components.registry import Registry
+from serving.abtest import DecisionRule
+from serving.deploy import ServeAdmin, ServingError, with_user_config
+from serving.eventlog import FeedbackLog
+from serving.experiment import CHALLENGER, CHAMPION, Experiment, Experiments
+from serving.report import ab_report
+from serving.router import Traffic
+
+
+@dataclass
+class Serving:
+    """What the control functions act on, resolved from settings by the face."""
+
+    admin: ServeAdmin
+    registry: Registry
+    experiments: Experiments
+    config_for: Callable[[dict[str, int | None], Traffic], dict]  # the full Serve config for versions + knobs
+    split: float  # the challenger's share when a test starts
+    rule: DecisionRule  # declared into each experiment as it starts
+    predictions: PredictionLog
+    feedback: FeedbackLog
+    pre_days: float = 14.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What ``decide`` found and, when applied, did."""
+
+    report: dict
+    verdict: str
+    action: str  # promoted, rolled back, none
+    experiment: Experiment | None  # the one running afterwards
+
+
+def versions(registry: Registry) -> dict[str, int | None]:
+    champion = registry.alias(CHAMPION)
+    if champion is None:
+        raise ServingError("there is no champion to serve: train and promote one first (`trendloop train`)")
+    return {CHAMPION: champion, CHALLENGER: registry.alias(CHALLENGER)}
+
+
+def traffic_of(experiment: Experiment | None, champion: int) -> Traffic:
+    if experiment is None:
+        return Traffic(champion_version=champion)
+    return Traffic(
+        split=experiment.split,
+        salt=experiment.salt,
+        experiment=experiment.id,
+        champion_version=experiment.champion_version,
+        challenger_version=experiment.challenger_version,
+    )
+
+
+def align_experiment(s: Serving, split: float | None = None, note: str = "") -> Experiment | None:
+    """The experiment matching the registry's aliases: the running one if it matches, else a new one.
+
+    A running experiment whose versions (or split, when one is given) no longer match
+    is closed as ``stopped``; no challenger means no experiment.
+    """
+    wanted = versions(s.registry)
+    current = s.experiments.current()
+    split = current.split if split is None and current is not None else (s.split if split is None else split)
+    same = (
+        current is not None
+        and current.champion_version == wanted[CHAMPION]
+        and current.challenger_version == wanted[CHALLENGER]
+        and current.split == split
+    )
+    if same:
+        return current
+    if current is not None:
+        s.experiments.finish(current.id, "stopped", note or "the registry's aliases or the split changed")
+    if wanted[CHALLENGER] is None:
+        return None
+    salt = current.salt if current is not None and current.challenger_version == wanted[CHALLENGER] else None
+    return s.experiments.start(wanted[CHAMPION], wanted[CHALLENGER], split, s.rule.to_dict(), salt=salt)
+
+
+def up(s: Serving, timeout: float = 600.0) -> Experiment | None:
+    """Deploy the app for the registry's current aliases and wait until it serves."""
+    experiment = align_experiment(s)
+    wanted = versions(s.registry)
+    s.admin.deploy(s.config_for(wanted, traffic_of(experiment, wanted[CHAMPION])))
+    s.admin.wait_running(timeout)
+    return experiment
+
+
+def follow(s: Serving, split: float | None = None, note: str = "") -> Experiment | None:
+    """Bring the running app in line with the registry (and ``split``), live; a no-op when nothing runs."""
+    experiment = align_experiment(s, split, note)
+    wanted = versions(s.registry)
+    deployed = s.admin.config() if s.admin.reachable() else None
+    if deployed is not None:
+        served = {CHAMPION: wanted[CHAMPION], CHALLENGER: experiment.challenger_version if experiment else None}
+        s.admin.deploy(with_user_config(deployed, traffic_of(experiment, wanted[CHAMPION]), served))
+        s.admin.wait_running()
+    return experiment
+
+
+def report(s: Serving, experiment: Experiment | None = None) -> dict:
+    experiment = experiment or s.experiments.current()
+    if experiment is None:
+        raise ServingError("no A/B test is running (a test starts when the registry has a @challenger)")
+    return ab_report(s.predictions, s.feedback, experiment, s.pre_days)
+
+
+def decide(s: Serving, apply: bool) -> Outcome:
+    """Apply the running experiment's declared rule; with ``apply``, promote or roll back as it says."""
+    experiment = s.experiments.current()
+    found = report(s, experiment)
+    verdict = found["decision"]["verdict"]
+    if not apply or verdict not in ("promote", "rollback"):
+        return Outcome(found, verdict, "none", experiment)
+    assert experiment is not None and experiment.challenger_version is not None
+    challenger = experiment.challenger_version
+    if verdict == "promote":
+        s.registry.promote(challenger)  # refuses a version whose gate did not pass
+        s.experiments.finish(experiment.id, "promote", found["decision"]["headline"])
+        action = f"promoted version {challenger} to @champion"
+    else:
+        s.registry.clear_challenger(f"lost A/B test {experiment.id}: {found['decision']['headline']}")
+        s.experiments.finish(experiment.id, "rollback", found["decision"]["headline"])
+        action = f"rolled back: version {challenger} no longer serves"
+    return Outcome(found, verdict, action, follow(s))

@@ -1,0 +1,212 @@
+"""The router as a plain object: assign the user an arm, ask that arm's model, log, answer.
+
+It knows nothing of HTTP or Ray: ``serving.api`` puts FastAPI in front of it and
+``serving.app`` runs both in Ray Serve; the benchmark and tests call it directly.
+An arm is any ``async (upload bytes) -> Tagged | Rejection`` callable: a Ray Serve
+handle in the app, an in-process batcher elsewhere.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow.compute as pc
+
+from components.predlog import PredictionLog
+from components.validate import Rejection
+from serving.eventlog import EVENTS, EventWriter
+from serving.experiment import ARMS, CHALLENGER, CHAMPION, assign_arm
+from serving.tagging import ModelNotLoaded, Tagged
+
+Arm = Callable[[bytes], Awaitable["Tagged | Rejection"]]
+
+
+class BadRequest(Exception):
+    """A request we refuse, with the HTTP status and the message the caller sees."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """The router's live knobs: its Ray Serve ``user_config``, changed without a restart."""
+
+    split: float = 0.0  # the challenger's share of users
+    salt: str = "trendloop"  # the experiment's assignment salt
+    experiment: str | None = None  # the experiment id written into every record
+    champion_version: int | None = None  # what each arm serves, as recorded in the experiment
+    challenger_version: int | None = None
+
+    @classmethod
+    def from_config(cls, config: dict) -> Traffic:
+        unknown = set(config) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown router settings: {sorted(unknown)}")
+        traffic = cls(**config)
+        if not 0.0 <= traffic.split <= 1.0:
+            raise ValueError(f"split must lie in [0, 1], not {traffic.split}")
+        return traffic
+
+    def arm_of(self, user_id: str) -> str:
+        if self.challenger_version is None:
+            return CHAMPION
+        return assign_arm(user_id, self.salt, self.split)
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the router remembers of a request, to attach feedback to it."""
+
+    user_id: str
+    arm: str
+    model_version: int
+    experiment: str | None
+
+
+class RequestBook:
+    """Recent request ids in memory (bounded); older ones are looked up in the prediction log."""
+
+    def __init__(self, log: PredictionLog, capacity: int = 200_000):
+        self.log, self.capacity = log, capacity
+        self._recent: OrderedDict[str, Served] = OrderedDict()
+
+    def remember(self, request_id: str, served: Served) -> None:
+        self._recent[request_id] = served
+        if len(self._recent) > self.capacity:
+            self._recent.popitem(last=False)
+
+    def find(self, request_id: str, pending: list[dict]) -> Served | None:
+        if request_id in self._recent:
+            return self._recent[request_id]
+        for record in pending:  # queued, not yet on disk
+            if record["request_id"] == request_id:
+                return _served(record)
+        found = self.log.read(
+            where=pc.field("request_id") == request_id,
+            columns=["request_id", "user_id", "arm", "model_version", "experiment"],
+        )
+        if len(found) == 0:
+            return None
+        served = _served(found.slice(0, 1).to_pylist()[0])
+        self.remember(request_id, served)
+        return served
+
+
+def _served(record: dict) -> Served:
+    return Served(record["user_id"], record["arm"], record["model_version"], record["experiment"])
+
+
+class Router:
+    def __init__(
+        self,
+        arms: dict[str, Arm],
+        predictions: EventWriter,
+        feedback: EventWriter,
+        book: RequestBook,
+        traffic: Traffic | None = None,
+        max_upload_bytes: int = 10 * 2**20,
+    ):
+        self.arms = arms
+        self.predictions, self.feedback_log, self.book = predictions, feedback, book
+        self.traffic = traffic or Traffic()
+        self.max_upload_bytes = max_upload_bytes
+
+    def configure(self, traffic: Traffic) -> None:
+        self.traffic = traffic  # one assignment: a request reads either the old knobs or the new ones
+
+    async def predict(self, upload: bytes, user_id: str) -> dict:
+        start = time.perf_counter()
+        user_id = _user_id(user_id)
+        if not upload:
+            raise BadRequest(400, "the request body is empty: send the image bytes as the body")
+        if len(upload) > self.max_upload_bytes:
+            raise BadRequest(413, f"the image is {len(upload):,} bytes; the limit is {self.max_upload_bytes:,}")
+        traffic = self.traffic
+        arm = traffic.arm_of(user_id)
+        try:
+            result = await self.arms[arm](upload)
+        except ModelNotLoaded:
+            if arm == CHAMPION:
+                raise BadRequest(503, "no champion model is loaded yet; retry shortly") from None
+            arm = CHAMPION  # the challenger is between versions: serve and log the champion
+            result = await self.arms[arm](upload)
+        if isinstance(result, Rejection):
+            raise BadRequest(415 if result.reason in ("not_an_image", "unsupported_format") else 422, _said(result))
+        request_id = uuid.uuid4().hex
+        latency_ms = 1000 * (time.perf_counter() - start)
+        now = datetime.now(UTC)
+        self.predictions.append(
+            {
+                "request_id": request_id,
+                "post_id": None,
+                "user_id": user_id,
+                "arm": arm,
+                "model_version": result.model_version,
+                "predicted": result.label,
+                "confidence": result.confidence,
+                "probabilities": result.probabilities.tolist(),
+                "embedding": result.embedding.tolist(),
+                "latency_ms": latency_ms,
+                "time": now,
+                "experiment": traffic.experiment,
+            }
+        )
+        self.book.remember(request_id, Served(user_id, arm, result.model_version, traffic.experiment))
+        return {
+            "request_id": request_id,
+            "user_id": user_id,
+            "arm": arm,
+            "model_version": result.model_version,
+            "experiment": traffic.experiment,
+            "label": result.label,
+            "confidence": result.confidence,
+            "tags": [{"label": lab, "score": s} for lab, s in zip(result.labels, result.scores, strict=True)],
+            "latency_ms": round(latency_ms, 3),
+        }
+
+    def feedback(self, request_id: str, event: str) -> dict:
+        if event not in EVENTS:
+            raise BadRequest(422, f"unknown event {event!r}; one of {', '.join(EVENTS)}")
+        served = self.book.find(request_id, self.predictions.pending_records())
+        if served is None:
+            raise BadRequest(404, f"no prediction with request id {request_id!r}")
+        now = datetime.now(UTC)
+        self.feedback_log.append(
+            {
+                "request_id": request_id,
+                "event": event,
+                "user_id": served.user_id,
+                "arm": served.arm,
+                "model_version": served.model_version,
+                "experiment": served.experiment,
+                "time": now,
+            }
+        )
+        return {"request_id": request_id, "event": event, "arm": served.arm, "recorded_at": now.isoformat()}
+
+    def close(self) -> int:
+        """Write every queued record; returns how many could not be written."""
+        return self.predictions.close() + self.feedback_log.close()
+
+
+def _user_id(user_id: str) -> str:
+    user_id = (user_id or "").strip()
+    if not user_id:
+        raise BadRequest(422, "user_id is required (a non-empty string)")
+    if len(user_id) > 200 or not user_id.isprintable():
+        raise BadRequest(422, "user_id must be at most 200 printable characters")
+    return user_id
+
+
+def _said(rejection: Rejection) -> str:
+    return f"the upload is not an image we can read ({rejection.reason}): {rejection.detail}"
+
+
+__all__ = ["ARMS", "CHALLENGER", "CHAMPION", "BadRequest", "RequestBook", "Router", "Served", "Traffic"]

@@ -1,0 +1,293 @@
+"""Serving without Ray: assignment, the event writer, the router, experiments and the report's data."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+
+from components.model import TaggerSpec, build_tagger
+from components.predict import Predictor
+from components.predlog import PREDICTION_SCHEMA, PredictionLog
+from components.preprocess import Preprocessing
+from components.validate import Rejection
+from serving import control
+from serving.control import Serving
+from serving.deploy import ServingError
+from serving.eventlog import EventWriter, FeedbackLog
+from serving.experiment import (
+    CHALLENGER,
+    CHAMPION,
+    Experiment,
+    ExperimentError,
+    Experiments,
+    assign_arm,
+    bucket,
+)
+from serving.report import timeline, user_table
+from serving.router import BadRequest, RequestBook, Router, Traffic
+from serving.tagging import ArmModel, ModelNotLoaded
+from tests.conftest import free_port
+from tests.models import register_untrained
+from trendloop.settings import Settings
+
+USERS = [f"u{i}" for i in range(20_000)]
+
+
+def run(coro):
+    """Run a coroutine to the end in its own thread and event loop."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def test_assignment_is_sticky_matches_the_split_and_only_moves_users_towards_the_challenger() -> None:
+    arms = [assign_arm(u, "salt-1", 0.3) for u in USERS]
+    assert arms == [assign_arm(u, "salt-1", 0.3) for u in USERS]  # same answer every time, every process
+    share = arms.count(CHALLENGER) / len(USERS)
+    assert stats.binomtest(arms.count(CHALLENGER), len(USERS), 0.3).pvalue > 0.001, share
+    wider = [assign_arm(u, "salt-1", 0.5) for u in USERS]
+    assert all(w == CHALLENGER for a, w in zip(arms, wider, strict=True) if a == CHALLENGER)  # a ramp-up moves one way
+    other = np.array([bucket(u, "salt-2") for u in USERS])
+    first = np.array([bucket(u, "salt-1") for u in USERS])
+    assert abs(np.corrcoef(first, other)[0, 1]) < 0.03  # a new salt reshuffles everyone
+    assert stats.kstest(first, "uniform").pvalue > 0.001
+    assert {assign_arm(u, "s", 0.0) for u in USERS[:500]} == {CHAMPION}
+    assert {assign_arm(u, "s", 1.0) for u in USERS[:500]} == {CHALLENGER}
+
+
+def test_traffic_rejects_unknown_knobs_and_bad_splits() -> None:
+    with pytest.raises(ValueError, match="unknown router settings"):
+        Traffic.from_config({"split": 0.5, "spilt": 0.2})
+    with pytest.raises(ValueError, match="split"):
+        Traffic.from_config({"split": 1.5})
+    assert Traffic.from_config({"split": 0.5, "challenger_version": None}).arm_of("anyone") == CHAMPION
+
+
+def record(i: int, when: datetime) -> dict:
+    return {
+        "request_id": f"r{i}", "post_id": None, "user_id": f"u{i % 7}", "arm": CHAMPION, "model_version": 1,
+        "predicted": "food", "confidence": 0.5, "probabilities": [0.5, 0.5], "embedding": [0.0, 1.0],
+        "latency_ms": 3.0, "time": when, "experiment": "e1",
+    }  # fmt: skip
+
+
+def test_the_writer_never_raises_keeps_records_through_failures_and_flushes_on_close(tmp_path: Path) -> None:
+    root = tmp_path / "predictions"
+    root.write_text("a file where the log's folder should be")  # every write fails
+    log = PredictionLog(root)
+    writer = EventWriter(log, "t", flush_every_s=0.05)
+    now = datetime.now(UTC)
+    for i in range(50):
+        writer.append(record(i, now))  # never raises, never blocks
+    assert writer.flush() == 0 and writer.pending == 50 and writer.failures >= 1
+    assert "exists" in (writer.last_error or "") or "directory" in (writer.last_error or "").lower()
+    root.unlink()  # the disk is back
+    assert writer.close() == 0
+    written = log.read()
+    assert sorted(written.column("request_id").to_pylist()) == sorted(f"r{i}" for i in range(50))
+    again = EventWriter(log, "t")  # a restarted writer never overwrites an earlier one's files
+    again.append(record(99, now))
+    again.close()
+    assert len(log.read()) == 51
+
+
+def test_files_without_the_experiment_column_read_back_with_nulls(tmp_path: Path) -> None:
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    old = pa.Table.from_pylist([record(1, datetime(2026, 1, 2, tzinfo=UTC))], schema=PREDICTION_SCHEMA)
+    (tmp_path / "day=2026-01-02").mkdir()
+    pq.write_table(old.drop_columns(["experiment"]), tmp_path / "day=2026-01-02" / "batch-v1.parquet")
+    found = PredictionLog(tmp_path).read(since=datetime(2026, 1, 1, tzinfo=UTC))
+    assert found.column("experiment").to_pylist() == [None] and found.column("request_id").to_pylist() == ["r1"]
+
+
+def png(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def model() -> ArmModel:
+    torch.manual_seed(0)
+    tagger = build_tagger(TaggerSpec("resnet18", ("a", "b", "c", "d"), Preprocessing(image_size=32, resize=36)))
+    loaded: list[int] = []
+
+    def load(version: int) -> Predictor:
+        loaded.append(version)
+        return Predictor(tagger)
+
+    arm = ArmModel(load, top_k=2)
+    arm.loaded = loaded  # type: ignore[attr-defined]
+    return arm
+
+
+def test_an_arm_predicts_a_batch_and_a_bad_upload_costs_only_itself(model: ArmModel) -> None:
+    with pytest.raises(ModelNotLoaded):
+        model.predict([png((1, 2, 3))])
+    assert model.use(3) and not model.use(3) and model.loaded == [3]  # type: ignore[attr-defined]
+    good = png((200, 30, 30))
+    out = model.predict([good, b"GIF89a broken", good[: len(good) // 2], good])
+    assert isinstance(out[1], Rejection) and isinstance(out[2], Rejection)
+    assert out[2].reason == "truncated"
+    assert out[0].model_version == 3 and len(out[0].labels) == 2 and out[0].labels == out[3].labels
+    assert out[0].scores[0] >= out[0].scores[1] and abs(out[0].probabilities.sum() - 1) < 1e-5
+    alone = model.predict([good])[0]
+    assert np.allclose(alone.probabilities, out[0].probabilities, atol=1e-5)  # batching does not change answers
+
+
+def make_router(tmp_path: Path, model: ArmModel) -> Router:
+    model.use(1)
+
+    async def arm(upload: bytes):
+        return model.predict([upload])[0]
+
+    predictions = PredictionLog(tmp_path / "predictions")
+    return Router(
+        {CHAMPION: arm, CHALLENGER: arm},
+        EventWriter(predictions, "r", flush_every_s=0.05),
+        EventWriter(FeedbackLog(tmp_path / "feedback"), "r", flush_every_s=0.05),
+        RequestBook(predictions, capacity=2),
+        Traffic(split=0.5, salt="s", experiment="e1", champion_version=1, challenger_version=1),
+        max_upload_bytes=50_000,
+    )
+
+
+def test_the_router_refuses_bad_requests_precisely_and_finds_old_requests_after_a_restart(
+    tmp_path: Path, model: ArmModel
+) -> None:
+    router = make_router(tmp_path, model)
+    ok = [run(router.predict(png((i, 9, 9)), f"user{i}")) for i in range(4)]
+    assert {b["arm"] for b in ok} <= {CHAMPION, CHALLENGER}
+    assert all(b["arm"] == assign_arm(b["user_id"], "s", 0.5) for b in ok)
+    refusals = [
+        (lambda: router.predict(b"", "u"), 400, "empty"),
+        (lambda: router.predict(b"x" * 60_000, "u"), 413, "limit"),
+        (lambda: router.predict(b"<html>oops</html>", "u"), 415, "not_an_image"),
+        (lambda: router.predict(png((1, 1, 1)), "  "), 422, "user_id"),
+        (lambda: router.predict(png((1, 1, 1)), "bad\nid"), 422, "printable"),
+    ]
+    for call, status, needle in refusals:
+        with pytest.raises(BadRequest) as err:
+            run(call())
+        assert err.value.status == status and needle in err.value.message
+    with pytest.raises(BadRequest) as err:
+        router.feedback("nope", "click")
+    assert err.value.status == 404
+    with pytest.raises(BadRequest) as err:
+        router.feedback(ok[0]["request_id"], "buy")
+    assert err.value.status == 422
+    assert router.feedback(ok[0]["request_id"], "click")["arm"] == ok[0]["arm"]
+    assert router.close() == 0
+
+    restarted = make_router(tmp_path, model)  # a new process: an empty memory of requests
+    assert restarted.feedback(ok[0]["request_id"], "like")["arm"] == ok[0]["arm"]  # found in the log
+    restarted.close()
+    events = FeedbackLog(tmp_path / "feedback").read(where=pc.field("request_id") == ok[0]["request_id"])
+    assert sorted(events.column("event").to_pylist()) == ["click", "like"]
+
+
+def test_experiments_declare_the_rule_at_the_start_and_close_once(tmp_path: Path) -> None:
+    experiments = Experiments(tmp_path)
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    first = experiments.start(1, 2, 0.5, {"alpha": 0.05}, now=t0)
+    assert experiments.current() == first and first.rule == {"alpha": 0.05} and first.running
+    second = experiments.start(1, 3, 0.2, {"alpha": 0.01}, now=t0 + timedelta(hours=1))
+    assert experiments.get(first.id).outcome == "stopped" and experiments.current() == second
+    closed = experiments.finish(second.id, "promote", "won")
+    assert closed.outcome == "promote" and experiments.current() is None
+    with pytest.raises(ExperimentError, match="already ended"):
+        experiments.finish(second.id, "rollback")
+    with pytest.raises(ExperimentError, match="challenger"):
+        experiments.start(1, None, 0.5, {})
+    assert [e.id for e in experiments.all()] == [second.id, first.id]
+
+
+def test_users_are_counted_by_their_assigned_arm_and_the_timeline_adds_up() -> None:
+    experiments_start = datetime(2026, 3, 1, tzinfo=UTC)
+    exp = Experiment("e", 1, 2, 0.5, "salt", {}, experiments_start.isoformat())
+    users = [f"v{i}" for i in range(200)]
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(1000):
+        user = users[rng.integers(0, 200)]
+        served = assign_arm(user, "salt", 0.5)
+        if i % 97 == 0:
+            served = CHAMPION  # the challenger was between versions: the champion answered
+        rows.append({"request_id": f"q{i}", "user_id": user, "arm": served,
+                     "time": experiments_start + timedelta(minutes=i / 10)})  # fmt: skip
+    exposures = pd.DataFrame(rows)
+    feedback = pd.DataFrame(
+        [{"request_id": r["request_id"], "user_id": r["user_id"], "arm": r["arm"], "time": r["time"],
+          "event": "click" if j % 3 == 0 else "impression"} for j, r in enumerate(rows[::2])]
+    )  # fmt: skip
+    table = user_table(exposures, feedback, exp)
+    assert table["exposures"].sum() == 1000 and table["engagements"].sum() == (feedback["event"] == "click").sum()
+    assert all(table["arm"] == [assign_arm(u, "salt", 0.5) for u in table["user_id"]])  # intention to treat
+    buckets = timeline(exposures, feedback, experiments_start, experiments_start + timedelta(minutes=100))
+    assert len({r["start"] for r in buckets}) <= 48
+    assert sum(r["exposures"] for r in buckets) == 1000
+    assert sum(r["engagements"] for r in buckets) == (feedback["event"] == "click").sum()
+
+
+def write_test_traffic(s: Serving, experiment: Experiment, lift: float, users: int = 1200, seed: int = 0) -> None:
+    """Exposures and feedback as the router logs them: the challenger's users engage ``lift`` more."""
+    rng = np.random.default_rng(seed)
+    start = experiment.started()
+    predictions, feedback = [], []
+    for u in range(users):
+        user = f"w{u}"
+        arm = assign_arm(user, experiment.salt, experiment.split)
+        rate = 0.15 * (1 + lift if arm == CHALLENGER else 1)
+        version = experiment.challenger_version if arm == CHALLENGER else experiment.champion_version
+        for k in range(4):
+            request_id = f"{user}-{k}"
+            when = start + timedelta(microseconds=4 * u + k)  # all of it logged by now
+            predictions.append({**record(0, when), "request_id": request_id, "user_id": user, "arm": arm,
+                                "model_version": version, "experiment": experiment.id})  # fmt: skip
+            event = "click" if rng.random() < rate else "impression"
+            feedback.append({"request_id": request_id, "event": event, "user_id": user, "arm": arm,
+                             "model_version": version, "experiment": experiment.id, "time": when})  # fmt: skip
+    import pyarrow as pa  # noqa: PLC0415
+
+    from serving.eventlog import FEEDBACK_SCHEMA  # noqa: PLC0415
+
+    s.predictions.write(pa.Table.from_pylist(predictions, schema=PREDICTION_SCHEMA), f"test-{seed}")
+    s.feedback.write(pa.Table.from_pylist(feedback, schema=FEEDBACK_SCHEMA), f"test-{seed}")
+
+
+@pytest.mark.parametrize(
+    ("lift", "verdict", "champion_after"), [(0.6, "promote", "challenger"), (-0.5, "rollback", "champion")]
+)
+def test_decide_applies_the_declared_rule_to_the_registry(
+    tmp_path: Path, lift: float, verdict: str, champion_after: str
+) -> None:
+    settings = Settings(home=tmp_path, serving={"ray_ports": {"dashboard": free_port()}})  # no Ray: nothing to follow
+    s = settings.serving_control()
+    champion, challenger = register_untrained(s.registry, 1), register_untrained(s.registry, 2)
+    s.registry.promote(champion)
+    s.registry.set_challenger(challenger)
+    experiment = control.align_experiment(s)
+    assert experiment is not None and experiment.rule == settings.ab.to_dict()
+    write_test_traffic(s, experiment, lift)
+    looked = control.decide(s, apply=False)
+    assert looked.verdict == verdict and looked.action == "none" and s.registry.alias(CHALLENGER) == challenger
+    outcome = control.decide(s, apply=True)
+    assert outcome.verdict == verdict and outcome.experiment is None  # no challenger left: no test runs
+    assert s.registry.alias(CHAMPION) == (challenger if champion_after == "challenger" else champion)
+    assert s.registry.alias(CHALLENGER) is None
+    closed = s.experiments.get(experiment.id)
+    assert closed.outcome == verdict and not closed.running
+    with pytest.raises(ServingError, match="no A/B test is running"):
+        control.decide(s, apply=True)
