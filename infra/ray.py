@@ -39,7 +39,7 @@ class RayPorts:
     gcs: int = 6380
     dashboard: int = 8265
     agent: int = 52366
-    client: int = 10002
+    client: int = 23001  # outside Ray's worker port range (10002-19999 by default)
 
 
 class LocalRay:

@@ -91,13 +91,16 @@ def ab_test(settings: Settings, store: Store, registry: Registry, feed: Path, re
     console = render.console
     console.rule("[bold]7. serve champion and challenger (Ray Serve), A/B test them, decide")
     head = store.head()
-    with render.training_progress(settings.train.epochs) as progress:
-        trained = train_and_register(
-            store, head, settings.train, registry, settings.runs_dir, from_champion=True,
-            on_step=progress.step, on_epoch=progress.epoch,
-        )  # fmt: skip
-    reviewed = review(store, head, registry, trained.version, settings.gate, oracle_styles(feed))
-    console.print(render.verdict_text(reviewed.verdict))
+    for from_champion in (True, False):  # fine-tune the champion; if that fails the gate, retrain from scratch
+        with render.training_progress(settings.train.epochs) as progress:
+            trained = train_and_register(
+                store, head, settings.train, registry, settings.runs_dir, from_champion=from_champion,
+                on_step=progress.step, on_epoch=progress.epoch,
+            )  # fmt: skip
+        reviewed = review(store, head, registry, trained.version, settings.gate, oracle_styles(feed))
+        console.print(render.verdict_text(reviewed.verdict))
+        if reviewed.verdict.passed:
+            break
     s = settings.serving_control()
     if settings.serving.ray_dashboard is None:
         with console.status("starting Ray on 127.0.0.1"):
