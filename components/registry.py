@@ -243,12 +243,14 @@ class Registry:
         self.version_of(version)
         self.client.set_registered_model_alias(self.model_name, CHALLENGER, str(version))
 
-    def clear_challenger(self, reason: str) -> int | None:
-        """Take the challenger alias away (it lost its A/B test); returns the version it named."""
+    def clear_challenger(self, reason: str | None = None) -> int | None:
+        """Take the challenger alias away; returns the version it named. A ``reason`` (it lost its
+        A/B test, say) stays on that version as a tag."""
         version = self.alias(CHALLENGER)
         if version is not None:
             self.client.delete_registered_model_alias(self.model_name, CHALLENGER)
-            self.client.set_model_version_tag(self.model_name, str(version), "challenger_removed", reason)
+            if reason is not None:
+                self.client.set_model_version_tag(self.model_name, str(version), "challenger_removed", reason)
         return version
 
     def promote(self, version: int, force: bool = False) -> int | None:

@@ -24,9 +24,10 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
+from components.errors import TrendloopError
 from serving.dashboard import render_dashboard
 from serving.eventlog import EVENTS
-from serving.router import BadRequest, Router
+from serving.router import Refused, Router
 
 Probe = Callable[[], Awaitable[int | None]]  # the model version an arm has loaded, or None
 
@@ -83,8 +84,8 @@ def build_api(
     )
     cache: dict[str, tuple[float, dict]] = {}
 
-    @api.exception_handler(BadRequest)
-    async def refused(request: Request, err: BadRequest) -> JSONResponse:
+    @api.exception_handler(Refused)
+    async def refused(request: Request, err: Refused) -> JSONResponse:
         return JSONResponse({"detail": err.message}, status_code=err.status)
 
     @api.post("/predict", response_model=Prediction, openapi_extra=_IMAGE_BODY)
@@ -96,7 +97,8 @@ def build_api(
 
     @api.post("/feedback", response_model=Recorded)
     async def feedback(body: Feedback) -> dict:
-        return router.feedback(body.request_id, body.event)
+        # a request id not in memory is looked up in the log: off the event loop
+        return await asyncio.to_thread(router.feedback, body.request_id, body.event)
 
     @api.get("/healthz")
     async def healthz() -> dict:
@@ -104,7 +106,7 @@ def build_api(
 
     @api.get("/readyz")
     async def readyz() -> JSONResponse:
-        loaded = {arm: await probe() for arm, probe in probes.items()}
+        loaded = {arm: await _probe(probe) for arm, probe in probes.items()}
         ready = loaded.get("champion") is not None
         body = {"ready": ready, "models": loaded, "traffic": router.traffic.__dict__}
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -113,7 +115,10 @@ def build_api(
     async def ab_report() -> dict:
         now = time.monotonic()
         if "report" not in cache or now - cache["report"][0] > report_ttl_s:
-            cache["report"] = (now, await asyncio.to_thread(report))
+            try:
+                cache["report"] = (now, await asyncio.to_thread(report))
+            except TrendloopError as err:  # an experiment record or a log it cannot read: say which
+                raise Refused(503, f"the A/B report cannot be computed: {err}") from None
         return cache["report"][1]
 
     @api.get("/ab", response_class=HTMLResponse)
@@ -123,15 +128,23 @@ def build_api(
     return api
 
 
+async def _probe(probe: Probe, timeout: float = 2.0) -> int | None:
+    """An arm's loaded version; None when it does not answer in time or fails."""
+    try:
+        return await asyncio.wait_for(probe(), timeout)
+    except Exception:  # noqa: BLE001 - an unhealthy arm reads as not ready, not as a 500
+        return None
+
+
 async def _read_capped(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed ``limit`` (before reading it all)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(413, f"the image is {int(declared):,} bytes; the limit is {limit:,}")
+        raise Refused(413, f"the image is {int(declared):,} bytes; the limit is {limit:,}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BadRequest(413, f"the image is over the limit of {limit:,} bytes")
+            raise Refused(413, f"the image is over the limit of {limit:,} bytes")
         chunks.append(chunk)
     return b"".join(chunks)

@@ -41,10 +41,11 @@ class TaggerArm:
         torch.set_num_threads(threads)
         self.model = ArmModel(version_loader(models, pick_device(num_gpus)), top_k, ImageLimits(**(limits or {})))
 
-    def reconfigure(self, config: dict) -> None:
+    async def reconfigure(self, config: dict) -> None:
         self.predict.set_max_batch_size(int(config.get("max_batch_size", 32)))
         self.predict.set_batch_wait_timeout_s(float(config.get("batch_wait_ms", 5.0)) / 1000)
-        self.model.use(config.get("version"))
+        # loading happens off the event loop: batches keep running on the old version meanwhile
+        await asyncio.to_thread(self.model.use, config.get("version"))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def predict(self, uploads: list[bytes]) -> list:

@@ -128,6 +128,11 @@ def decide(s: Serving, apply: bool) -> Outcome:
         return Outcome(found, verdict, "none", experiment)
     assert experiment is not None and experiment.challenger_version is not None
     challenger = experiment.challenger_version
+    if s.registry.alias(CHALLENGER) != challenger:
+        raise ServingError(
+            f"the test ran version {challenger}, but @challenger is now version {s.registry.alias(CHALLENGER)}: "
+            "the verdict is not about it; `trendloop serve up` starts a test of the current challenger"
+        )
     if verdict == "promote":
         s.registry.promote(challenger)  # refuses a version whose gate did not pass
         s.experiments.finish(experiment.id, "promote", found["decision"]["headline"])

@@ -54,8 +54,10 @@ class FeedbackLog(DayLog):
 class EventWriter:
     """Queue records for ``log`` and write them from a background thread, one file per flush."""
 
-    def __init__(self, log: DayLog, name: str, flush_every_s: float = 1.0, max_rows: int = 10_000):
-        self.log, self.flush_every_s, self.max_rows = log, flush_every_s, max_rows
+    def __init__(
+        self, log: DayLog, name: str, flush_every_s: float = 1.0, max_rows: int = 10_000, max_queued: int = 500_000
+    ):
+        self.log, self.flush_every_s, self.max_rows, self.max_queued = log, flush_every_s, max_rows, max_queued
         self.name = f"{name}-{secrets.token_hex(4)}"  # a restarted writer never reuses a file name
         self._queue: deque[dict] = deque()
         self._seq = 0
@@ -64,12 +66,20 @@ class EventWriter:
         self._closed = False
         self.written = 0
         self.failures = 0
+        self.dropped = 0  # oldest records let go while writes kept failing and the queue was full
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"event-writer-{name}", daemon=True)
         self._thread.start()
 
     def append(self, record: dict) -> None:
-        """Queue one record (a dict of the log's columns). Never blocks, never raises."""
+        """Queue one record (a dict of the log's columns). Never blocks, never raises.
+
+        While writes keep failing the queue grows to ``max_queued``; past that the oldest record
+        is let go (and counted) rather than the replica running out of memory.
+        """
+        if len(self._queue) >= self.max_queued:
+            self._queue.popleft()
+            self.dropped += 1
         self._queue.append(record)
         if len(self._queue) >= self.max_rows:
             self._wake.set()

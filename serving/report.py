@@ -104,11 +104,16 @@ def ab_report(
     exposures = predictions.read(start, end, where=is_exp, columns=cols).to_pandas()
     events = feedback.read(start, where=is_exp, columns=["request_id", "event", "user_id", "arm", "time"]).to_pandas()
     events = events[events["request_id"].isin(set(exposures["request_id"]))]  # feedback on this test's exposures
+    events = events.drop_duplicates(["request_id", "event"])  # a retried or repeated click counts once
 
     pre_start = start - timedelta(days=pre_days)
-    served = pc.field("post_id").is_null()  # requests users sent, not the drift checks' batch predictions
+    # outside any test (an earlier phase of a ramped test would carry the challenger's effect into the
+    # covariate, and CUPED would subtract part of the lift), and only requests users sent, not the
+    # drift checks' batch predictions
+    outside = pc.field("experiment").is_null()
+    served = pc.field("post_id").is_null() & outside
     pre_exp = predictions.read(pre_start, start, where=served, columns=["user_id"]).to_pandas()
-    pre_fb = feedback.read(pre_start, start, columns=["user_id", "event"]).to_pandas()
+    pre_fb = feedback.read(pre_start, start, where=outside, columns=["user_id", "event"]).to_pandas()
 
     users = user_table(exposures, events, experiment)
     users["pre_rate"] = users["user_id"].map(pre_rates(pre_exp, pre_fb)).astype(float)

@@ -8,12 +8,13 @@ handle in the app, an in-process batcher elsewhere.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pyarrow.compute as pc
 
@@ -24,10 +25,11 @@ from serving.experiment import ARMS, CHALLENGER, CHAMPION, assign_arm
 from serving.tagging import ModelNotLoaded, Tagged
 
 Arm = Callable[[bytes], Awaitable["Tagged | Rejection"]]
+log = logging.getLogger(__name__)
 
 
-class BadRequest(Exception):
-    """A request we refuse, with the HTTP status and the message the caller sees."""
+class Refused(Exception):
+    """A request we refuse (4xx: the caller's fault; 503: retry later), with the message the caller sees."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -71,10 +73,10 @@ class Served:
 
 
 class RequestBook:
-    """Recent request ids in memory (bounded); older ones are looked up in the prediction log."""
+    """Recent request ids in memory (bounded); older ones (up to ``lookback_days``) from the prediction log."""
 
-    def __init__(self, log: PredictionLog, capacity: int = 200_000):
-        self.log, self.capacity = log, capacity
+    def __init__(self, log: PredictionLog, capacity: int = 200_000, lookback_days: float = 7.0):
+        self.log, self.capacity, self.lookback = log, capacity, timedelta(days=lookback_days)
         self._recent: OrderedDict[str, Served] = OrderedDict()
 
     def remember(self, request_id: str, served: Served) -> None:
@@ -89,7 +91,8 @@ class RequestBook:
             if record["request_id"] == request_id:
                 return _served(record)
         found = self.log.read(
-            where=pc.field("request_id") == request_id,
+            since=datetime.now(UTC) - self.lookback,
+            where=(pc.field("request_id") == request_id) & pc.field("post_id").is_null(),
             columns=["request_id", "user_id", "arm", "model_version", "experiment"],
         )
         if len(found) == 0:
@@ -125,23 +128,26 @@ class Router:
         start = time.perf_counter()
         user_id = _user_id(user_id)
         if not upload:
-            raise BadRequest(400, "the request body is empty: send the image bytes as the body")
+            raise Refused(400, "the request body is empty: send the image bytes as the body")
         if len(upload) > self.max_upload_bytes:
-            raise BadRequest(413, f"the image is {len(upload):,} bytes; the limit is {self.max_upload_bytes:,}")
+            raise Refused(413, f"the image is {len(upload):,} bytes; the limit is {self.max_upload_bytes:,}")
         traffic = self.traffic
         arm = traffic.arm_of(user_id)
         try:
-            result = await self.arms[arm](upload)
+            result = await self._ask(arm, upload)
         except ModelNotLoaded:
             if arm == CHAMPION:
-                raise BadRequest(503, "no champion model is loaded yet; retry shortly") from None
+                raise Refused(503, "no champion model is loaded yet; retry shortly") from None
             arm = CHAMPION  # the challenger is between versions: serve and log the champion
-            result = await self.arms[arm](upload)
+            result = await self._ask(arm, upload)
         if isinstance(result, Rejection):
-            raise BadRequest(415 if result.reason in ("not_an_image", "unsupported_format") else 422, _said(result))
+            raise Refused(415 if result.reason in ("not_an_image", "unsupported_format") else 422, _said(result))
         request_id = uuid.uuid4().hex
         latency_ms = 1000 * (time.perf_counter() - start)
         now = datetime.now(UTC)
+        expected = traffic.champion_version if arm == CHAMPION else traffic.challenger_version
+        # an arm still loading the experiment's version answered with another: not part of the test
+        experiment = traffic.experiment if result.model_version == expected else None
         self.predictions.append(
             {
                 "request_id": request_id,
@@ -155,28 +161,37 @@ class Router:
                 "embedding": result.embedding.tolist(),
                 "latency_ms": latency_ms,
                 "time": now,
-                "experiment": traffic.experiment,
+                "experiment": experiment,
             }
         )
-        self.book.remember(request_id, Served(user_id, arm, result.model_version, traffic.experiment))
+        self.book.remember(request_id, Served(user_id, arm, result.model_version, experiment))
         return {
             "request_id": request_id,
             "user_id": user_id,
             "arm": arm,
             "model_version": result.model_version,
-            "experiment": traffic.experiment,
+            "experiment": experiment,
             "label": result.label,
             "confidence": result.confidence,
             "tags": [{"label": lab, "score": s} for lab, s in zip(result.labels, result.scores, strict=True)],
             "latency_ms": round(latency_ms, 3),
         }
 
+    async def _ask(self, arm: str, upload: bytes) -> Tagged | Rejection:
+        try:
+            return await self.arms[arm](upload)
+        except ModelNotLoaded:
+            raise
+        except Exception as err:  # noqa: BLE001 - a replica died, is overloaded or unreachable: say so, not 500
+            log.warning("the %s arm failed: %s: %s", arm, type(err).__name__, err)
+            raise Refused(503, f"the {arm} model is unavailable right now ({type(err).__name__}); retry") from None
+
     def feedback(self, request_id: str, event: str) -> dict:
         if event not in EVENTS:
-            raise BadRequest(422, f"unknown event {event!r}; one of {', '.join(EVENTS)}")
+            raise Refused(422, f"unknown event {event!r}; one of {', '.join(EVENTS)}")
         served = self.book.find(request_id, self.predictions.pending_records())
         if served is None:
-            raise BadRequest(404, f"no prediction with request id {request_id!r}")
+            raise Refused(404, f"no prediction with request id {request_id!r}")
         now = datetime.now(UTC)
         self.feedback_log.append(
             {
@@ -199,9 +214,9 @@ class Router:
 def _user_id(user_id: str) -> str:
     user_id = (user_id or "").strip()
     if not user_id:
-        raise BadRequest(422, "user_id is required (a non-empty string)")
+        raise Refused(422, "user_id is required (a non-empty string)")
     if len(user_id) > 200 or not user_id.isprintable():
-        raise BadRequest(422, "user_id must be at most 200 printable characters")
+        raise Refused(422, "user_id must be at most 200 printable characters")
     return user_id
 
 
@@ -209,4 +224,4 @@ def _said(rejection: Rejection) -> str:
     return f"the upload is not an image we can read ({rejection.reason}): {rejection.detail}"
 
 
-__all__ = ["ARMS", "CHALLENGER", "CHAMPION", "BadRequest", "RequestBook", "Router", "Served", "Traffic"]
+__all__ = ["ARMS", "CHALLENGER", "CHAMPION", "Refused", "RequestBook", "Router", "Served", "Traffic"]

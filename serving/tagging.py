@@ -9,6 +9,7 @@ finish on the old model and none is refused in between.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import torch
 
 from components.predict import Predictor
 from components.validate import ImageLimits, Rejection, decode_image
+
+log = logging.getLogger(__name__)
 
 
 class ModelNotLoaded(RuntimeError):
@@ -61,6 +64,7 @@ class ArmModel:
         self.top_k = top_k
         self.limits = limits or ImageLimits()
         self.version: int | None = None
+        self.load_error: str | None = None  # why the last requested version could not be loaded
         self._predictor: Predictor | None = None
         self._swap = threading.Lock()  # one load at a time
 
@@ -69,12 +73,22 @@ class ArmModel:
         return self._predictor is not None
 
     def use(self, version: int | None) -> bool:
-        """Serve ``version`` from now on (None: serve nothing); returns whether anything changed."""
+        """Serve ``version`` from now on (None: serve nothing); returns whether anything changed.
+
+        A version that fails to load (registry down, files missing) leaves the one serving in
+        place and says why in ``load_error``: a bad rollout never takes the arm down.
+        """
         with self._swap:
             if version == self.version and (version is None or self._predictor is not None):
                 return False
-            predictor = self._load_version(version) if version is not None else None
+            try:
+                predictor = self._load_version(version) if version is not None else None
+            except Exception as err:  # noqa: BLE001 - any loader failure: keep serving what we have
+                self.load_error = f"version {version}: {type(err).__name__}: {err}"
+                log.error("could not load model %s; still serving version %s", self.load_error, self.version)
+                return False
             self._predictor, self.version = predictor, version  # one swap: in-flight batches keep the old one
+            self.load_error = None
             return True
 
     def predict(self, uploads: Sequence[bytes]) -> list[Tagged | Rejection]:

@@ -35,7 +35,7 @@ from serving.experiment import (
     bucket,
 )
 from serving.report import timeline, user_table
-from serving.router import BadRequest, RequestBook, Router, Traffic
+from serving.router import Refused, RequestBook, Router, Traffic
 from serving.tagging import ArmModel, ModelNotLoaded
 from tests.conftest import free_port
 from tests.models import register_untrained
@@ -179,13 +179,13 @@ def test_the_router_refuses_bad_requests_precisely_and_finds_old_requests_after_
         (lambda: router.predict(png((1, 1, 1)), "bad\nid"), 422, "printable"),
     ]
     for call, status, needle in refusals:
-        with pytest.raises(BadRequest) as err:
+        with pytest.raises(Refused) as err:
             run(call())
         assert err.value.status == status and needle in err.value.message
-    with pytest.raises(BadRequest) as err:
+    with pytest.raises(Refused) as err:
         router.feedback("nope", "click")
     assert err.value.status == 404
-    with pytest.raises(BadRequest) as err:
+    with pytest.raises(Refused) as err:
         router.feedback(ok[0]["request_id"], "buy")
     assert err.value.status == 422
     assert router.feedback(ok[0]["request_id"], "click")["arm"] == ok[0]["arm"]
@@ -291,3 +291,48 @@ def test_decide_applies_the_declared_rule_to_the_registry(
     assert closed.outcome == verdict and not closed.running
     with pytest.raises(ServingError, match="no A/B test is running"):
         control.decide(s, apply=True)
+
+
+def test_a_failed_load_keeps_the_old_version_serving() -> None:
+    tagger = build_tagger(TaggerSpec("resnet18", ("a", "b"), Preprocessing(image_size=32, resize=36)))
+
+    def load(version: int) -> Predictor:
+        if version == 2:
+            raise OSError("registry unreachable")
+        return Predictor(tagger)
+
+    arm = ArmModel(load)
+    assert arm.use(1)
+    assert not arm.use(2) and arm.version == 1 and "registry unreachable" in (arm.load_error or "")
+    assert arm.predict([png((5, 5, 5))])[0].model_version == 1
+
+
+def test_an_arm_on_the_wrong_version_or_failing_is_kept_out_of_the_test(tmp_path: Path, model: ArmModel) -> None:
+    router = make_router(tmp_path, model)  # the arms serve version 1
+    router.configure(Traffic(split=0.0, salt="s", experiment="e2", champion_version=2, challenger_version=None))
+    body = run(router.predict(png((3, 3, 3)), "someone"))
+    assert body["model_version"] == 1 and body["experiment"] is None  # still loading v2: not an exposure of e2
+
+    async def down(upload: bytes):
+        raise ConnectionError("replica died")
+
+    router.arms[CHAMPION] = down
+    with pytest.raises(Refused) as err:
+        run(router.predict(png((3, 3, 3)), "someone"))
+    assert err.value.status == 503 and "unavailable" in err.value.message
+    router.close()
+
+
+def test_repeated_feedback_on_one_request_counts_once(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, serving={"ray_ports": {"dashboard": free_port()}})
+    s = settings.serving_control()
+    s.registry.promote(register_untrained(s.registry, 1))
+    s.registry.set_challenger(register_untrained(s.registry, 2))
+    experiment = control.align_experiment(s)
+    write_test_traffic(s, experiment, 0.3, users=200)
+    before = control.report(s)["arms"]
+    assert before[CHAMPION]["engagements"] > 0 and before[CHALLENGER]["engagements"] > 0
+    clicks = s.feedback.read(where=pc.field("event") == "click")
+    s.feedback.write(clicks, "retried")  # every click sent a second time (a client retry)
+    after = control.report(s)["arms"]
+    assert after == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
@@ -479,7 +480,8 @@ def ab_promote(
     s.registry.promote(challenger, force=force)
     current = s.experiments.current()
     if current is not None:
-        s.experiments.finish(current.id, "promote", "promoted by hand")
+        tested = current.challenger_version == challenger
+        s.experiments.finish(current.id, "promote" if tested else "stopped", f"version {challenger} promoted by hand")
     render.console.print(f"@champion is version {challenger}")
     render.console.print(render.experiment_line(control.follow(s)))
 
@@ -638,6 +640,7 @@ def demo(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: a ``TrendloopError`` becomes one line on stderr and exit code 1."""
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # its INFO/WARNING chatter is not ours to show
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])  # also when already imported
     try:
         app(args=argv, standalone_mode=True)
     except TrendloopError as err:

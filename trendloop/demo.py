@@ -107,7 +107,7 @@ def ab_test(settings: Settings, store: Store, registry: Registry, feed: Path, re
             settings.local_ray().up()
     challenger = registry.alias(CHALLENGER)
     if challenger is not None:
-        registry.clear_challenger("held back until the pre-period traffic is logged")
+        registry.clear_challenger()  # held back until the pre-period traffic is logged
     with console.status("deploying the serving app"):
         control.up(s, settings.serving.start_timeout)
     url = settings.serving.url
