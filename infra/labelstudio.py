@@ -30,6 +30,7 @@ from pathlib import Path
 
 from components.errors import ConfigError, LabelingError
 from components.posts import write_atomic
+from infra.processes import alive
 
 ADMIN = "admin@trendloop.local"
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never goes through a proxy
@@ -115,7 +116,7 @@ class LocalLabelStudio:
 
     def status(self) -> ServerStatus:
         record = self._record()
-        pid = record["pid"] if record and _alive(record["pid"]) else None
+        pid = record["pid"] if record and alive(record["pid"]) else None
         if pid is not None and self.healthy():
             return ServerStatus(True, self.url, pid, f"up since {record['started_at']}")
         if pid is not None:
@@ -129,7 +130,7 @@ class LocalLabelStudio:
     def up(self, timeout: float = 600.0) -> ServerStatus:
         """Start the server unless it runs, and wait until it answers (a first start migrates its database)."""
         record = self._record()
-        if record and _alive(record["pid"]):
+        if record and alive(record["pid"]):
             return self._wait(record["pid"], None, timeout)
         if self.healthy():
             raise LabelingError(
@@ -158,7 +159,7 @@ class LocalLabelStudio:
         while time.monotonic() < deadline:
             if self.healthy():
                 return self.status()
-            exited = process.poll() is not None if process is not None else not _alive(pid)
+            exited = process.poll() is not None if process is not None else not alive(pid)
             if exited:
                 (self.state_dir / "server.json").unlink(missing_ok=True)
                 raise LabelingError(f"Label Studio exited while starting: {self._log_tail()}")
@@ -171,13 +172,13 @@ class LocalLabelStudio:
         if record is None:
             return False
         pid = record["pid"]
-        stopped = _alive(pid)
+        stopped = alive(pid)
         if stopped:
             _signal_group(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while _alive(pid) and time.monotonic() < deadline:
+            while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if _alive(pid):
+            if alive(pid):
                 _signal_group(pid, signal.SIGKILL)
         (self.state_dir / "server.json").unlink(missing_ok=True)
         return stopped
@@ -187,22 +188,6 @@ class LocalLabelStudio:
             return "no log"
         tail = self.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
         return " | ".join(line.strip() for line in tail) + f" (full log: {self.log_path})"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        finished, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it is our exited child
-        if finished == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child: ask the kernel
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _signal_group(pid: int, sig: int) -> None:

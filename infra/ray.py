@@ -28,6 +28,7 @@ from pathlib import Path
 
 from components.errors import TrendloopError
 from components.posts import write_atomic
+from infra.processes import alive
 
 
 class RayError(TrendloopError):
@@ -121,9 +122,9 @@ class LocalRay:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
             deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            while time.monotonic() < deadline and any(alive(pid) for pid in pids):
                 time.sleep(0.2)
-            pids = [pid for pid in pids if _alive(pid)]
+            pids = [pid for pid in pids if alive(pid)]
             if not pids:
                 return
 
@@ -167,18 +168,6 @@ def _with_descendants(roots: list[int]) -> list[int]:
             found.append(pid)
             todo.extend(children.get(pid, []))
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _tail(text: str, lines: int = 5) -> str:

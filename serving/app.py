@@ -28,7 +28,7 @@ from components.validate import ImageLimits
 from serving.api import build_api
 from serving.eventlog import EventWriter, FeedbackLog
 from serving.experiment import CHALLENGER, CHAMPION, Experiments
-from serving.report import ab_report
+from serving.report import current_report
 from serving.router import RequestBook, Router, Traffic
 from serving.tagging import ArmModel, pick_device
 
@@ -88,11 +88,8 @@ class Ingress:
         self.router.configure(Traffic.from_config(config))
 
     def report(self) -> dict:
-        traffic = self.router.traffic
-        if traffic.experiment is None:
-            return no_experiment(traffic)
-        experiment = self.experiments.get(traffic.experiment)
-        return ab_report(self.router.book.log, self.router.feedback_log.log, experiment, self.pre_days)
+        router = self.router
+        return current_report(router.traffic, self.experiments, router.book.log, router.feedback_log.log, self.pre_days)
 
     def __del__(self) -> None:
         self.router.close()  # a clean shutdown writes every queued record
@@ -106,17 +103,6 @@ def version_loader(models: dict, device: str) -> Callable[[int], Predictor]:
         return lambda version: Predictor.from_folder(root / str(version), device)
     registry = Registry(**{**models["registry"], "cache_dir": Path(models["registry"]["cache_dir"])})
     return lambda version: registry.load_predictor(version, device)
-
-
-def no_experiment(traffic: Traffic) -> dict:
-    return {
-        "experiment": {"id": None, "champion_version": traffic.champion_version, "challenger_version": None},
-        "decision": {
-            "verdict": "none",
-            "headline": "No A/B test is running: every user sees the champion.",
-            "reasons": [],
-        },
-    }
 
 
 def build(args: dict) -> serve.Application:

@@ -74,7 +74,8 @@ def align_experiment(s: Serving, split: float | None = None, note: str = "") -> 
     """
     wanted = versions(s.registry)
     current = s.experiments.current()
-    split = current.split if split is None and current is not None else (s.split if split is None else split)
+    if split is None:
+        split = current.split if current is not None else s.split
     same = (
         current is not None
         and current.champion_version == wanted[CHAMPION]
@@ -142,3 +143,20 @@ def decide(s: Serving, apply: bool) -> Outcome:
         s.experiments.finish(experiment.id, "rollback", found["decision"]["headline"])
         action = f"rolled back: version {challenger} no longer serves"
     return Outcome(found, verdict, action, follow(s))
+
+
+def promote(s: Serving, force: bool = False) -> tuple[int, Experiment | None]:
+    """Make @challenger the champion now, whatever the test says; serving follows. Returns (version, test)."""
+    challenger = s.registry.version_of(CHALLENGER)
+    s.registry.promote(challenger, force=force)
+    current = s.experiments.current()
+    if current is not None:
+        tested = current.challenger_version == challenger
+        s.experiments.finish(current.id, "promote" if tested else "stopped", f"version {challenger} promoted by hand")
+    return challenger, follow(s)
+
+
+def rollback(s: Serving) -> tuple[int, int, Experiment | None]:
+    """Give @champion back to the previous champion; serving follows. Returns (from, to, test)."""
+    current, previous = s.registry.rollback()
+    return current, previous, follow(s, note="champion rolled back")

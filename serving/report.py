@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 from components.predlog import PredictionLog
 from serving.abtest import DecisionRule, analyse
 from serving.eventlog import ENGAGEMENTS, FeedbackLog
-from serving.experiment import ARMS, Experiment, assign_arm
+from serving.experiment import ARMS, Experiment, Experiments, assign_arm
+from serving.router import Traffic
 
 BUCKETS = (60, 300, 900, 3600, 6 * 3600, 86400)  # timeline bucket widths, seconds: the first giving <= 48
 
@@ -63,30 +64,29 @@ def timeline(exposures: pd.DataFrame, feedback: pd.DataFrame, start: datetime, e
     span = max((end - start).total_seconds(), 1.0)
     width = next((w for w in BUCKETS if span / w <= 48), BUCKETS[-1])
     n = int(np.ceil(span / width))
-    rows = []
-    exp_bucket = _bucket(exposures["time"], start, width, n) if not exposures.empty else pd.Series(dtype=int)
-    fb_bucket = _bucket(feedback["time"], start, width, n) if not feedback.empty else pd.Series(dtype=int)
-    for b in range(n):
-        at = (start + timedelta(seconds=b * width)).isoformat()
-        for arm in ARMS:
-            e = exposures[(exp_bucket == b) & (exposures["arm"] == arm)] if not exposures.empty else exposures
-            f = feedback[(fb_bucket == b) & (feedback["arm"] == arm)] if not feedback.empty else feedback
-            rows.append(
-                {
-                    "start": at,
-                    "arm": arm,
-                    "users": int(e["user_id"].nunique()) if len(e) else 0,
-                    "exposures": len(e),
-                    "engagements": int(f["event"].isin(ENGAGEMENTS).sum()) if len(f) else 0,
-                    "reports": int((f["event"] == "report").sum()) if len(f) else 0,
-                }
-            )
-    return rows
+    grid = pd.MultiIndex.from_product([range(n), ARMS], names=["bucket", "arm"])
+    seen = exposures.assign(bucket=_bucket(exposures["time"], start, width, n)).groupby(["bucket", "arm"])
+    events = feedback.assign(
+        bucket=_bucket(feedback["time"], start, width, n),
+        engaged=feedback["event"].isin(ENGAGEMENTS),
+        reported=feedback["event"] == "report",
+    ).groupby(["bucket", "arm"])
+    table = pd.DataFrame(
+        {
+            "users": seen["user_id"].nunique(),
+            "exposures": seen.size(),
+            "engagements": events["engaged"].sum(),
+            "reports": events["reported"].sum(),
+        }
+    )
+    table = table.reindex(grid).fillna(0).astype(int).reset_index()  # (n * arms) rows, empty buckets as 0
+    table.insert(0, "start", [(start + timedelta(seconds=int(b) * width)).isoformat() for b in table["bucket"]])
+    return table.drop(columns="bucket").to_dict("records")
 
 
 def _bucket(times: pd.Series, start: datetime, width: int, n: int) -> pd.Series:
     seconds = (pd.to_datetime(times, utc=True) - pd.Timestamp(start)).dt.total_seconds()
-    return (seconds // width).clip(0, n - 1).astype(int)
+    return (seconds // width).clip(0, n - 1).astype(int) if len(times) else pd.Series(dtype=int, index=times.index)
 
 
 def ab_report(
@@ -132,3 +132,19 @@ def ab_report(
     report["generated_at"] = now.isoformat()
     report["timeline"] = timeline(exposures, events, start, min(end, now))
     return report
+
+
+def current_report(
+    traffic: Traffic, experiments: Experiments, predictions: PredictionLog, feedback: FeedbackLog, pre_days: float
+) -> dict:
+    """What ``/ab/report.json`` shows for the router's live knobs: the running test, or that none runs."""
+    if traffic.experiment is None:
+        return {
+            "experiment": {"id": None, "champion_version": traffic.champion_version, "challenger_version": None},
+            "decision": {
+                "verdict": "none",
+                "headline": "No A/B test is running: every user sees the champion.",
+                "reasons": [],
+            },
+        }
+    return ab_report(predictions, feedback, experiments.get(traffic.experiment), pre_days)

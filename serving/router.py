@@ -84,10 +84,11 @@ class RequestBook:
         if len(self._recent) > self.capacity:
             self._recent.popitem(last=False)
 
-    def find(self, request_id: str, pending: list[dict]) -> Served | None:
+    def find(self, request_id: str, pending: Callable[[], list[dict]]) -> Served | None:
+        """The request, from memory, else ``pending()`` (queued, not yet on disk), else the log."""
         if request_id in self._recent:
             return self._recent[request_id]
-        for record in pending:  # queued, not yet on disk
+        for record in pending():
             if record["request_id"] == request_id:
                 return _served(record)
         found = self.log.read(
@@ -189,7 +190,7 @@ class Router:
     def feedback(self, request_id: str, event: str) -> dict:
         if event not in EVENTS:
             raise Refused(422, f"unknown event {event!r}; one of {', '.join(EVENTS)}")
-        served = self.book.find(request_id, self.predictions.pending_records())
+        served = self.book.find(request_id, self.predictions.pending_records)
         if served is None:
             raise Refused(404, f"no prediction with request id {request_id!r}")
         now = datetime.now(UTC)

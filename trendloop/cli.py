@@ -371,10 +371,8 @@ def serve_up(ctx: typer.Context) -> None:
     """Deploy the serving app for @champion and @challenger (starting a local Ray head unless one is configured)."""
     settings = _settings(ctx)
     s = settings.serving_control()
-    if settings.serving.ray_dashboard is None:
-        ray = settings.local_ray()
-        with render.console.status(f"starting Ray on 127.0.0.1 (dashboard {ray.dashboard_url})"):
-            ray.up()
+    with render.console.status("starting Ray on 127.0.0.1 unless serving.ray_dashboard names a cluster"):
+        settings.ensure_ray()
     with render.console.status("deploying the serving app (replicas load their models)"):
         experiment = control.up(s, settings.serving.start_timeout)
     url = settings.serving.url
@@ -475,24 +473,17 @@ def ab_promote(
     ctx: typer.Context, force: Annotated[bool, typer.Option(help="Promote even without a passed gate.")] = False
 ) -> None:
     """Make the challenger the champion now, whatever the test says; serving follows without a restart."""
-    s = _settings(ctx).serving_control()
-    challenger = s.registry.version_of("challenger")
-    s.registry.promote(challenger, force=force)
-    current = s.experiments.current()
-    if current is not None:
-        tested = current.challenger_version == challenger
-        s.experiments.finish(current.id, "promote" if tested else "stopped", f"version {challenger} promoted by hand")
-    render.console.print(f"@champion is version {challenger}")
-    render.console.print(render.experiment_line(control.follow(s)))
+    version, experiment = control.promote(_settings(ctx).serving_control(), force)
+    render.console.print(f"@champion is version {version}")
+    render.console.print(render.experiment_line(experiment))
 
 
 @ab_app.command("rollback")
 def ab_rollback(ctx: typer.Context) -> None:
     """Give @champion back to the previous champion; serving follows without a restart."""
-    s = _settings(ctx).serving_control()
-    current, previous = s.registry.rollback()
+    current, previous, experiment = control.rollback(_settings(ctx).serving_control())
     render.console.print(f"@champion is version {previous} again (was version {current})")
-    render.console.print(render.experiment_line(control.follow(s, note="champion rolled back")))
+    render.console.print(render.experiment_line(experiment))
 
 
 def _labeling(settings: Settings) -> tuple[LabelingProject, LabelQueue]:

@@ -102,9 +102,8 @@ def ab_test(settings: Settings, store: Store, registry: Registry, feed: Path, re
         if reviewed.verdict.passed:
             break
     s = settings.serving_control()
-    if settings.serving.ray_dashboard is None:
-        with console.status("starting Ray on 127.0.0.1"):
-            settings.local_ray().up()
+    with console.status("starting Ray on 127.0.0.1 unless serving.ray_dashboard names a cluster"):
+        settings.ensure_ray()
     challenger = registry.alias(CHALLENGER)
     if challenger is not None:
         registry.clear_challenger()  # held back until the pre-period traffic is logged

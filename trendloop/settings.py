@@ -222,6 +222,10 @@ class Settings(BaseSettings):
         sv = self.serving
         return LocalRay(self.serving_dir / "ray", sv.ray_ports, sv.ray_cpus, sv.ray_gpus)
 
+    def ensure_ray(self) -> bool:
+        """Start the local Ray head unless one runs or a cluster is configured; returns whether it started."""
+        return self.serving.ray_dashboard is None and self.local_ray().up()
+
     def serve_args(self) -> dict:
         """The serving app's ``args``: where replicas find models and write logs (absolute paths)."""
         reg = self.open_registry()
