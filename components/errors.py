@@ -23,3 +23,7 @@ class DriftError(TrendloopError):
 
 class LabelingError(TrendloopError):
     """Label Studio cannot be reached or refused a request; what was queued locally stays queued."""
+
+
+class FeatureError(TrendloopError):
+    """The feature store cannot serve a request: unknown feature, bad entity frame, a version's service clash."""

@@ -54,6 +54,14 @@ def test_readme_tour_runs_as_written(capsys: pytest.CaptureFixture, in_tmp: Path
     assert len(snapshots) == 2  # the labelled seed days, then the rest
     assert "content and images match" in outputs["trendloop snapshot verify HEAD"]
     assert "relabelled" in outputs["trendloop snapshot diff HEAD~1 HEAD"]
+    # ingest wrote Feast's offline store, materialize filled the online store, train named its features
+    assert (
+        "features: post batches 1, posts "
+        in outputs["trendloop ingest feed --until 2026-01-07 --labels feed/oracle/labels --label-source seed"]
+    )
+    online = outputs["trendloop features get --user u00031"]
+    assert "u00031" in online and "engagement_rate_28d" in online and "None" not in online.splitlines()[1]
+    assert "tagger_v1: (no stored features: image only)" in outputs["trendloop features services"]
 
 
 @pytest.mark.parametrize(
@@ -73,6 +81,8 @@ def test_readme_tour_runs_as_written(capsys: pytest.CaptureFixture, in_tmp: Path
         ["serve", "up"],
         ["ab"],
         ["ab", "decide"],
+        ["features"],
+        ["features", "get"],
     ],
 )
 def test_every_command_has_help(capsys: pytest.CaptureFixture, command: list[str]) -> None:
@@ -93,6 +103,8 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture, command: list[str
         (["--config", "missing.toml", "snapshot", "list"], "error: config file missing.toml does not exist"),
         (["ab", "status"], "error: no A/B test is running"),
         (["serve", "config"], "error: there is no champion to serve"),
+        (["features", "get"], "error: name at least one --post or --user"),
+        (["features", "get", "--user", "u1", "--feature", "posts_7d"], "error: a feature reference is view:feature"),
     ],
 )
 def test_failures_exit_non_zero_with_one_line(capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:

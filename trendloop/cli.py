@@ -19,6 +19,7 @@ from active_learning.loop import commit_labels, offered_labels, pull_labels, pus
 from active_learning.queue import LabelQueue
 from active_learning.strategies import SelectionConfig
 from components.errors import ConfigError, LabelingError, TrendloopError
+from components.features import sync as sync_features
 from components.ingest import ingest as ingest_source
 from components.ingest import read_labels
 from components.monitor import check_drift, log_check, newest_days, retrain_context
@@ -66,6 +67,11 @@ serve_app = typer.Typer(
 )
 ab_app = typer.Typer(help="The A/B test between champion and challenger: read it, decide it.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
+features_app = typer.Typer(
+    help="The Feast store: post and user features for training (historical) and serving (online).",
+    no_args_is_help=True,
+)
+app.add_typer(features_app, name="features")
 app.add_typer(ab_app, name="ab")
 
 
@@ -173,6 +179,19 @@ def ingest(
             progress=update,
         )
     render.console.print(render.ingest_table(report))
+    if settings.features.on_ingest and report.snapshot is not None:
+        _sync_features(settings)
+
+
+def _sync_features(settings: Settings) -> None:
+    """Write the offline feature store from HEAD and the champion's batch predictions."""
+    head = Store(settings.store_dir).head()
+    if head is None:
+        return
+    with render.console.status("writing features (Feast offline store)"):
+        log = PredictionLog(settings.predictions_dir)
+        report = sync_features(settings.open_features(), head, log, settings.features.device)
+    render.console.print("features: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report.to_dict().items()))
 
 
 @snapshot_app.command("list")
@@ -243,8 +262,9 @@ def train(
             store, snap, config, registry, settings.runs_dir, from_champion, progress.step, progress.epoch
         )
     render.console.print(render.training_table(trained.result))
+    service = settings.open_features().register_model(trained.version, snap.id)
     render.console.print(
-        f"registered {registry.model_name} version {trained.version} (run {trained.run_id}); "
+        f"registered {registry.model_name} version {trained.version} (run {trained.run_id}, features {service}); "
         f"next: `trendloop evaluate {trained.version}`"
     )
 
@@ -580,6 +600,71 @@ def label_pull(
     render.console.print(render.pull_table(report))
     if commit:
         render.console.print(render.relabel_text(commit_labels(store, queue)))
+        if settings.features.on_ingest:
+            _sync_features(settings)  # the decided labels reach Feast through its push source
+
+
+@features_app.command("apply")
+def features_apply(ctx: typer.Context) -> None:
+    """Register the feature repository's entities and views (model versions' services are kept)."""
+    settings = _settings(ctx)
+    features = settings.open_features()
+    views = sorted(v.name for v in features.store.list_feature_views())
+    render.console.print(f"applied {len(views)} feature views to {settings.features_dir}: {', '.join(views)}")
+
+
+@features_app.command("sync")
+def features_sync(ctx: typer.Context) -> None:
+    """Write what the offline store lacks: new posts' features, the champion's scores, user profiles, labels."""
+    _sync_features(_settings(ctx))
+
+
+@features_app.command("materialize")
+def features_materialize(
+    ctx: typer.Context,
+    end: Annotated[str | None, typer.Option(help="Load values up to this UTC date/time (default: now).")] = None,
+    view: Annotated[list[str] | None, typer.Option(help="Only this feature view (repeatable).")] = None,
+) -> None:
+    """Fill the online store from the offline one, each view from where its last run stopped."""
+    features = _settings(ctx).open_features()
+    done = features.materialize(_date(end, "--end"), view)
+    render.console.print(f"materialized {', '.join(done)}")
+
+
+@features_app.command("get")
+def features_get(
+    ctx: typer.Context,
+    post: Annotated[list[str] | None, typer.Option(help="A post id (repeatable).")] = None,
+    user: Annotated[list[str] | None, typer.Option(help="A user id (repeatable; one per --post when both).")] = None,
+    feature: Annotated[
+        list[str] | None, typer.Option(help="view:feature (repeatable; default: a post's or user's summary).")
+    ] = None,
+    service: Annotated[str | None, typer.Option(help="A feature service instead, e.g. tagger_v3.")] = None,
+) -> None:
+    """Read features from the online store, as serving does."""
+    rows = {k: v for k, v in {"post_id": post or [], "user_id": user or []}.items() if v}
+    if not rows:
+        raise ConfigError("name at least one --post or --user")
+    defaults = {
+        "post_id": ["post_meta_fv:engagement_rate", "post_image_fv:predicted_tag", "post_label_fv:label"],
+        "user_id": [
+            "user_profile_fv:posts_28d",
+            "user_profile_fv:engagement_rate_28d",
+            "user_profile_fv:interest_tags",
+        ],
+    }
+    wanted = service or feature or [f for key in rows for f in defaults[key]]
+    table = _settings(ctx).open_features().online(wanted, rows)
+    render.console.print(table.to_string(index=False))
+
+
+@features_app.command("services")
+def features_services(ctx: typer.Context) -> None:
+    """The feature services: one per model version, naming the features it was trained with."""
+    features = _settings(ctx).open_features()
+    for name in features.services():
+        refs = features.service_features(name) or []
+        render.console.print(f"{name}: {', '.join(refs) if refs else '(no stored features: image only)'}")
 
 
 @label_app.command("status")

@@ -25,6 +25,8 @@ from rich.table import Table
 from active_learning.annotators import annotate
 from active_learning.loop import commit_labels, offered_labels, pull_labels, push_queued, select_posts
 from components.errors import ConfigError, DriftError, LabelingError
+from components.features import Features
+from components.features import sync as sync_features
 from components.ingest import IngestReport, ingest, read_labels
 from components.monitor import check_drift, log_check, retrain_context
 from components.predlog import PredictionLog
@@ -78,7 +80,30 @@ def label_posts(settings: Settings, store: Store, registry: Registry, since: dat
     console.print(f"simulated annotators: {done.annotations} annotations on {done.tasks} tasks ({done.wrong} wrong)")
     console.print(render.pull_table(pull_labels(queue, project, champion.labels, ls.min_votes)))
     console.print(render.relabel_text(commit_labels(store, queue)))
+    with console.status("recording the new labels in Feast (offline file, online push)"):
+        pushed = sync_features(settings.open_features(), store.head(), PredictionLog(settings.predictions_dir))
+    console.print(f"Feast: {pushed.labels} labels recorded and pushed online")
     console.print(f"Label Studio: {project.url} (project {project.title!r}); `trendloop services down` stops it")
+
+
+def feature_step(settings: Settings, features: Features, store: Store, log: PredictionLog) -> None:
+    """Step 5b: write the posts' and users' features to Feast's offline store, materialise, read online."""
+    console = render.console
+    console.rule("[bold]5b. features (Feast): offline store -> materialize -> online reads")
+    with console.status("writing features: caption embeddings, the champion's scores, user profiles, labels"):
+        report = sync_features(features, store.head(), log, settings.features.device)
+    console.print("offline store: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report.to_dict().items()))
+    with console.status("materializing the online store"):
+        views = features.materialize()
+    console.print(f"materialized {', '.join(views)} into {settings.features.config}'s online store")
+    posts = store.head().manifest().select(["post_id", "user_id"]).slice(0, 3).to_pydict()
+    online = features.online(
+        ["post_image_fv:predicted_tag", "post_label_fv:label", "user_profile_fv:engagement_rate_28d"], posts
+    )
+    console.print(online.to_string(index=False))
+    console.print(
+        "`trendloop features get --post ID --user ID` reads the online store; `features services` lists versions"
+    )
 
 
 def ab_test(settings: Settings, store: Store, registry: Registry, feed: Path, requests: int) -> None:
@@ -202,6 +227,9 @@ def run_demo(
             store, snapshot, settings.train, registry, settings.runs_dir, on_step=progress.step, on_epoch=progress.epoch
         )
     console.print(render.training_table(trained.result))
+    features = settings.open_features()
+    console.print(f"feature service {features.register_model(trained.version, snapshot.id)}: what version "
+                  f"{trained.version} reads from Feast (image only: nothing)")  # fmt: skip
     result = review(store, snapshot, registry, trained.version, settings.gate, oracle_styles(out))
     console.print(render.evaluation_table(result.challenger, result.champion))
     console.print(render.verdict_text(result.verdict))
@@ -253,6 +281,7 @@ def run_demo(
         decisions = settings.retrain.decide(retrain_context(store, snapshot, registry, log, verdict))
         console.print(render.triggers_table(decisions))
         console.print(f"reports: {settings.checks_dir}/<check>/drift.html and drift.json, and in MLflow")
+        feature_step(settings, features, store, log)
         drifted = any(c.verdict.drifted for c in checks)
         if drifted or any(d.fire for d in decisions):
             why = "drift" if drifted else "retrain due"

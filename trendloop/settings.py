@@ -24,6 +24,7 @@ from active_learning.strategies import SelectionConfig
 from components.drift import DriftConfig
 from components.emerging import EmergingConfig
 from components.errors import ConfigError
+from components.features import Features
 from components.gate import PromotionGate
 from components.predlog import PredictionLog
 from components.registry import Registry
@@ -118,6 +119,17 @@ class ServingSettings(BaseModel):
         return f"http://{self.host}:{self.port}{self.route_prefix.rstrip('/')}"
 
 
+class FeatureSettings(BaseModel):
+    """Where the loop's features live (Feast). The embedded default needs nothing set."""
+
+    model_config = ConfigDict(extra="forbid")
+    # a file in feature_repo/ (feature_store.redis.yaml for a cluster: Redis online store) or an absolute path
+    config: str = "feature_store.yaml"
+    data_dir: Path | None = None  # Feast's repo path: sources, registry and online store files; unset: <home>/features
+    on_ingest: bool = True  # ingest and label commits write the offline store (and push labels online)
+    device: str = "cpu"  # where the caption encoder runs
+
+
 class Settings(BaseSettings):
     """Everything trendloop reads from configuration. Nothing else reads the environment."""
 
@@ -136,6 +148,7 @@ class Settings(BaseSettings):
     annotators: AnnotatorsConfig = Field(default_factory=AnnotatorsConfig)  # the simulated ones (demo, tests)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     ab: DecisionRule = Field(default_factory=DecisionRule)  # the A/B decision rule each new test declares
+    features: FeatureSettings = Field(default_factory=FeatureSettings)  # the Feast store
 
     @classmethod
     def settings_customise_sources(
@@ -153,6 +166,17 @@ class Settings(BaseSettings):
     def store_dir(self) -> Path:
         """The image store, snapshots, ingest reports and quarantine."""
         return self.home / "store"
+
+    @property
+    def features_dir(self) -> Path:
+        """Feast's repo path: where feature sources (and, embedded, its registry and online store) live."""
+        return self.features.data_dir or self.home / "features"
+
+    def open_features(self) -> Features:
+        """The feature store, its definitions applied."""
+        features = Features.open(self.features_dir, self.features.config)
+        features.apply()
+        return features
 
     @property
     def runs_dir(self) -> Path:

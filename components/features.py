@@ -1,0 +1,539 @@
+"""The loop's features in Feast: writing the offline sources, materialising, and reading them back.
+
+The definitions live in ``feature_repo/``; the store configuration is one of its YAML
+files (``[features] config``), read with environment variables expanded, and Feast's
+repo path is the data folder (``<home>/features``), so relative paths in the YAML and
+the sources land there. Source layout under the data folder::
+
+    sources/post_meta/<ingest batch>.parquet     caption, hashtag and engagement features
+    sources/post_image/<day>-<log batch>.parquet the champion's embedding, tag, confidence
+    sources/user_profile/as_of=<day>.parquet      trailing-window user features, end of a day
+    sources/post_label/<push id>.parquet          labels as they were given
+
+Every file is written whole and atomically under a name that its content decides,
+so running a step again replaces a file rather than adding a copy, and Feast never
+reads half a file. Each source folder holds an empty file with its schema, so a
+fresh store answers queries before any data arrived.
+
+Feast drops an entity row whose key has no feature row old enough, and returns rows
+in its own order: ``historical`` hands back exactly the caller's rows, in the caller's
+order, with nulls where nothing was known at the row's time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+from components import captions
+from components.errors import ConfigError, FeatureError
+from components.posts import TIMESTAMP, write_table
+from components.predlog import PredictionLog
+from components.snapshot import Snapshot
+
+ROW = "__trendloop_row"  # the caller's row number, carried through Feast's join
+WINDOWS = (7, 28)  # days of the user profile's trailing windows
+INTEREST_TAGS = 5  # tags kept in a user's interest profile
+
+SOURCE_SCHEMAS: dict[str, pa.Schema] = {
+    "post_meta": pa.schema(
+        [
+            ("post_id", pa.string()),
+            ("created_at", TIMESTAMP),
+            ("ingested_at", TIMESTAMP),
+            ("caption_length", pa.int64()),
+            ("hashtag_count", pa.int64()),
+            ("hashtags", pa.list_(pa.string())),
+            ("caption_embedding", pa.list_(pa.float32())),
+            ("views", pa.int64()),
+            ("likes", pa.int64()),
+            ("comments", pa.int64()),
+            ("shares", pa.int64()),
+            ("engagement_rate", pa.float32()),
+        ]
+    ),
+    "post_image": pa.schema(
+        [
+            ("post_id", pa.string()),
+            ("created_at", TIMESTAMP),
+            ("scored_at", TIMESTAMP),
+            ("image_embedding", pa.list_(pa.float32())),
+            ("predicted_tag", pa.string()),
+            ("confidence", pa.float32()),
+            ("model_version", pa.int64()),
+        ]
+    ),
+    "user_profile": pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("as_of", TIMESTAMP),
+            ("computed_at", TIMESTAMP),
+            *((f"posts_{w}d", pa.int64()) for w in WINDOWS),
+            *((f"engagement_rate_{w}d", pa.float32()) for w in WINDOWS),
+            ("interest_tags", pa.list_(pa.string())),
+            ("interest_shares", pa.list_(pa.float32())),
+        ]
+    ),
+    "post_label": pa.schema(
+        [
+            ("post_id", pa.string()),
+            ("labelled_at", TIMESTAMP),
+            ("recorded_at", TIMESTAMP),
+            ("label", pa.string()),
+            ("label_source", pa.string()),
+        ]
+    ),
+}
+EPOCH = datetime(1970, 1, 2, tzinfo=UTC)  # before any data: where a first materialisation starts
+EMPTY = "_empty.parquet"
+
+
+def repo_dir() -> Path:
+    """The ``feature_repo`` package folder (definitions and store configurations)."""
+    import feature_repo  # noqa: PLC0415
+
+    return Path(feature_repo.__file__).parent
+
+
+@dataclass
+class Features:
+    """A Feast store over trendloop's feature sources."""
+
+    store: object  # feast.FeatureStore (imported lazily: importing feast takes seconds)
+    data_dir: Path
+
+    @classmethod
+    def open(cls, data_dir: Path, config: str | Path = "feature_store.yaml") -> Features:
+        """The store configured by ``config`` (a file in ``feature_repo/`` or a path), rooted at ``data_dir``."""
+        path = Path(config) if Path(config).is_absolute() else repo_dir() / config
+        if not path.is_file():
+            raise ConfigError(f"feature store configuration {path} does not exist")
+        raw = yaml.safe_load(os.path.expandvars(path.read_text()))
+        missing = _unset_variables(raw)
+        if missing:
+            raise ConfigError(f"{path.name} needs environment variables {', '.join(missing)}")
+        warnings.filterwarnings("ignore", module="feast")
+        from feast import FeatureStore, RepoConfig  # noqa: PLC0415
+
+        data_dir = data_dir.resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            repo_config = RepoConfig(repo_path=data_dir, **raw)
+        except Exception as err:  # pydantic's ValidationError, as Feast raises it
+            raise ConfigError(f"{path.name}: {err}") from err
+        return cls(FeatureStore(repo_path=str(data_dir), config=repo_config), data_dir)
+
+    # -- definitions ---------------------------------------------------------------------
+
+    def source_dir(self, source: str) -> Path:
+        return self.data_dir / "sources" / source
+
+    def apply(self) -> None:
+        """Register the repository's objects (feature services of model versions are kept)."""
+        from feature_repo.definitions import OBJECTS  # noqa: PLC0415
+
+        for name, schema in SOURCE_SCHEMAS.items():
+            empty = self.source_dir(name) / EMPTY
+            if not empty.exists():
+                write_table(schema.empty_table(), empty)
+        self.store.apply(OBJECTS, partial=True)
+
+    # -- writing the offline store -------------------------------------------------------
+
+    def write(self, source: str, table: pa.Table, name: str) -> int:
+        """Write ``table`` as file ``name`` of ``source`` (replacing one of that name); returns its rows."""
+        schema = SOURCE_SCHEMAS[source]
+        write_table(table.select(schema.names).cast(schema), self.source_dir(source) / f"{name}.parquet")
+        return len(table)
+
+    def read(self, source: str, columns: list[str] | None = None) -> pa.Table:
+        files = sorted(self.source_dir(source).glob("*.parquet"))
+        schema = SOURCE_SCHEMAS[source]
+        if not files:
+            return schema.empty_table().select(columns or schema.names)
+        return pa.concat_tables(pq.read_table(f, columns=columns, schema=schema) for f in files)
+
+    def push_labels(self, labels: pd.DataFrame, source: str, at: datetime | None = None) -> int:
+        """Record labels as given at ``at`` (now): offline as one file, then online through the push source.
+
+        ``labels`` has ``post_id`` and ``label``. The file goes first, so a push that
+        fails leaves the offline record, which the next materialisation carries online.
+        """
+        if labels.empty:
+            return 0
+        from feast.data_source import PushMode  # noqa: PLC0415
+
+        at = at or datetime.now(UTC)
+        table = pa.table(
+            {
+                "post_id": labels["post_id"].astype(str).tolist(),
+                "labelled_at": pa.array([at] * len(labels), TIMESTAMP),
+                "recorded_at": pa.array([datetime.now(UTC)] * len(labels), TIMESTAMP),
+                "label": labels["label"].astype(str).tolist(),
+                "label_source": [source] * len(labels),
+            }
+        )
+        digest = hashlib.sha256(pd.util.hash_pandas_object(labels[["post_id", "label"]], index=False).values)
+        self.write("post_label", table, f"{at:%Y%m%dT%H%M%S}-{digest.hexdigest()[:12]}")
+        self.store.push("post_label_push", table.to_pandas(), to=PushMode.ONLINE)
+        return len(table)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def historical(self, entities: pd.DataFrame, features: Sequence[str] | str) -> pd.DataFrame:
+        """``entities`` (join keys and ``event_timestamp``) with the features known at each row's time.
+
+        ``features`` is a list of ``view:feature`` references or a feature service name.
+        Rows come back one for one, in the caller's order and index; a feature with no
+        value at a row's time is null there.
+        """
+        if "event_timestamp" not in entities.columns:
+            raise FeatureError("the entity frame needs an event_timestamp column (when each row happened)")
+        refs = self._refs(features)
+        self._check_keys(entities, refs)
+        frame = entities.reset_index(drop=True)
+        stamps = pd.to_datetime(frame["event_timestamp"], utc=True)
+        if stamps.isna().any():
+            raise FeatureError(f"{int(stamps.isna().sum())} entity rows have no event_timestamp")
+        columns = {}
+        for view, names in _by_view(refs).items():
+            columns.update(self._historical_view(view, names, frame, stamps))
+        values = pd.DataFrame({_column(r): columns[r].to_numpy() for r in refs}, index=entities.index)
+        return pd.concat([entities, values], axis=1)
+
+    def _historical_view(self, view: str, names: list[str], frame: pd.DataFrame, stamps: pd.Series) -> dict:
+        """One view's features for every row of ``frame`` (positional), nulls where none was known.
+
+        Only rows whose key the view's source holds go to Feast: its Dask engine cannot
+        sort the nulls a key without data would bring into the join.
+        """
+        keys = self._view(view).join_keys
+        held = self._held_keys(view, keys)
+        wanted = frame[keys].astype(str)
+        mask = np.ones(len(frame), bool)
+        for key in keys:
+            mask &= wanted[key].isin(held[key]).to_numpy()
+        out = {f"{view}:{n}": pd.Series([None] * len(frame), dtype=object) for n in names}
+        if not mask.any():
+            return out
+        query = wanted[mask].assign(event_timestamp=stamps[mask], **{ROW: np.flatnonzero(mask)})
+        found = self.store.get_historical_features(entity_df=query, features=[f"{view}:{n}" for n in names]).to_df()
+        if found[ROW].duplicated().any():
+            raise FeatureError(f"Feast returned one entity row twice for {view}: its source has duplicate rows")
+        found = found.set_index(ROW)
+        for n in names:
+            out[f"{view}:{n}"] = found[n].reindex(np.arange(len(frame))).reset_index(drop=True)
+        return out
+
+    def _held_keys(self, view: str, keys: list[str]) -> dict[str, set[str]]:
+        table = self.read(Path(self._view(view).batch_source.path).name, columns=keys)
+        return {key: set(table.column(key).to_pylist()) for key in keys}
+
+    def online(self, features: Sequence[str] | str, rows: dict[str, Sequence[str]]) -> pd.DataFrame:
+        """The newest materialised values for each entity row (in order); unknown keys read null."""
+        refs = self._refs(features)
+        self._check_keys(pd.DataFrame(rows), refs)
+        response = self.store.get_online_features(features=self._feature_arg(features), entity_rows=rows)
+        return response.to_df()
+
+    def materialize(self, end: datetime | None = None, views: Sequence[str] | None = None) -> list[str]:
+        """Bring the online store up to ``end`` (now), each view from where its last materialisation stopped.
+
+        A view never materialised starts at its oldest row: Feast's own first window
+        (``now - ttl``) would skip data whose event times lie in the past, as a
+        replayed or simulated feed's do. Returns the views materialised.
+        """
+        end = end or datetime.now(UTC)
+        names = list(views) if views else [v.name for v in self.store.list_feature_views() if v.online]
+        for name in names:
+            view = self._view(name)
+            if view.materialization_intervals:
+                self.store.materialize_incremental(end_date=end, feature_views=[name])
+            else:
+                self.store.materialize(start_date=EPOCH, end_date=end, feature_views=[name])
+        return names
+
+    # -- feature services: one per model version ------------------------------------------
+
+    def register_service(self, name: str, features: Sequence[str], tags: dict[str, str] | None = None) -> None:
+        """Save the features a model version was trained with as feature service ``name``.
+
+        A service never changes: registering the same name with other features fails.
+        """
+        from feast import FeatureService  # noqa: PLC0415
+
+        refs = list(features)
+        existing = self.service_features(name)
+        if existing is not None:
+            if existing != refs:
+                raise FeatureError(f"feature service {name} already names {existing}, not {refs}")
+            return
+        projections = [self._view(view)[names] for view, names in _by_view(refs).items()]
+        service = FeatureService(name=name, features=projections, tags=dict(tags or {}))
+        self.store.apply([service], partial=True)
+
+    def register_model(self, version: int, snapshot: str, inputs: Sequence[str] = ()) -> str:
+        """The feature service of model version ``version``: ``tagger_v<version>``, naming ``inputs``.
+
+        An image-only tagger reads no stored feature: its service is empty and says so.
+        """
+        name = f"tagger_v{version}"
+        tags = {"model_version": str(version), "snapshot": snapshot, "inputs": "image+features" if inputs else "image"}
+        self.register_service(name, inputs, tags)
+        return name
+
+    def service_features(self, name: str) -> list[str] | None:
+        """The ``view:feature`` references of service ``name``, in order; None if there is none."""
+        from feast.errors import FeatureServiceNotFoundException  # noqa: PLC0415
+
+        try:
+            service = self.store.get_feature_service(name, allow_cache=False)
+        except FeatureServiceNotFoundException:
+            return None
+        return [f"{p.name_to_use()}:{f.name}" for p in service.feature_view_projections for f in p.features]
+
+    def services(self) -> list[str]:
+        return sorted(s.name for s in self.store.list_feature_services())
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _view(self, name: str):
+        from feast.errors import FeatureViewNotFoundException  # noqa: PLC0415
+
+        try:
+            return self.store.get_feature_view(name, allow_registry_cache=False)
+        except FeatureViewNotFoundException as err:
+            raise FeatureError(f"no feature view {name}; run `trendloop features apply`") from err
+
+    def _refs(self, features: Sequence[str] | str) -> list[str]:
+        if isinstance(features, str):
+            refs = self.service_features(features)
+            if refs is None:
+                raise FeatureError(f"no feature service {features}")
+            return refs
+        refs = list(features)
+        for ref in refs:
+            view, feature = _split(ref)
+            if feature not in {f.name for f in self._view(view).features}:
+                raise FeatureError(f"feature view {view} has no feature {feature}")
+        return refs
+
+    def _feature_arg(self, features: Sequence[str] | str):
+        if isinstance(features, str):
+            return self.store.get_feature_service(features, allow_cache=False)
+        return list(features)
+
+    def _check_keys(self, entities: pd.DataFrame, refs: Iterable[str]) -> None:
+        views = {_split(r)[0] for r in refs}
+        keys = {key for v in views for key in self._view(v).join_keys}
+        missing = sorted(keys - set(entities.columns))
+        if missing:
+            raise FeatureError(f"the entity rows need {', '.join(missing)} for {', '.join(sorted(views))}")
+
+
+def _split(ref: str) -> tuple[str, str]:
+    view, sep, feature = ref.partition(":")
+    if not sep or not view or not feature:
+        raise FeatureError(f"a feature reference is view:feature, not {ref!r}")
+    return view, feature
+
+
+def _by_view(refs: Sequence[str]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for ref in refs:
+        view, feature = _split(ref)
+        groups.setdefault(view, []).append(feature)
+    return groups
+
+
+def _column(ref: str) -> str:
+    return _split(ref)[1]
+
+
+def _unset_variables(raw: object) -> list[str]:
+    """``${NAME}`` placeholders that ``expandvars`` left in place: their variable is unset."""
+    if isinstance(raw, dict):
+        return [v for value in raw.values() for v in _unset_variables(value)]
+    if isinstance(raw, str) and "${" in raw:
+        return [raw[raw.index("${") + 2 : raw.index("}", raw.index("${"))]]
+    return []
+
+
+# -- computing feature tables from the loop's data ----------------------------------------
+
+
+def post_meta(posts: pa.Table, ingested_at: datetime, device: str = "cpu") -> pa.Table:
+    """Caption, hashtag and engagement features of ``posts`` (snapshot or source rows)."""
+    frame = posts.select(["post_id", "created_at", "caption", "hashtags", "views", "likes", "comments", "shares"])
+    captions_ = frame.column("caption").to_pylist()
+    hashtags = frame.column("hashtags").to_pylist()
+    texts = [captions.caption_text(c, h) for c, h in zip(captions_, hashtags, strict=True)]
+    counts = {name: pc.fill_null(frame.column(name), 0) for name in ("views", "likes", "comments", "shares")}
+    engaged = pc.add(pc.add(counts["likes"], counts["comments"]), counts["shares"])
+    views = counts["views"].to_numpy().astype(np.float64)
+    rate = np.where(views > 0, engaged.to_numpy() / np.maximum(views, 1), 0.0).astype(np.float32)
+    return pa.table(
+        {
+            "post_id": frame.column("post_id"),
+            "created_at": frame.column("created_at"),
+            "ingested_at": pa.array([ingested_at] * len(frame), TIMESTAMP),
+            "caption_length": pa.array([len(c or "") for c in captions_], pa.int64()),
+            "hashtag_count": pa.array([len(h or []) for h in hashtags], pa.int64()),
+            "hashtags": pa.array([list(h or []) for h in hashtags], pa.list_(pa.string())),
+            "caption_embedding": pa.array(list(captions.encode(texts, device)), pa.list_(pa.float32())),
+            **{name: counts[name] for name in ("views", "likes", "comments", "shares")},
+            "engagement_rate": pa.array(rate, pa.float32()),
+        }
+    )
+
+
+def user_profiles(posts: pd.DataFrame, days: Sequence[datetime], computed_at: datetime) -> pa.Table:
+    """Each user's profile as of each midnight in ``days``, from the posts created before it.
+
+    ``posts`` has user_id, created_at, views, likes, comments, shares and predicted_tag
+    (the champion's tag; null when none scored the post). Users with no post in the
+    longest window get no row that day.
+    """
+    longest = timedelta(days=max(WINDOWS))
+    engaged = posts[["likes", "comments", "shares"]].fillna(0).sum(axis=1)
+    frame = posts.assign(engaged=engaged, views=posts["views"].fillna(0))
+    parts = []
+    for as_of in days:
+        recent = frame[(frame["created_at"] < as_of) & (frame["created_at"] >= as_of - longest)]
+        if recent.empty:
+            continue
+        out = pd.DataFrame(index=pd.Index(sorted(recent["user_id"].unique()), name="user_id"))
+        for w in WINDOWS:
+            win = recent[recent["created_at"] >= as_of - timedelta(days=w)].groupby("user_id")
+            out[f"posts_{w}d"] = win.size().reindex(out.index).fillna(0).astype("int64")
+            sums = win[["engaged", "views"]].sum().reindex(out.index).fillna(0)
+            rate = sums["engaged"] / sums["views"].clip(lower=1)
+            out[f"engagement_rate_{w}d"] = np.where(sums["views"] > 0, rate, 0.0)
+        tags, shares = _interests(recent)
+        out["interest_tags"] = tags.reindex(out.index)
+        out["interest_shares"] = shares.reindex(out.index)
+        parts.append(out.reset_index().assign(as_of=as_of))
+    schema = SOURCE_SCHEMAS["user_profile"]
+    if not parts:
+        return schema.empty_table()
+    table = pd.concat(parts, ignore_index=True).assign(computed_at=computed_at)
+    for column in ("interest_tags", "interest_shares"):
+        table[column] = [v if isinstance(v, list) else [] for v in table[column]]
+    return pa.Table.from_pandas(table[schema.names], schema=schema, preserve_index=False)
+
+
+def _interests(recent: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    tagged = recent.dropna(subset=["predicted_tag"])
+    if tagged.empty:
+        empty = pd.Series(dtype=object)
+        return empty, empty
+    counts = tagged.groupby(["user_id", "predicted_tag"]).size().rename("n").reset_index()
+    counts["share"] = counts["n"] / counts.groupby("user_id")["n"].transform("sum")
+    top = counts.sort_values(["user_id", "n", "predicted_tag"], ascending=[True, False, True])
+    top = top.groupby("user_id").head(INTEREST_TAGS).groupby("user_id")
+    return top["predicted_tag"].agg(list), top["share"].agg(lambda s: [float(x) for x in s])
+
+
+# -- keeping the offline store in step with the loop ---------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    post_batches: int  # ingest batches written to post_meta
+    posts: int
+    image_files: int  # prediction-log files written to post_image
+    scored: int
+    profile_days: int
+    labels: int  # labels recorded and pushed
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def sync(features: Features, snapshot: Snapshot, log: PredictionLog, device: str = "cpu") -> SyncReport:
+    """Write what the offline store lacks from ``snapshot`` and the champion's batch predictions.
+
+    Post features go per ingest batch (a batch already written is skipped); the
+    champion's scores per prediction-log file newer than its feature file; user
+    profiles for every day from the first changed one to the day after the last post;
+    labels the store does not hold yet, pushed online as well.
+    """
+    now = datetime.now(UTC)
+    manifest = snapshot.manifest()
+    done = {p.stem for p in features.source_dir("post_meta").glob("*.parquet")}
+    batches = pc.fill_null(manifest.column("source"), "unknown")
+    changed: list[datetime] = []
+    posts_written = batches_written = 0
+    for batch in sorted(set(batches.to_pylist()) - done):
+        part = manifest.filter(pc.equal(batches, batch))
+        posts_written += features.write("post_meta", post_meta(part, now, device), batch)
+        batches_written += 1
+        changed.append(pc.min(part.column("created_at")).as_py())
+
+    image_files = scored = 0
+    for log_file in sorted(log.root.glob("day=*/batch-v*.parquet")):
+        name = f"{log_file.parent.name.removeprefix('day=')}-{log_file.stem}"
+        target = features.source_dir("post_image") / f"{name}.parquet"
+        if target.exists() and target.stat().st_mtime >= log_file.stat().st_mtime:
+            continue
+        wanted = ["post_id", "model_version", "predicted", "confidence", "embedding", "time"]
+        records = pq.read_table(log_file, columns=wanted)
+        table = pa.table(
+            {
+                "post_id": records.column("post_id"),
+                "created_at": records.column("time"),
+                "scored_at": pa.array([now] * len(records), TIMESTAMP),
+                "image_embedding": records.column("embedding"),
+                "predicted_tag": records.column("predicted"),
+                "confidence": records.column("confidence"),
+                "model_version": records.column("model_version"),
+            }
+        )
+        scored += features.write("post_image", table, name)
+        image_files += 1
+        changed.append(pc.min(records.column("time")).as_py())
+
+    profile_days = 0
+    if changed and len(manifest):
+        profile_days = _write_profiles(features, manifest, min(changed), now)
+
+    labels = _new_labels(features, manifest)
+    pushed = 0
+    for source, group in labels.groupby("label_source", dropna=False):
+        pushed += features.push_labels(group, str(source) if pd.notna(source) else "unknown", now)
+    return SyncReport(batches_written, posts_written, image_files, scored, profile_days, pushed)
+
+
+def _write_profiles(features: Features, manifest: pa.Table, first_changed: datetime, now: datetime) -> int:
+    posts = manifest.select(["post_id", "user_id", "created_at", "views", "likes", "comments", "shares"]).to_pandas()
+    scores = features.read("post_image", ["post_id", "predicted_tag", "scored_at"]).to_pandas()
+    latest = scores.sort_values("scored_at").drop_duplicates("post_id", keep="last").set_index("post_id")
+    posts["predicted_tag"] = posts["post_id"].map(latest["predicted_tag"])
+    posts["created_at"] = pd.to_datetime(posts["created_at"], utc=True)
+    start = pd.Timestamp(first_changed).tz_convert(UTC).normalize() + timedelta(days=1)
+    end = posts["created_at"].max().normalize() + timedelta(days=1)
+    days = list(pd.date_range(start, end, freq="D", tz=UTC))
+    for day in days:
+        table = user_profiles(posts, [day], now)
+        features.write("user_profile", table, f"as_of={day:%Y-%m-%d}")
+    return len(days)
+
+
+def _new_labels(features: Features, manifest: pa.Table) -> pd.DataFrame:
+    """Labels in the snapshot that differ from the newest recorded label of their post."""
+    given = manifest.select(["post_id", "label", "label_source"]).to_pandas().dropna(subset=["label"])
+    recorded = features.read("post_label", ["post_id", "label", "labelled_at"]).to_pandas()
+    last = recorded.sort_values("labelled_at").drop_duplicates("post_id", keep="last").set_index("post_id")["label"]
+    return given[given["post_id"].map(last) != given["label"]].reset_index(drop=True)
