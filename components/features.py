@@ -312,6 +312,10 @@ class Features:
     def _view(self, name: str):
         from feast.errors import FeatureViewNotFoundException  # noqa: PLC0415
 
+        try:  # the cached registry first: a reload costs about a millisecond per lookup
+            return self.store.get_feature_view(name, allow_registry_cache=True)
+        except FeatureViewNotFoundException:
+            pass
         try:
             return self.store.get_feature_view(name, allow_registry_cache=False)
         except FeatureViewNotFoundException as err:
