@@ -25,8 +25,8 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -98,6 +98,10 @@ SOURCE_SCHEMAS: dict[str, pa.Schema] = {
 }
 EPOCH = datetime(1970, 1, 2, tzinfo=UTC)  # before any data: where a first materialisation starts
 EMPTY = "_empty.parquet"
+SUMMARY_FEATURES = {  # what `trendloop features get` and the demo show of a post or a user
+    "post_id": ["post_meta_fv:engagement_rate", "post_image_fv:predicted_tag", "post_label_fv:label"],
+    "user_id": ["user_profile_fv:posts_28d", "user_profile_fv:engagement_rate_28d", "user_profile_fv:interest_tags"],
+}
 
 
 def repo_dir() -> Path:
@@ -113,6 +117,9 @@ class Features:
 
     store: object  # feast.FeatureStore (imported lazily: importing feast takes seconds)
     data_dir: Path
+    # resolved feature lists (a service name or a tuple of references) -> {view: (FeatureView, names)};
+    # cleared when definitions change, so a read looks each view up once, not once per feature
+    _plans: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, data_dir: Path, config: str | Path = "feature_store.yaml") -> Features:
@@ -149,6 +156,7 @@ class Features:
             if not empty.exists():
                 write_table(schema.empty_table(), empty)
         self.store.apply(OBJECTS, partial=True)
+        self._plans.clear()
 
     # -- writing the offline store -------------------------------------------------------
 
@@ -201,52 +209,47 @@ class Features:
         """
         if "event_timestamp" not in entities.columns:
             raise FeatureError("the entity frame needs an event_timestamp column (when each row happened)")
-        refs = self._refs(features)
-        self._check_keys(entities, refs)
+        plan = self._plan(features)
+        _check_keys(entities, plan)
         frame = entities.reset_index(drop=True)
         stamps = pd.to_datetime(frame["event_timestamp"], utc=True)
         if stamps.isna().any():
             raise FeatureError(f"{int(stamps.isna().sum())} entity rows have no event_timestamp")
         columns = {}
-        for view, names in _by_view(refs).items():
+        for view, names in plan.values():
             columns.update(self._historical_view(view, names, frame, stamps))
-        values = pd.DataFrame({_column(r): columns[r].to_numpy() for r in refs}, index=entities.index)
+        values = pd.DataFrame({name: column.to_numpy() for name, column in columns.items()}, index=entities.index)
         return pd.concat([entities, values], axis=1)
 
-    def _historical_view(self, view: str, names: list[str], frame: pd.DataFrame, stamps: pd.Series) -> dict:
+    def _historical_view(self, view, names: list[str], frame: pd.DataFrame, stamps: pd.Series) -> dict:
         """One view's features for every row of ``frame`` (positional), nulls where none was known.
 
         Only rows whose key the view's source holds go to Feast: its Dask engine cannot
         sort the nulls a key without data would bring into the join.
         """
-        keys = self._view(view).join_keys
-        held = self._held_keys(view, keys)
+        keys = view.join_keys
+        held = self.read(Path(view.batch_source.path).name, columns=keys)
         wanted = frame[keys].astype(str)
         mask = np.ones(len(frame), bool)
         for key in keys:
-            mask &= wanted[key].isin(held[key]).to_numpy()
-        out = {f"{view}:{n}": pd.Series([None] * len(frame), dtype=object) for n in names}
+            mask &= wanted[key].isin(set(held.column(key).to_pylist())).to_numpy()
+        out = {n: pd.Series([None] * len(frame), dtype=object) for n in names}
         if not mask.any():
             return out
         query = wanted[mask].assign(event_timestamp=stamps[mask], **{ROW: np.flatnonzero(mask)})
-        found = self.store.get_historical_features(entity_df=query, features=[f"{view}:{n}" for n in names]).to_df()
+        refs = [f"{view.name}:{n}" for n in names]
+        found = self.store.get_historical_features(entity_df=query, features=refs).to_df()
         if found[ROW].duplicated().any():
-            raise FeatureError(f"Feast returned one entity row twice for {view}: its source has duplicate rows")
+            raise FeatureError(f"Feast returned one entity row twice for {view.name}: its source has duplicate rows")
         found = found.set_index(ROW)
-        for n in names:
-            out[f"{view}:{n}"] = found[n].reindex(np.arange(len(frame))).reset_index(drop=True)
-        return out
-
-    def _held_keys(self, view: str, keys: list[str]) -> dict[str, set[str]]:
-        table = self.read(Path(self._view(view).batch_source.path).name, columns=keys)
-        return {key: set(table.column(key).to_pylist()) for key in keys}
+        return {n: found[n].reindex(np.arange(len(frame))).reset_index(drop=True) for n in names}
 
     def online(self, features: Sequence[str] | str, rows: dict[str, Sequence[str]]) -> pd.DataFrame:
         """The newest materialised values for each entity row (in order); unknown keys read null."""
-        refs = self._refs(features)
-        self._check_keys(pd.DataFrame(rows), refs)
-        response = self.store.get_online_features(features=self._feature_arg(features), entity_rows=rows)
-        return response.to_df()
+        plan = self._plan(features)
+        _check_keys(pd.DataFrame(rows), plan)
+        refs = [f"{view.name}:{n}" for view, names in plan.values() for n in names]
+        return self.store.get_online_features(features=refs, entity_rows=rows).to_df()
 
     def materialize(self, end: datetime | None = None, views: Sequence[str] | None = None) -> list[str]:
         """Bring the online store up to ``end`` (now), each view from where its last materialisation stopped.
@@ -280,9 +283,10 @@ class Features:
             if existing != refs:
                 raise FeatureError(f"feature service {name} already names {existing}, not {refs}")
             return
-        projections = [self._view(view)[names] for view, names in _by_view(refs).items()]
+        projections = [view[names] for view, names in self._plan(tuple(refs)).values()]
         service = FeatureService(name=name, features=projections, tags=dict(tags or {}))
         self.store.apply([service], partial=True)
+        self._plans.pop(name, None)
 
     def register_model(self, version: int, snapshot: str, inputs: Sequence[str] = ()) -> str:
         """The feature service of model version ``version``: ``tagger_v<version>``, naming ``inputs``.
@@ -321,30 +325,32 @@ class Features:
         except FeatureViewNotFoundException as err:
             raise FeatureError(f"no feature view {name}; run `trendloop features apply`") from err
 
-    def _refs(self, features: Sequence[str] | str) -> list[str]:
-        if isinstance(features, str):
-            refs = self.service_features(features)
-            if refs is None:
-                raise FeatureError(f"no feature service {features}")
-            return refs
-        refs = list(features)
-        for ref in refs:
-            view, feature = _split(ref)
-            if feature not in {f.name for f in self._view(view).features}:
-                raise FeatureError(f"feature view {view} has no feature {feature}")
-        return refs
+    def _plan(self, features: Sequence[str] | str) -> dict[str, tuple[object, list[str]]]:
+        """``features`` (references or a service name) as {view name: (FeatureView, feature names)}, checked."""
+        key = features if isinstance(features, str) else tuple(features)
+        if key not in self._plans:
+            if isinstance(features, str):
+                refs = self.service_features(features)
+                if refs is None:
+                    raise FeatureError(f"no feature service {features}")
+            else:
+                refs = list(features)
+            plan = {}
+            for name, names in _by_view(refs).items():
+                view = self._view(name)
+                unknown = [n for n in names if n not in {f.name for f in view.features}]
+                if unknown:
+                    raise FeatureError(f"feature view {name} has no feature {', '.join(unknown)}")
+                plan[name] = (view, names)
+            self._plans[key] = plan
+        return self._plans[key]
 
-    def _feature_arg(self, features: Sequence[str] | str):
-        if isinstance(features, str):
-            return self.store.get_feature_service(features, allow_cache=False)
-        return list(features)
 
-    def _check_keys(self, entities: pd.DataFrame, refs: Iterable[str]) -> None:
-        views = {_split(r)[0] for r in refs}
-        keys = {key for v in views for key in self._view(v).join_keys}
-        missing = sorted(keys - set(entities.columns))
-        if missing:
-            raise FeatureError(f"the entity rows need {', '.join(missing)} for {', '.join(sorted(views))}")
+def _check_keys(entities: pd.DataFrame, plan: dict[str, tuple[object, list[str]]]) -> None:
+    keys = {key for view, _ in plan.values() for key in view.join_keys}
+    missing = sorted(keys - set(entities.columns))
+    if missing:
+        raise FeatureError(f"the entity rows need {', '.join(missing)} for {', '.join(sorted(plan))}")
 
 
 def _split(ref: str) -> tuple[str, str]:
@@ -362,10 +368,6 @@ def _by_view(refs: Sequence[str]) -> dict[str, list[str]]:
     return groups
 
 
-def _column(ref: str) -> str:
-    return _split(ref)[1]
-
-
 def _unset_variables(raw: object) -> list[str]:
     """``${NAME}`` placeholders that ``expandvars`` left in place: their variable is unset."""
     if isinstance(raw, dict):
@@ -378,6 +380,12 @@ def _unset_variables(raw: object) -> list[str]:
 # -- computing feature tables from the loop's data ----------------------------------------
 
 
+def engagement_rate(engaged: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """(likes + comments + shares) / views, 0 where nothing was viewed."""
+    views = np.asarray(views, np.float64)
+    return np.where(views > 0, np.asarray(engaged, np.float64) / np.maximum(views, 1), 0.0).astype(np.float32)
+
+
 def post_meta(posts: pa.Table, ingested_at: datetime, device: str = "cpu") -> pa.Table:
     """Caption, hashtag and engagement features of ``posts`` (snapshot or source rows)."""
     frame = posts.select(["post_id", "created_at", "caption", "hashtags", "views", "likes", "comments", "shares"])
@@ -386,8 +394,7 @@ def post_meta(posts: pa.Table, ingested_at: datetime, device: str = "cpu") -> pa
     texts = [captions.caption_text(c, h) for c, h in zip(captions_, hashtags, strict=True)]
     counts = {name: pc.fill_null(frame.column(name), 0) for name in ("views", "likes", "comments", "shares")}
     engaged = pc.add(pc.add(counts["likes"], counts["comments"]), counts["shares"])
-    views = counts["views"].to_numpy().astype(np.float64)
-    rate = np.where(views > 0, engaged.to_numpy() / np.maximum(views, 1), 0.0).astype(np.float32)
+    rate = engagement_rate(engaged.to_numpy(), counts["views"].to_numpy())
     return pa.table(
         {
             "post_id": frame.column("post_id"),
@@ -423,8 +430,7 @@ def user_profiles(posts: pd.DataFrame, days: Sequence[datetime], computed_at: da
             win = recent[recent["created_at"] >= as_of - timedelta(days=w)].groupby("user_id")
             out[f"posts_{w}d"] = win.size().reindex(out.index).fillna(0).astype("int64")
             sums = win[["engaged", "views"]].sum().reindex(out.index).fillna(0)
-            rate = sums["engaged"] / sums["views"].clip(lower=1)
-            out[f"engagement_rate_{w}d"] = np.where(sums["views"] > 0, rate, 0.0)
+            out[f"engagement_rate_{w}d"] = engagement_rate(sums["engaged"].to_numpy(), sums["views"].to_numpy())
         tags, shares = _interests(recent)
         out["interest_tags"] = tags.reindex(out.index)
         out["interest_shares"] = shares.reindex(out.index)
@@ -463,7 +469,7 @@ class SyncReport:
     labels: int  # labels recorded and pushed
 
     def to_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        return asdict(self)
 
 
 def sync(features: Features, snapshot: Snapshot, log: PredictionLog, device: str = "cpu") -> SyncReport:

@@ -19,6 +19,7 @@ from active_learning.loop import commit_labels, offered_labels, pull_labels, pus
 from active_learning.queue import LabelQueue
 from active_learning.strategies import SelectionConfig
 from components.errors import ConfigError, LabelingError, TrendloopError
+from components.features import SUMMARY_FEATURES
 from components.features import sync as sync_features
 from components.ingest import ingest as ingest_source
 from components.ingest import read_labels
@@ -191,7 +192,7 @@ def _sync_features(settings: Settings) -> None:
     with render.console.status("writing features (Feast offline store)"):
         log = PredictionLog(settings.predictions_dir)
         report = sync_features(settings.open_features(), head, log, settings.features.device)
-    render.console.print("features: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report.to_dict().items()))
+    render.console.print(f"features: {render.sync_text(report)}")
 
 
 @snapshot_app.command("list")
@@ -645,15 +646,7 @@ def features_get(
     rows = {k: v for k, v in {"post_id": post or [], "user_id": user or []}.items() if v}
     if not rows:
         raise ConfigError("name at least one --post or --user")
-    defaults = {
-        "post_id": ["post_meta_fv:engagement_rate", "post_image_fv:predicted_tag", "post_label_fv:label"],
-        "user_id": [
-            "user_profile_fv:posts_28d",
-            "user_profile_fv:engagement_rate_28d",
-            "user_profile_fv:interest_tags",
-        ],
-    }
-    wanted = service or feature or [f for key in rows for f in defaults[key]]
+    wanted = service or feature or [f for key in rows for f in SUMMARY_FEATURES[key]]
     table = _settings(ctx).open_features().online(wanted, rows)
     render.console.print(table.to_string(index=False))
 

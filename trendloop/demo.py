@@ -25,7 +25,7 @@ from rich.table import Table
 from active_learning.annotators import annotate
 from active_learning.loop import commit_labels, offered_labels, pull_labels, push_queued, select_posts
 from components.errors import ConfigError, DriftError, LabelingError
-from components.features import Features
+from components.features import SUMMARY_FEATURES, Features
 from components.features import sync as sync_features
 from components.ingest import IngestReport, ingest, read_labels
 from components.monitor import check_drift, log_check, retrain_context
@@ -92,14 +92,12 @@ def feature_step(settings: Settings, features: Features, store: Store, log: Pred
     console.rule("[bold]5b. features (Feast): offline store -> materialize -> online reads")
     with console.status("writing features: caption embeddings, the champion's scores, user profiles, labels"):
         report = sync_features(features, store.head(), log, settings.features.device)
-    console.print("offline store: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report.to_dict().items()))
+    console.print(f"offline store: {render.sync_text(report)}")
     with console.status("materializing the online store"):
         views = features.materialize()
     console.print(f"materialized {', '.join(views)} into {settings.features.config}'s online store")
     posts = store.head().manifest().select(["post_id", "user_id"]).slice(0, 3).to_pydict()
-    online = features.online(
-        ["post_image_fv:predicted_tag", "post_label_fv:label", "user_profile_fv:engagement_rate_28d"], posts
-    )
+    online = features.online([*SUMMARY_FEATURES["post_id"], *SUMMARY_FEATURES["user_id"]], posts)
     console.print(online.to_string(index=False))
     console.print(
         "`trendloop features get --post ID --user ID` reads the online store; `features services` lists versions"

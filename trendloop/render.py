@@ -24,6 +24,7 @@ from active_learning.loop import PullReport, PushReport, SelectReport
 from components.drift import DriftVerdict
 from components.emerging import EmergingCluster
 from components.evaluate import Evaluation
+from components.features import SyncReport
 from components.gate import Verdict
 from components.ingest import IngestReport, RelabelReport
 from components.registry import VersionInfo
@@ -379,6 +380,11 @@ def relabel_text(r: RelabelReport) -> str:
         return f"no new labels to commit (HEAD {r.snapshot})"
     missing = f"; {len(r.missing)} posts not in HEAD" if r.missing else ""
     return f"committed {len(r.relabelled)} labels as snapshot {r.snapshot}{missing}"
+
+
+def sync_text(report: SyncReport) -> str:
+    """What a feature sync wrote, on one line."""
+    return ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in report.to_dict().items())
 
 
 def queue_table(counts: dict[str, int]) -> Table:
