@@ -25,6 +25,7 @@ bench: .venv/.synced
 	$(RUN) python benchmarks/bench_active_learning.py
 	$(RUN) python benchmarks/bench_serving.py
 	$(RUN) python benchmarks/bench_features.py
+	$(RUN) python benchmarks/bench_fusion.py
 
 # The dashboard tests drive a real headless Chromium (Debian's package; Playwright's own browser
 # downloads are not used). Installed here when missing and we may (root with apt); else they skip.

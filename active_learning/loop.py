@@ -62,7 +62,7 @@ def labelled_embeddings(store: Store, posts: pd.DataFrame, predictor: Predictor,
         return np.zeros((0, predictor.tagger.embedding_dim), np.float32)
     posts = posts.sample(n=min(limit, len(posts)), random_state=seed)
     base = decode_images([str(store.root / ref) for ref in posts.image], predictor.preprocessing)
-    return predictor.predict_base(base).embeddings
+    return predictor.predict_base(base, posts).embeddings
 
 
 def select_posts(
@@ -78,7 +78,7 @@ def select_posts(
     budget: int | None = None,
 ) -> SelectReport:
     """Score the snapshot's unlabelled posts with ``predictor`` and queue a batch for annotators."""
-    manifest = snapshot.manifest().select(["post_id", "created_at", "image", "caption", "hashtags", "label"])
+    manifest = snapshot.manifest().select(["post_id", "user_id", "created_at", "image", "caption", "hashtags", "label"])
     posts = manifest.to_pandas()
     pool = unlabelled_pool(store, posts, queue.queued_ids(), since, until)
     stamp = datetime.now(UTC)
@@ -97,6 +97,7 @@ def select_posts(
         heuristic(config.strategy, config.seed),
         mc_samples=config.mc_samples,
         mc_dropout=config.mc_dropout,
+        posts=pool,
     )
     diverse = config.diversity and config.strategy != "random"
     centers = labelled_embeddings(store, posts, predictor, config.max_centers, config.seed) if diverse else None

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from active_learning.strategies import Heuristic
@@ -59,13 +60,19 @@ def score_pool(
     mc_dropout: float = 0.25,
     chunk: int = 1024,
     workers: int = 2,
+    posts: pd.DataFrame | None = None,
 ) -> PoolScores:
-    """Predict and score every post; ``paths[i]`` is the stored image of ``post_ids[i]``."""
+    """Predict and score every post; ``paths[i]`` is the stored image of ``post_ids[i]``.
+
+    ``posts`` (post_id, user_id, created_at; row i is post i) is what a fusion tagger
+    reads its side inputs for; an image-only tagger needs none.
+    """
     probs, embs, scores = [], [], []
     for start in range(0, len(paths), chunk):
         ids = post_ids[start : start + chunk]
         base = decode_images(list(paths[start : start + chunk]), predictor.preprocessing, workers)
-        out = predictor.predict_base(base)
+        part = posts.iloc[start : start + chunk] if posts is not None else None
+        out = predictor.predict_base(base, part)
         if scorer.name == "bald":
             scores.append(
                 scorer.score(mc_dropout_probabilities(predictor, out.embeddings, ids, mc_samples, mc_dropout))

@@ -99,7 +99,7 @@ class Batcher:
         self.fn, self.max_batch_size, self.wait_s = fn, max_batch_size, wait_s
         self.queue: asyncio.Queue | None = None
 
-    async def __call__(self, item: bytes):
+    async def __call__(self, item: bytes, context: dict | None = None):  # image-only versions: no context
         if self.queue is None:
             self.queue = asyncio.Queue()
             asyncio.get_running_loop().create_task(self._loop())

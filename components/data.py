@@ -42,8 +42,8 @@ class SplitShares:
 
 
 def labelled_posts(store: Store, snapshot: Snapshot, shares: SplitShares = SplitShares()) -> pd.DataFrame:
-    """The snapshot's labelled posts: post_id, created_at, label, path (absolute), split; in post_id order."""
-    table = snapshot.manifest().select(["post_id", "created_at", "image", "label"])
+    """The snapshot's labelled posts: post_id, user_id, created_at, label, path (absolute), split; in post_id order."""
+    table = snapshot.manifest().select(["post_id", "user_id", "created_at", "image", "label"])
     posts = table.to_pandas()
     posts = posts[posts.label.notna()].reset_index(drop=True)
     posts["path"] = [str(store.root / ref) for ref in posts.pop("image")]
@@ -97,21 +97,23 @@ def decode_images(
 
 
 class PostImages(Dataset):
-    """Decoded posts and their targets: uint8 base images (N, 3, resize, resize), class indices (N,)."""
+    """Decoded posts and their targets: uint8 base images (N, 3, resize, resize), class indices (N,),
+    and side vectors (N, S) for a fusion tagger (S = 0 for an image-only one)."""
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, side: torch.Tensor | None = None):
         self.images, self.targets = images, targets
+        self.side = side if side is not None else torch.zeros((len(targets), 0))
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i], self.targets[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.images[i], self.side[i], self.targets[i]
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A whole batch in one indexing op (the DataLoader calls this instead of N __getitem__s)."""
         idx = torch.as_tensor(indices)
-        return self.images[idx], self.targets[idx]
+        return self.images[idx], self.side[idx], self.targets[idx]
 
 
 def targets_for(labels: pd.Series, order: tuple[str, ...]) -> torch.Tensor:

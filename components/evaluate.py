@@ -166,12 +166,20 @@ PERTURBATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def stability(predictor: Predictor, base: torch.Tensor, reference: Predictions | None = None) -> dict[str, float]:
-    """Share of images whose top-1 label survives each perturbation; ``min`` is the worst."""
-    reference = reference or predictor.predict_base(base)
+def stability(
+    predictor: Predictor,
+    base: torch.Tensor,
+    reference: Predictions | None = None,
+    side: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Share of images whose top-1 label survives each perturbation; ``min`` is the worst.
+
+    Only the image changes: a fusion tagger's side inputs (``side``) stay as they were.
+    """
+    reference = reference or predictor.predict_base(base, side=side)
     before = reference.probabilities.argmax(1)
     shares = {
-        name: float((predictor.predict_base(change(base)).probabilities.argmax(1) == before).mean())
+        name: float((predictor.predict_base(change(base), side=side).probabilities.argmax(1) == before).mean())
         for name, change in PERTURBATIONS.items()
     }
     shares["min"] = min(shares.values()) if shares else 1.0
@@ -187,8 +195,12 @@ def evaluate(
     old_labels: Iterable[str] = (),
     styles: Mapping[str, str] | None = None,
 ) -> Evaluation:
-    """Score ``predictor`` on ``posts`` (label, post_id, created_at), whose decoded images are ``base``."""
-    found = predictor.predict_base(base)
+    """Score ``predictor`` on ``posts`` (label, post_id, user_id, created_at), whose decoded images are ``base``.
+
+    A fusion tagger reads the posts' side inputs as they were when each was posted.
+    """
+    side = predictor.side_inputs(posts)
+    found = predictor.predict_base(base, side=side)
     predicted = found.predicted
     overall = score(posts.label.tolist(), predicted, found.confidence, predictor.labels)
     masks, newest = trend_slices(posts, old_labels, styles)
@@ -209,5 +221,5 @@ def evaluate(
         overall=overall,
         slices=slices,
         newest_slice=newest,
-        stability=stability(predictor, base, found),
+        stability=stability(predictor, base, found, side),
     )

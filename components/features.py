@@ -261,7 +261,7 @@ class Features:
         end = end or datetime.now(UTC)
         names = list(views) if views else [v.name for v in self.store.list_feature_views() if v.online]
         for name in names:
-            view = self._view(name)
+            view = self.view(name)
             if view.materialization_intervals:
                 self.store.materialize_incremental(end_date=end, feature_views=[name])
             else:
@@ -313,7 +313,7 @@ class Features:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _view(self, name: str):
+    def view(self, name: str):
         from feast.errors import FeatureViewNotFoundException  # noqa: PLC0415
 
         try:  # the cached registry first: a reload costs about a millisecond per lookup
@@ -337,7 +337,7 @@ class Features:
                 refs = list(features)
             plan = {}
             for name, names in _by_view(refs).items():
-                view = self._view(name)
+                view = self.view(name)
                 unknown = [n for n in names if n not in {f.name for f in view.features}]
                 if unknown:
                     raise FeatureError(f"feature view {name} has no feature {', '.join(unknown)}")
@@ -353,7 +353,7 @@ def _check_keys(entities: pd.DataFrame, plan: dict[str, tuple[object, list[str]]
         raise FeatureError(f"the entity rows need {', '.join(missing)} for {', '.join(sorted(plan))}")
 
 
-def _split(ref: str) -> tuple[str, str]:
+def split_ref(ref: str) -> tuple[str, str]:
     view, sep, feature = ref.partition(":")
     if not sep or not view or not feature:
         raise FeatureError(f"a feature reference is view:feature, not {ref!r}")
@@ -363,7 +363,7 @@ def _split(ref: str) -> tuple[str, str]:
 def _by_view(refs: Sequence[str]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for ref in refs:
-        view, feature = _split(ref)
+        view, feature = split_ref(ref)
         groups.setdefault(view, []).append(feature)
     return groups
 

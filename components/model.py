@@ -3,12 +3,21 @@
 A tagger travels as a folder of two files, so evaluation, the registry and serving
 rebuild exactly what training used::
 
-    tagger.json   TaggerSpec: architecture, labels, preprocessing, embedding size
+    tagger.json   TaggerSpec: architecture, labels, preprocessing, side inputs
     weights.pt    the state dict (loaded with ``weights_only=True``: no pickled code)
 
 Every architecture exposes the penultimate layer as its embedding: the last
 ``nn.Linear`` of the torchvision model becomes the head, and everything before it
 is the backbone.
+
+A fusion tagger (``spec.side`` names feature groups, see ``components.side``) also
+reads a side vector of stored features. It goes through a small projection and is
+concatenated with the image embedding (late fusion); the head scores the
+concatenation, which is then the tagger's embedding::
+
+    image (B, 3, H, W) -> backbone -> (B, D_img) --+
+                                                   cat -> (B, D_img + SIDE_HIDDEN) -> head -> (B, C)
+    side  (B, S)       -> Linear, ReLU -> (B, SIDE_HIDDEN)
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from torch import nn
 from components.errors import ConfigError
 from components.posts import write_atomic
 from components.preprocess import Preprocessing
+from components.side import check_side, side_columns
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet18": torchvision.models.resnet18,
@@ -44,6 +54,7 @@ class TaggerSpec:
     arch: str
     labels: tuple[str, ...]  # head row i scores labels[i]
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    side: tuple[str, ...] = ()  # side input groups (components.side); () for an image-only tagger
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -56,31 +67,55 @@ class TaggerSpec:
             arch=raw["arch"],
             labels=tuple(raw["labels"]),
             preprocessing=Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()}),
+            side=tuple(raw.get("side", ())),  # taggers saved before fusion existed have none
         )
+
+    @property
+    def side_columns(self) -> list[str]:
+        return side_columns(self.side, self.labels)
+
+
+SIDE_HIDDEN = 128  # width of the side vector's projection
 
 
 class Tagger(nn.Module):
-    """backbone (B, 3, H, W) -> embedding (B, D); head embedding -> logits (B, len(labels))."""
+    """backbone (B, 3, H, W) [+ side (B, S)] -> embedding (B, D); head embedding -> logits (B, len(labels))."""
 
-    def __init__(self, spec: TaggerSpec, backbone: nn.Module, embedding_dim: int):
+    def __init__(self, spec: TaggerSpec, backbone: nn.Module, image_dim: int):
         super().__init__()
         self.spec = spec
         self.backbone = backbone
-        self.embedding_dim = embedding_dim
-        self.head = nn.Linear(embedding_dim, len(spec.labels))
+        self.image_dim = image_dim
+        self.side_net = None
+        self.embedding_dim = image_dim
+        if spec.side:
+            self.side_net = nn.Sequential(nn.Linear(len(spec.side_columns), SIDE_HIDDEN), nn.ReLU())
+            self.embedding_dim = image_dim + SIDE_HIDDEN
+        self.head = nn.Linear(self.embedding_dim, len(spec.labels))
 
     @property
     def labels(self) -> tuple[str, ...]:
         return self.spec.labels
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-    def forward_with_embeddings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, x: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.backbone(x)
+        if self.side_net is None:
+            return emb
+        if side is None:
+            raise ConfigError(f"this tagger reads side inputs ({', '.join(self.spec.side)}) beside the image")
+        if side.shape != (len(x), self.side_net[0].in_features):
+            raise ConfigError(
+                f"side inputs have shape {tuple(side.shape)}, not ({len(x)}, {self.side_net[0].in_features})"
+            )
+        return torch.cat([emb, self.side_net(side).to(emb.dtype)], 1)
+
+    def forward(self, x: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.embed(x, side))
+
+    def forward_with_embeddings(
+        self, x: torch.Tensor, side: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.embed(x, side)
         return self.head(emb), emb
 
 
@@ -95,6 +130,8 @@ def build_tagger(spec: TaggerSpec, weights: Path | None = None) -> Tagger:
         raise ConfigError(f"unknown architecture {spec.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     if not spec.labels:
         raise ConfigError("a tagger needs at least one label")
+    if check_side(spec.side) != spec.side:
+        raise ConfigError(f"side inputs {spec.side} are not in canonical order; build them with check_side")
     net = ARCHITECTURES[spec.arch](weights=None)
     head_name, head = _last_linear(net)
     if weights is not None:
@@ -114,6 +151,9 @@ def extend_labels(tagger: Tagger, labels: tuple[str, ...]) -> Tagger:
 
     Continual learning adds the classes a trend brings without throwing away what the
     old rows learned; old labels keep their order, so a row index means the same class.
+    A fusion tagger's side columns grow with the labels (one interest share per label):
+    columns it knew keep their weights, new ones start at zero, so the grown tagger
+    scores the old labels exactly as before.
     """
     missing = [label for label in tagger.labels if label not in labels]
     if missing:
@@ -122,10 +162,18 @@ def extend_labels(tagger: Tagger, labels: tuple[str, ...]) -> Tagger:
         raise ConfigError("new labels must come after the labels the model knows, in the same order")
     if labels == tagger.labels:
         return tagger
-    spec = TaggerSpec(tagger.spec.arch, labels, tagger.spec.preprocessing)
-    grown = Tagger(spec, tagger.backbone, tagger.embedding_dim)
+    spec = TaggerSpec(tagger.spec.arch, labels, tagger.spec.preprocessing, tagger.spec.side)
+    grown = Tagger(spec, tagger.backbone, tagger.image_dim).to(tagger.head.weight.device)
     old = len(tagger.labels)
     with torch.no_grad():
+        if tagger.side_net is not None:
+            before = {name: j for j, name in enumerate(tagger.spec.side_columns)}
+            layer, was = grown.side_net[0], tagger.side_net[0]
+            layer.weight.zero_()
+            for j, name in enumerate(spec.side_columns):
+                if name in before:
+                    layer.weight[:, j] = was.weight[:, before[name]]
+            layer.bias.copy_(was.bias)
         grown.head.weight[:old] = tagger.head.weight
         grown.head.bias[:old] = tagger.head.bias
         grown.head.bias[old:] = tagger.head.bias.mean()  # start new classes at the old classes' typical prior

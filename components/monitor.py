@@ -52,8 +52,8 @@ def reference_windows(
 
 
 def predict_window(predictor: Predictor, posts: pd.DataFrame) -> Window:
-    """Predict ``posts`` (post_id, created_at, hashtags, caption, path to the image) into a window."""
-    out = predictor.predict_base(decode_images(posts.path.tolist(), predictor.preprocessing))
+    """Predict ``posts`` (post_id, user_id, created_at, hashtags, caption, path to the image) into a window."""
+    out = predictor.predict_base(decode_images(posts.path.tolist(), predictor.preprocessing), posts)
     frame = posts.drop(columns="path").reset_index(drop=True).assign(predicted=out.predicted, confidence=out.confidence)
     return Window(frame, out.embeddings)
 
@@ -78,12 +78,12 @@ def current_window(
 
 def _manifest(snapshot: Snapshot) -> pd.DataFrame:
     """The snapshot's post metadata a window needs, indexed by post_id."""
-    columns = ["post_id", "created_at", "hashtags", "caption"]
+    columns = ["post_id", "user_id", "created_at", "hashtags", "caption"]
     return snapshot.manifest().select(columns).to_pandas().set_index("post_id")
 
 
 def _metadata(manifest: pd.DataFrame, snapshot: Snapshot, post_ids: pd.Series) -> pd.DataFrame:
-    """post_id, created_at, hashtags, caption of ``post_ids``, in their order."""
+    """post_id, user_id, created_at, hashtags, caption of ``post_ids``, in their order."""
     found = manifest.reindex(post_ids.to_numpy())
     missing = found.created_at.isna().sum()
     if missing:

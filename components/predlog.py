@@ -150,7 +150,7 @@ def log_batch_predictions(
         start = time.perf_counter()
         paths = [str(store.root / ref) for ref in part.column("image").to_pylist()]
         images = decode_images(paths, predictor.preprocessing)
-        out = predictor.predict_base(images)
+        out = predictor.predict_base(images, part.select(["post_id", "user_id", "created_at"]).to_pandas())
         latency = 1000 * (time.perf_counter() - start) / max(len(ids), 1)
         records = pa.table(
             {

@@ -32,6 +32,7 @@ from components.evaluate import Evaluation
 from components.gate import Verdict
 from components.model import load_tagger
 from components.predict import Predictor
+from components.side import SideReader
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "champion_history"  # JSON list of earlier champions' versions, oldest first
@@ -78,6 +79,7 @@ class Registry:
         artifact_location: str | None = None,
         model_name: str = "trendloop-tagger",
         cache_dir: Path | None = None,
+        side_reader: SideReader | None = None,
     ):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow import MlflowClient  # noqa: PLC0415  (importing mlflow takes seconds; pay it only here)
@@ -85,6 +87,7 @@ class Registry:
         self.tracking_uri, self.registry_uri = tracking_uri, registry_uri or tracking_uri
         self.experiment, self.artifact_location, self.model_name = experiment, artifact_location, model_name
         self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "trendloop-models"
+        self.side_reader = side_reader  # where a fusion tagger's predictors read their side inputs
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
 
     # -- runs ------------------------------------------------------------------------------
@@ -314,8 +317,8 @@ class Registry:
         return _data_dir(target)
 
     def load_predictor(self, ref: str | int = CHAMPION, device: str = "cpu") -> Predictor:
-        """``champion``, ``challenger`` or a version number -> a ready predictor."""
-        return Predictor.from_folder(self.model_dir(ref), device)
+        """``champion``, ``challenger`` or a version number -> a ready predictor (reading side inputs, if any)."""
+        return Predictor.from_folder(self.model_dir(ref), device, self.side_reader)
 
 
 def _data_dir(model_folder: Path) -> Path:

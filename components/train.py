@@ -25,7 +25,7 @@ from typing import Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -42,6 +42,7 @@ from components.errors import ConfigError
 from components.model import Tagger, TaggerSpec, build_tagger, extend_labels
 from components.posts import write_atomic
 from components.preprocess import Preprocessing
+from components.side import SideReader, check_side, group_slices
 from components.snapshot import Snapshot, Store
 
 CHECKPOINT = "checkpoint.pt"
@@ -67,6 +68,16 @@ class TrainConfig(BaseModel):
     device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:1 ...
     loader_workers: int | None = Field(default=None, ge=0)  # None: 0 on a CPU, 8 with CUDA
     weights: Path | None = None  # torchvision state dict a from-scratch backbone starts from
+    # feature groups a fusion tagger reads beside the image (components.side: caption, user); () image only
+    side: tuple[str, ...] = ()
+    side_dropout: float = Field(default=0.1, ge=0, lt=1)  # chance a training row's side group reads as unknown
+
+    @field_validator("side", mode="before")
+    @classmethod
+    def _known_side(cls, value: object) -> tuple[str, ...]:
+        if value is not None and not isinstance(value, str | list | tuple):
+            raise ValueError("side is a list of groups (caption, user) or one comma-separated string")
+        return check_side(value)  # type: ignore[arg-type]
 
     def record(self) -> dict[str, object]:
         """Flat, loggable parameters."""
@@ -162,20 +173,32 @@ def train(
     base: Base | None = None,
     on_step: Callable[[Step], None] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    side_reader: SideReader | None = None,
 ) -> TrainResult:
     """Train on ``snapshot`` (fine-tuning ``base`` if given), checkpointing into ``run_dir`` each epoch.
 
     Calling it again with the same ``run_dir`` resumes after the last finished epoch;
-    a finished run returns its result without training again.
+    a finished run returns its result without training again. A fusion tagger
+    (``config.side``) reads its side inputs through ``side_reader``, point in time at
+    each post's ``created_at``.
     """
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
+    if config.side and side_reader is None:
+        raise ConfigError(f"a tagger reading {', '.join(config.side)} features needs the feature store to train")
+    if base is not None and base.tagger.spec.side != config.side:
+        had = ", ".join(base.tagger.spec.side) or "none"
+        raise ConfigError(
+            f"the base model reads side inputs {had}, not {', '.join(config.side) or 'none'}: fine-tune with the "
+            "same [train] side, or train from scratch"
+        )
     train_posts, val_posts, counts = training_sets(store, snapshot, base, config)
     if train_posts.empty or val_posts.empty:
         raise ConfigError(f"snapshot {snapshot.id} has too few labelled posts to train and validate on")
     if base is None:
         labels = label_order((), train_posts)
-        tagger = build_tagger(TaggerSpec(config.arch, labels, config.preprocessing), config.weights)
+        spec = TaggerSpec(config.arch, labels, config.preprocessing, config.side)
+        tagger = build_tagger(spec, config.weights)
     else:
         labels = label_order(base.tagger.labels, train_posts)
         tagger = extend_labels(copy.deepcopy(base.tagger).cpu(), labels)
@@ -208,8 +231,15 @@ def train(
         stale, finished = state["stale"], state["finished"]
     resumed_from = len(history)
     if not finished:  # a finished run needs no images: its checkpoint holds the result
-        train_set = PostImages(decode_images(train_posts.path.tolist(), pre), targets_for(train_posts.label, labels))
-        val_set = PostImages(decode_images(val_posts.path.tolist(), pre), targets_for(val_posts.label, labels))
+        train_set, val_set = [
+            PostImages(
+                decode_images(part.path.tolist(), pre),
+                targets_for(part.label, labels),
+                _side_inputs(tagger, part, side_reader),
+            )
+            for part in (train_posts, val_posts)
+        ]
+        groups = group_slices(config.side, labels)
 
     for epoch in range(resumed_from + 1, config.epochs + 1):
         if finished:
@@ -217,6 +247,7 @@ def train(
         epoch_seed = config.seed * 1_000_003 + epoch
         torch.manual_seed(epoch_seed)  # dropout draws
         augment = torch.Generator().manual_seed(epoch_seed)
+        blanks = torch.Generator().manual_seed(epoch_seed + 1)  # its own stream: fusion keeps image-only's crops
         loader = DataLoader(
             train_set,
             batch_size=config.batch_size,
@@ -230,11 +261,12 @@ def train(
         started = time.perf_counter()
         tagger.train()
         total_loss, correct, seen = 0.0, 0, 0
-        for step, (images, targets) in enumerate(loader, 1):
+        for step, (images, side_batch, targets) in enumerate(loader, 1):
             x = _to(pre.training(images.to(device, non_blocking=True), augment), device)
             y = targets.to(device, non_blocking=True)
+            side = _blank_groups(side_batch, groups, config.side_dropout, blanks).to(device) if groups else None
             with _autocast(device):
-                logits = tagger(x)
+                logits = tagger(x, side)
                 loss = loss_fn(logits.float(), y)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -277,7 +309,7 @@ def train(
 
     if best_state is None:
         raise ConfigError(f"training diverged: validation loss was {history[-1].val_loss} at every epoch")
-    best = build_tagger(TaggerSpec(tagger.spec.arch, labels, pre))
+    best = build_tagger(TaggerSpec(tagger.spec.arch, labels, pre, tagger.spec.side))
     best.load_state_dict(best_state)
     return TrainResult(
         tagger=best.eval(),
@@ -291,8 +323,30 @@ def train(
     )
 
 
-def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _whole_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return batch  # PostImages.__getitems__ already returns stacked tensors
+
+
+def _side_inputs(tagger: Tagger, posts: pd.DataFrame, reader: SideReader | None) -> torch.Tensor | None:
+    """(N, S) side vectors of ``posts`` for a fusion tagger, read as of each post's creation; None otherwise."""
+    if not tagger.spec.side or reader is None:
+        return None
+    return torch.from_numpy(reader.historical(tagger.spec.side, tagger.labels, posts))
+
+
+def _blank_groups(side: torch.Tensor, groups: list[slice], rate: float, generator: torch.Generator) -> torch.Tensor:
+    """``side`` with each row's groups zeroed (read as unknown) at ``rate``: modality dropout.
+
+    A model that always saw every input leans on it; serving meets new users and
+    captionless posts, and such a model then falls to worse than image-only.
+    """
+    if rate == 0:
+        return side
+    keep = torch.rand((len(side), len(groups)), generator=generator) >= rate  # (N, G)
+    out = side.clone()
+    for g, cols in enumerate(groups):
+        out[:, cols] *= keep[:, g : g + 1].to(out.dtype)
+    return out
 
 
 def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -315,8 +369,9 @@ def _validate(
     for start in range(0, len(data), batch):
         x = pre.evaluation(data.images[start : start + batch].to(device))
         y = data.targets[start : start + batch].to(device)
+        side = data.side[start : start + batch].to(device) if tagger.side_net is not None else None
         with _autocast(device):
-            logits = tagger(_to(x, device)).float()
+            logits = tagger(_to(x, device), side).float()
         total += loss_fn(logits, y).item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
     return total / len(data), correct / len(data)

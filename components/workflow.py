@@ -23,6 +23,7 @@ from components.posts import write_atomic
 from components.predict import Predictor
 from components.preprocess import Preprocessing
 from components.registry import CHAMPION, Registry, code_version
+from components.side import side_refs
 from components.snapshot import Snapshot, Store
 from components.train import Base, EpochStats, Step, TrainConfig, TrainResult, train
 
@@ -34,6 +35,11 @@ class Trained:
     result: TrainResult
     base_version: int | None  # the champion it was fine-tuned from, if any
     run_dir: Path
+
+    @property
+    def feature_refs(self) -> list[str]:
+        """The stored features the version reads beside the image: its feature service's contents."""
+        return side_refs(self.result.tagger.spec.side)
 
 
 def train_and_register(
@@ -72,6 +78,7 @@ def train_and_register(
             "code_version": code_version(),
             "mode": "fine-tune" if base else "scratch",
             "base_version": str(base_version or ""),
+            "inputs": "+".join(("image", *config.side)),
         }
         run_id = registry.start_run(f"train-{snapshot.id[:8]}-{key[:6]}", params, tags)
         state = {"run_id": run_id}
@@ -86,7 +93,7 @@ def train_and_register(
             on_epoch(stats)
 
     try:
-        result = train(store, snapshot, config, run_dir, base=base, on_step=on_step, on_epoch=epoch_done)
+        result = train(store, snapshot, config, run_dir, base, on_step, epoch_done, side_reader=registry.side_reader)
     except BaseException:
         registry.finish_run(run_id, "KILLED")  # resumable: the next call reopens it
         raise

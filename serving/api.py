@@ -3,6 +3,7 @@
 Endpoints:
 
     POST /predict?user_id=U     body: the image bytes      -> tags, confidence, arm, model version, request id
+         [&caption=C&hashtags=H&hashtags=H2&post_id=P]     what a fusion version reads beside the image
     POST /feedback              {"request_id", "event"}    -> the event recorded
     GET  /healthz               the process answers
     GET  /readyz                the champion has a model loaded (503 until it has)
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -52,6 +53,9 @@ class Prediction(BaseModel):
     confidence: float
     tags: list[Tag] = Field(description="the top labels, most likely first")
     latency_ms: float
+    side_inputs: Literal["none", "online", "unavailable"] = Field(
+        description="stored features the version read: none (image only), online, or unavailable (image alone)"
+    )
 
 
 class Recorded(BaseModel):
@@ -90,10 +94,14 @@ def build_api(
 
     @api.post("/predict", response_model=Prediction, openapi_extra=_IMAGE_BODY)
     async def predict(
-        request: Request, user_id: str = Query(description="who posted: decides the arm, sticky")
+        request: Request,
+        user_id: str = Query(description="who posted: decides the arm, sticky"),
+        caption: str | None = Query(None, max_length=2200, description="the post's caption"),
+        hashtags: Annotated[list[str] | None, Query(max_length=64, description="the post's hashtags, no #")] = None,
+        post_id: str | None = Query(None, max_length=128, description="the post, if the feature store knows it"),
     ) -> dict:
         upload = await _read_capped(request, router.max_upload_bytes)
-        return await router.predict(upload, user_id)
+        return await router.predict(upload, user_id, caption, hashtags or (), post_id)
 
     @api.post("/feedback", response_model=Recorded)
     async def feedback(body: Feedback) -> dict:

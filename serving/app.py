@@ -21,25 +21,37 @@ import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from components.errors import ConfigError
+from components.features import Features
 from components.predict import Predictor
 from components.predlog import PredictionLog
 from components.registry import Registry
+from components.side import SideReader
 from components.validate import ImageLimits
 from serving.api import build_api
 from serving.eventlog import EventWriter, FeedbackLog
 from serving.experiment import CHALLENGER, CHAMPION, Experiments
-from serving.report import current_report
+from serving.report import covariate_from, current_report
 from serving.router import RequestBook, Router, Traffic
-from serving.tagging import ArmModel, pick_device
+from serving.tagging import ArmModel, PostContext, pick_device
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
 class TaggerArm:
     def __init__(
-        self, models: dict, num_gpus: float = 0.0, threads: int = 1, top_k: int = 3, limits: dict | None = None
+        self,
+        models: dict,
+        num_gpus: float = 0.0,
+        threads: int = 1,
+        top_k: int = 3,
+        limits: dict | None = None,
+        features: dict | None = None,
     ):
         torch.set_num_threads(threads)
-        self.model = ArmModel(version_loader(models, pick_device(num_gpus)), top_k, ImageLimits(**(limits or {})))
+        device = pick_device(num_gpus)
+        self.model = ArmModel(
+            version_loader(models, device), top_k, ImageLimits(**(limits or {})), side_reader(features, device)
+        )
 
     async def reconfigure(self, config: dict) -> None:
         self.predict.set_max_batch_size(int(config.get("max_batch_size", 32)))
@@ -48,8 +60,9 @@ class TaggerArm:
         await asyncio.to_thread(self.model.use, config.get("version"))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def predict(self, uploads: list[bytes]) -> list:
-        return await asyncio.to_thread(self.model.predict, uploads)
+    async def predict(self, uploads: list[bytes], contexts: list[dict]) -> list:
+        posts = [PostContext(**c) for c in contexts]
+        return await asyncio.to_thread(self.model.predict, uploads, posts)
 
     async def version(self) -> int | None:
         return self.model.version if self.model.ready else None
@@ -66,10 +79,15 @@ class Ingress:
         max_upload_bytes: int = 10 * 2**20,
         flush_every_s: float = 1.0,
         pre_days: float = 14.0,
+        cuped_covariate: str = "serving_log",
+        features: dict | None = None,
     ):
         predictions, feedback = PredictionLog(Path(logs["predictions"])), FeedbackLog(Path(logs["feedback"]))
         self.experiments = Experiments(Path(logs["experiments"]))
         self.pre_days = pre_days
+        self.covariate = covariate_from(
+            cuped_covariate, predictions, feedback, pre_days, lambda: open_features(features)
+        )
         writer = f"serve-{os.getpid()}"
         self.handles = {CHAMPION: champion, CHALLENGER: challenger}
         self.router = Router(
@@ -89,7 +107,8 @@ class Ingress:
 
     def report(self) -> dict:
         router = self.router
-        return current_report(router.traffic, self.experiments, router.book.log, router.feedback_log.log, self.pre_days)
+        log, feedback = router.book.log, router.feedback_log.log
+        return current_report(router.traffic, self.experiments, log, feedback, self.pre_days, self.covariate)
 
     def __del__(self) -> None:
         self.router.close()  # a clean shutdown writes every queued record
@@ -105,6 +124,20 @@ def version_loader(models: dict, device: str) -> Callable[[int], Predictor]:
     return lambda version: registry.load_predictor(version, device)
 
 
+def open_features(features: dict | None) -> Features:
+    """The feature store of ``{"data_dir": ..., "config": ...}`` (read only: nothing is applied)."""
+    if not features:
+        raise ConfigError("no feature store is configured for this app (args.features)")
+    return Features.open(Path(features["data_dir"]), features["config"])
+
+
+def side_reader(features: dict | None, device: str) -> SideReader | None:
+    """The online store fusion versions read; opened on first use."""
+    if not features:
+        return None
+    return SideReader(lambda: open_features(features), device)
+
+
 def build(args: dict) -> serve.Application:
     """The application from a Serve config's ``args`` (see serving.deploy.serve_config)."""
     arms = {
@@ -114,6 +147,7 @@ def build(args: dict) -> serve.Application:
             threads=int(args.get("threads", 1)),
             top_k=int(args.get("top_k", 3)),
             limits=args.get("limits"),
+            features=args.get("features"),
         )
         for arm in (CHAMPION, CHALLENGER)
     }
@@ -124,4 +158,6 @@ def build(args: dict) -> serve.Application:
         max_upload_bytes=int(args.get("max_upload_bytes", 10 * 2**20)),
         flush_every_s=float(args.get("flush_every_s", 1.0)),
         pre_days=float(args.get("pre_days", 14.0)),
+        cuped_covariate=str(args.get("cuped_covariate", "serving_log")),
+        features=args.get("features"),
     )

@@ -18,7 +18,7 @@ from serving.abtest import DecisionRule
 from serving.deploy import ServeAdmin, ServingError, with_user_config
 from serving.eventlog import FeedbackLog
 from serving.experiment import CHALLENGER, CHAMPION, Experiment, Experiments
-from serving.report import ab_report
+from serving.report import Covariate, ab_report
 from serving.router import Traffic
 
 
@@ -35,6 +35,7 @@ class Serving:
     predictions: PredictionLog
     feedback: FeedbackLog
     pre_days: float = 14.0
+    covariate: Covariate | None = None  # CUPED's pre-test number per user; None: the serving logs'
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def report(s: Serving, experiment: Experiment | None = None) -> dict:
     experiment = experiment or s.experiments.current()
     if experiment is None:
         raise ServingError("no A/B test is running (a test starts when the registry has a @challenger)")
-    return ab_report(s.predictions, s.feedback, experiment, s.pre_days)
+    return ab_report(s.predictions, s.feedback, experiment, s.pre_days, covariate=s.covariate)
 
 
 def decide(s: Serving, apply: bool) -> Outcome:

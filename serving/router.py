@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -24,7 +24,8 @@ from serving.eventlog import EVENTS, EventWriter
 from serving.experiment import ARMS, CHALLENGER, CHAMPION, assign_arm
 from serving.tagging import ModelNotLoaded, Tagged
 
-Arm = Callable[[bytes], Awaitable["Tagged | Rejection"]]
+# (upload, context) -> result; the context is a PostContext as a dict (it crosses Ray as plain data)
+Arm = Callable[[bytes, dict], Awaitable["Tagged | Rejection"]]
 log = logging.getLogger(__name__)
 
 
@@ -125,9 +126,19 @@ class Router:
     def configure(self, traffic: Traffic) -> None:
         self.traffic = traffic  # one assignment: a request reads either the old knobs or the new ones
 
-    async def predict(self, upload: bytes, user_id: str) -> dict:
+    async def predict(
+        self,
+        upload: bytes,
+        user_id: str,
+        caption: str | None = None,
+        hashtags: Sequence[str] = (),
+        post_id: str | None = None,
+    ) -> dict:
+        """Tag one upload for ``user_id``; the caption, hashtags and post id feed fusion versions."""
         start = time.perf_counter()
         user_id = _user_id(user_id)
+        tags = tuple(t.lstrip("#") for t in hashtags if t.lstrip("#"))  # as stored: without the #
+        context = {"user_id": user_id, "post_id": post_id, "caption": caption, "hashtags": tags}
         if not upload:
             raise Refused(400, "the request body is empty: send the image bytes as the body")
         if len(upload) > self.max_upload_bytes:
@@ -135,12 +146,12 @@ class Router:
         traffic = self.traffic
         arm = traffic.arm_of(user_id)
         try:
-            result = await self._ask(arm, upload)
+            result = await self._ask(arm, upload, context)
         except ModelNotLoaded:
             if arm == CHAMPION:
                 raise Refused(503, "no champion model is loaded yet; retry shortly") from None
             arm = CHAMPION  # the challenger is between versions: serve and log the champion
-            result = await self._ask(arm, upload)
+            result = await self._ask(arm, upload, context)
         if isinstance(result, Rejection):
             raise Refused(415 if result.reason in ("not_an_image", "unsupported_format") else 422, _said(result))
         request_id = uuid.uuid4().hex
@@ -176,11 +187,12 @@ class Router:
             "confidence": result.confidence,
             "tags": [{"label": lab, "score": s} for lab, s in zip(result.labels, result.scores, strict=True)],
             "latency_ms": round(latency_ms, 3),
+            "side_inputs": result.side,
         }
 
-    async def _ask(self, arm: str, upload: bytes) -> Tagged | Rejection:
+    async def _ask(self, arm: str, upload: bytes, context: dict) -> Tagged | Rejection:
         try:
-            return await self.arms[arm](upload)
+            return await self.arms[arm](upload, context)
         except ModelNotLoaded:
             raise
         except Exception as err:  # noqa: BLE001 - a replica died, is overloaded or unreachable: say so, not 500

@@ -5,6 +5,13 @@ an upload that does not decode gets a ``Rejection`` in its place and the rest of
 the batch is predicted as usual. Swapping the model version loads the new
 predictor first and replaces the old one in one assignment, so requests in flight
 finish on the old model and none is refused in between.
+
+A fusion version (one reading side inputs, see ``components.side``) also gets each
+upload's ``PostContext``: the arm reads the poster's profile from the online store
+and encodes the caption the request carries (or reads a stored post's). When the
+feature store does not answer, the batch is still tagged, with every side input
+unknown (the model was trained to fall back to the image for that), and the
+result says so (``Tagged.side``).
 """
 
 from __future__ import annotations
@@ -17,7 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from components import captions
+from components.errors import ConfigError
 from components.predict import Predictor
+from components.side import SideReader
 from components.validate import ImageLimits, Rejection, decode_image
 
 log = logging.getLogger(__name__)
@@ -25,6 +35,20 @@ log = logging.getLogger(__name__)
 
 class ModelNotLoaded(RuntimeError):
     """The arm has no model version to serve (e.g. no challenger yet)."""
+
+
+@dataclass(frozen=True)
+class PostContext:
+    """What a request says about the post besides its image: read by fusion versions only."""
+
+    user_id: str | None = None
+    post_id: str | None = None  # a post the feature store may know already
+    caption: str | None = None
+    hashtags: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        return captions.caption_text(self.caption, self.hashtags)
 
 
 @dataclass(frozen=True)
@@ -36,6 +60,7 @@ class Tagged:
     scores: list[float]  # their probabilities
     probabilities: np.ndarray  # (C,) over the version's labels, for the prediction log
     embedding: np.ndarray  # (D,) penultimate layer, for the drift checks
+    side: str = "none"  # the version's side inputs: none (image only), online, unavailable (read as unknown)
 
     @property
     def label(self) -> str:
@@ -59,8 +84,10 @@ class ArmModel:
         load_version: Callable[[int], Predictor],
         top_k: int = 3,
         limits: ImageLimits | None = None,
+        side_reader: SideReader | None = None,
     ):
         self._load_version = load_version
+        self.side_reader = side_reader  # the online store fusion versions read
         self.top_k = top_k
         self.limits = limits or ImageLimits()
         self.version: int | None = None
@@ -83,6 +110,10 @@ class ArmModel:
                 return False
             try:
                 predictor = self._load_version(version) if version is not None else None
+                if predictor is not None and predictor.side:
+                    if self.side_reader is None:
+                        raise ConfigError(f"it reads {', '.join(predictor.side)} features and no feature store is set")
+                    self.side_reader.features  # noqa: B018 - a misconfigured store fails the load, not each request
             except Exception as err:  # noqa: BLE001 - any loader failure: keep serving what we have
                 self.load_error = f"version {version}: {type(err).__name__}: {err}"
                 log.error("could not load model %s; still serving version %s", self.load_error, self.version)
@@ -91,7 +122,10 @@ class ArmModel:
             self.load_error = None
             return True
 
-    def predict(self, uploads: Sequence[bytes]) -> list[Tagged | Rejection]:
+    def predict(
+        self, uploads: Sequence[bytes], contexts: Sequence[PostContext] | None = None
+    ) -> list[Tagged | Rejection]:
+        """One result per upload; ``contexts[i]`` describes upload i (needed by fusion versions only)."""
         predictor, version = self._predictor, self.version  # the pair a concurrent swap cannot split
         if predictor is None or version is None:
             raise ModelNotLoaded("this arm has no model version loaded")
@@ -103,7 +137,8 @@ class ArmModel:
         good = [i for i, d in enumerate(decoded) if not isinstance(d, Rejection)]
         out: list = [d if isinstance(d, Rejection) else None for d in decoded]  # None: filled in below
         if good:
-            found = predictor.predict_base(torch.stack([decoded[i] for i in good]))  # type: ignore[misc]
+            side, how = self._side(predictor, [contexts[i] if contexts else PostContext() for i in good])
+            found = predictor.predict_base(torch.stack([decoded[i] for i in good]), side=side)  # type: ignore[misc]
             k = min(self.top_k, len(found.labels))
             top = np.argsort(-found.probabilities, axis=1)[:, :k]  # (N, k)
             for row, i in enumerate(good):
@@ -114,5 +149,24 @@ class ArmModel:
                     scores=[round(float(probs[j]), 6) for j in top[row]],
                     probabilities=probs,
                     embedding=found.embeddings[row],
+                    side=how,
                 )
         return out
+
+    def _side(self, predictor: Predictor, contexts: list[PostContext]) -> tuple[np.ndarray | None, str]:
+        """The batch's side vectors from the online store, and how they were had."""
+        if not predictor.side:
+            return None, "none"
+        assert self.side_reader is not None  # `use` refuses a fusion version without one
+        try:
+            side = self.side_reader.online(
+                predictor.side,
+                predictor.labels,
+                [c.user_id for c in contexts],
+                [c.post_id for c in contexts],
+                [c.text for c in contexts],
+            )
+            return side, "online"
+        except Exception as err:  # noqa: BLE001 - a store that is down must not take tagging down with it
+            log.warning("side inputs unavailable (%s: %s); tagging from the image alone", type(err).__name__, err)
+            return np.zeros((len(contexts), len(predictor.tagger.spec.side_columns)), np.float32), "unavailable"

@@ -105,3 +105,17 @@ def test_serving_benchmark_prints_throughput_and_latency_per_path_and_concurrenc
     assert set(cells) == {("inprocess", 1), ("inprocess", 4), ("fastapi", 1), ("fastapi", 4)}, result.stdout
     for rps, p50, p95, p99, fail in cells.values():
         assert rps > 0 and 0 < p50 <= p95 <= p99 and fail == 0
+
+
+@pytest.mark.bench
+def test_fusion_benchmark_prints_accuracy_per_input_set() -> None:
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_fusion.py", "--days", "3", "--posts-per-day", "120", "--users", "40",
+         "--epochs", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    rows = dict(re.findall(r"^(image(?:\+\w+)*)\s+([\d.]+)\s+[\d.]+\s+\d+\s+\d+$", result.stdout, re.M))
+    assert set(rows) == {"image", "image+caption", "image+user", "image+caption+user"}, result.stdout
+    assert all(0 <= float(v) <= 1 for v in rows.values())
+    assert re.search(r"^image\+caption\+user, all side inputs unknown\s+[\d.]+$", result.stdout, re.M)
+    assert re.search(r"^test posts: \d+; classes: \d+$", result.stdout, re.M)

@@ -36,7 +36,7 @@ from serving.experiment import (
 )
 from serving.report import timeline, user_table
 from serving.router import Refused, RequestBook, Router, Traffic
-from serving.tagging import ArmModel, ModelNotLoaded
+from serving.tagging import ArmModel, ModelNotLoaded, PostContext
 from tests.conftest import free_port
 from tests.models import register_untrained
 from trendloop.settings import Settings
@@ -150,8 +150,8 @@ def test_an_arm_predicts_a_batch_and_a_bad_upload_costs_only_itself(model: ArmMo
 def make_router(tmp_path: Path, model: ArmModel) -> Router:
     model.use(1)
 
-    async def arm(upload: bytes):
-        return model.predict([upload])[0]
+    async def arm(upload: bytes, context: dict):
+        return model.predict([upload], [PostContext(**context)])[0]
 
     predictions = PredictionLog(tmp_path / "predictions")
     return Router(
@@ -313,7 +313,7 @@ def test_an_arm_on_the_wrong_version_or_failing_is_kept_out_of_the_test(tmp_path
     body = run(router.predict(png((3, 3, 3)), "someone"))
     assert body["model_version"] == 1 and body["experiment"] is None  # still loading v2: not an exposure of e2
 
-    async def down(upload: bytes):
+    async def down(upload: bytes, context: dict):
         raise ConnectionError("replica died")
 
     router.arms[CHAMPION] = down

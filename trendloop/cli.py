@@ -246,13 +246,23 @@ def train(
     epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (default from [train]).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default from [train]).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda (default from [train]).")] = None,
+    side: Annotated[
+        str | None,
+        typer.Option(
+            help="Stored features a fusion tagger reads beside the image, comma-separated: caption,user; "
+            "'none' for image only (default from [train] side)."
+        ),
+    ] = None,
 ) -> None:
     """Train a tagger on a snapshot, log the run to MLflow and register it as a new version.
 
     Interrupted? Run the same command again: it resumes from the last finished epoch.
+    A fusion tagger (--side) reads its features from the feature store, as they were
+    when each post was made; run `trendloop features sync` first if ingest does not.
     """
     settings = _settings(ctx)
-    changes = {"arch": arch, "epochs": epochs, "seed": seed, "device": device}
+    groups = None if side is None else [g.strip() for g in side.split(",") if g.strip() and g.strip() != "none"]
+    changes = {"arch": arch, "epochs": epochs, "seed": seed, "device": device, "side": groups}
     overrides = {k: v for k, v in changes.items() if v is not None}
     config = TrainConfig.model_validate(settings.train.model_dump() | overrides)  # validates the overrides
     store = Store(settings.store_dir)
@@ -263,7 +273,7 @@ def train(
             store, snap, config, registry, settings.runs_dir, from_champion, progress.step, progress.epoch
         )
     render.console.print(render.training_table(trained.result))
-    service = settings.open_features().register_model(trained.version, snap.id)
+    service = settings.open_features().register_model(trained.version, snap.id, trained.feature_refs)
     render.console.print(
         f"registered {registry.model_name} version {trained.version} (run {trained.run_id}, features {service}); "
         f"next: `trendloop evaluate {trained.version}`"

@@ -226,8 +226,9 @@ def run_demo(
         )
     console.print(render.training_table(trained.result))
     features = settings.open_features()
-    console.print(f"feature service {features.register_model(trained.version, snapshot.id)}: what version "
-                  f"{trained.version} reads from Feast (image only: nothing)")  # fmt: skip
+    service = features.register_model(trained.version, snapshot.id, trained.feature_refs)
+    reads = ", ".join(trained.feature_refs) or "nothing (image only)"
+    console.print(f"feature service {service}: what version {trained.version} reads from Feast: {reads}")
     result = review(store, snapshot, registry, trained.version, settings.gate, oracle_styles(out))
     console.print(render.evaluation_table(result.challenger, result.champion))
     console.print(render.verdict_text(result.verdict))

@@ -28,6 +28,7 @@ from components.features import Features
 from components.gate import PromotionGate
 from components.predlog import PredictionLog
 from components.registry import Registry
+from components.side import SideReader
 from components.simulator.feed import FeedSpec
 from components.train import TrainConfig
 from components.triggers import RetrainPolicy
@@ -39,6 +40,7 @@ from serving.control import Serving
 from serving.deploy import ArmSpec, RouterSpec, ServeAdmin, serve_config
 from serving.eventlog import FeedbackLog
 from serving.experiment import Experiments
+from serving.report import covariate_from
 from serving.router import Traffic
 
 DEFAULT_CONFIG = Path("trendloop.toml")
@@ -112,6 +114,9 @@ class ServingSettings(BaseModel):
     max_upload_bytes: int = Field(default=10 * 2**20, gt=0)  # larger uploads get 413
     flush_every_s: float = Field(default=1.0, gt=0)  # how often queued log records are written
     pre_days: float = Field(default=14.0, ge=0)  # the CUPED pre-period before a test starts
+    # CUPED's pre-test number per user: serving_log (engagement with served tags over pre_days), or a user
+    # feature read from Feast at the test's start, e.g. user_profile_fv:engagement_rate_28d
+    cuped_covariate: str = Field(default="serving_log", pattern=r"^(serving_log|[A-Za-z0-9_]+:[A-Za-z0-9_]+)$")
     start_timeout: float = Field(default=600.0, gt=0)  # seconds `serve up` waits for the app
 
     @property
@@ -178,6 +183,10 @@ class Settings(BaseSettings):
         features.apply()
         return features
 
+    def side_reader(self) -> SideReader:
+        """Side inputs of fusion taggers, from this feature store (opened on first use only)."""
+        return SideReader(self.open_features, self.features.device)
+
     @property
     def runs_dir(self) -> Path:
         """Training runs' checkpoints, keyed by what decides their result."""
@@ -235,6 +244,7 @@ class Settings(BaseSettings):
             or ((self.home / "mlartifacts").resolve().as_uri() if embedded else None),
             model_name=self.registry.model_name,
             cache_dir=self.home / "models",
+            side_reader=self.side_reader(),
         )
 
     @property
@@ -275,6 +285,8 @@ class Settings(BaseSettings):
             "max_upload_bytes": self.serving.max_upload_bytes,
             "flush_every_s": self.serving.flush_every_s,
             "pre_days": self.serving.pre_days,
+            "features": {"data_dir": str(self.features_dir.resolve()), "config": self.features.config},
+            "cuped_covariate": self.serving.cuped_covariate,
         }
 
     def serving_control(self) -> Serving:
@@ -296,6 +308,13 @@ class Settings(BaseSettings):
             predictions=PredictionLog(self.predictions_dir),
             feedback=FeedbackLog(self.serving_dir / "feedback"),
             pre_days=sv.pre_days,
+            covariate=covariate_from(
+                sv.cuped_covariate,
+                PredictionLog(self.predictions_dir),
+                FeedbackLog(self.serving_dir / "feedback"),
+                sv.pre_days,
+                self.open_features,
+            ),
         )
 
     @property
