@@ -206,8 +206,7 @@ class SideReader:
         """
         side = check_side(side)
         rows = {"user_id": [u or "" for u in user_ids], "post_id": [p or "" for p in post_ids]}
-        refs = side_refs(side)
-        found = self.features.online(refs, rows) if refs else pd.DataFrame(index=range(len(user_ids)))
+        found = self.features.online(side_refs(side), rows)
         if "caption" in side:
             stored = found["caption_embedding"].tolist()
             fresh = [i for i, v in enumerate(stored) if _missing(v)]

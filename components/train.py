@@ -231,13 +231,15 @@ def train(
         stale, finished = state["stale"], state["finished"]
     resumed_from = len(history)
     if not finished:  # a finished run needs no images: its checkpoint holds the result
+        both = _side_inputs(tagger, pd.concat([train_posts, val_posts]), side_reader)  # one store read for both
+        n = len(train_posts)
         train_set, val_set = [
             PostImages(
                 decode_images(part.path.tolist(), pre),
                 targets_for(part.label, labels),
-                _side_inputs(tagger, part, side_reader),
+                both[rows] if both is not None else None,
             )
-            for part in (train_posts, val_posts)
+            for part, rows in ((train_posts, slice(0, n)), (val_posts, slice(n, None)))
         ]
         groups = group_slices(config.side, labels)
 
@@ -329,8 +331,9 @@ def _whole_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
 
 def _side_inputs(tagger: Tagger, posts: pd.DataFrame, reader: SideReader | None) -> torch.Tensor | None:
     """(N, S) side vectors of ``posts`` for a fusion tagger, read as of each post's creation; None otherwise."""
-    if not tagger.spec.side or reader is None:
+    if not tagger.spec.side:
         return None
+    assert reader is not None  # train() refuses a fusion run without one
     return torch.from_numpy(reader.historical(tagger.spec.side, tagger.labels, posts))
 
 

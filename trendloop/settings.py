@@ -298,6 +298,7 @@ class Settings(BaseSettings):
         def config_for(versions: dict[str, int | None], traffic: Traffic) -> dict:
             return serve_config(args, versions, traffic, arms, sv.router, sv.host, sv.port, sv.route_prefix)
 
+        predictions, feedback = PredictionLog(self.predictions_dir), FeedbackLog(self.serving_dir / "feedback")
         return Serving(
             admin=ServeAdmin(sv.ray_dashboard or self.local_ray().dashboard_url),
             registry=self.open_registry(),
@@ -305,16 +306,10 @@ class Settings(BaseSettings):
             config_for=config_for,
             split=sv.split,
             rule=self.ab,
-            predictions=PredictionLog(self.predictions_dir),
-            feedback=FeedbackLog(self.serving_dir / "feedback"),
+            predictions=predictions,
+            feedback=feedback,
             pre_days=sv.pre_days,
-            covariate=covariate_from(
-                sv.cuped_covariate,
-                PredictionLog(self.predictions_dir),
-                FeedbackLog(self.serving_dir / "feedback"),
-                sv.pre_days,
-                self.open_features,
-            ),
+            covariate=covariate_from(sv.cuped_covariate, predictions, feedback, sv.pre_days, self.open_features),
         )
 
     @property
