@@ -263,9 +263,14 @@ def pull_labels(
     )
 
 
-def commit_labels(store: Store, queue: LabelQueue) -> RelabelReport:
-    """Put every decided label no snapshot holds yet into a new snapshot (``label_source`` annotators)."""
-    labels = queue.uncommitted()
+def commit_labels(store: Store, queue: LabelQueue, labels: dict[str, str] | None = None) -> RelabelReport:
+    """Put decided labels no snapshot holds yet into a new snapshot (``label_source`` annotators).
+
+    ``labels`` (post id -> label) narrows the commit to labels that passed checks; by
+    default every uncommitted decided label goes in.
+    """
+    uncommitted = queue.uncommitted()
+    labels = uncommitted if labels is None else {p: v for p, v in labels.items() if uncommitted.get(p) == v}
     if not labels:
         head = store.head()
         return RelabelReport(head.id if head else None, False, [], 0, [])

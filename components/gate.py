@@ -39,6 +39,11 @@ class Verdict:
     def to_dict(self) -> dict:
         return asdict(self) | {"reasons": self.reasons}
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> Verdict:
+        checks = [Check(c["name"], c["passed"], c["reason"]) for c in raw["checks"]]
+        return cls(raw["passed"], checks, raw["challenger"], raw["champion"], raw["snapshot"])
+
 
 @dataclass(frozen=True)
 class PromotionGate:

@@ -26,7 +26,7 @@ import pyarrow as pa
 from components.errors import SnapshotError, SourceError
 from components.posts import ENGAGEMENT, SNAPSHOT_SCHEMA, write_atomic, write_rows
 from components.snapshot import Store
-from components.sources import BadRecord, Candidate, read_source
+from components.sources import BadRecord, Candidate, Source, read_source
 from components.validate import ImageLimits, Rejection, validate_image
 
 # Rejection reasons ingestion adds to validate.REASONS.
@@ -132,10 +132,49 @@ def ingest(
     ``labels`` (post id -> label) label the posts the source offers: new ones, and
     ones the current snapshot holds already (relabelled in the new snapshot).
     Returns the report; raises ``SourceError`` only when the source as a whole
-    cannot be read.
+    cannot be read. The three stages (read, check, commit) are also pipeline steps.
     """
     started = time.perf_counter()
     source = read_source(source_path, folder_labels=folder_labels, since=since, until=until)
+    outcomes = check_source(source, store, limits, workers, progress)
+    return commit_checked(source, outcomes, store, labels=labels, label_source=label_source, started=started)
+
+
+Outcome = Checked | Rejection | None  # None: a BadRecord, which has no image to check
+
+
+def check_source(
+    source: Source,
+    store: Store,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> list[Outcome]:
+    """Validate each candidate's image and store the accepted ones (content-addressed, so a retry adds nothing).
+
+    Returns one outcome per record of ``source``, in order.
+    """
+    candidates = [r for r in source.records if isinstance(r, Candidate)]
+    checked = _check_all([c.image_path for c in candidates], store.root, limits, workers)
+    outcomes: list[Outcome] = []
+    for done, record in enumerate(source.records, 1):
+        outcomes.append(next(checked) if isinstance(record, Candidate) else None)
+        if progress:
+            progress(done, len(source.records))
+    return outcomes
+
+
+def commit_checked(
+    source: Source,
+    outcomes: list[Outcome],
+    store: Store,
+    *,
+    labels: dict[str, str] | None = None,
+    label_source: str = "import",
+    started: float | None = None,
+) -> IngestReport:
+    """Deduplicate checked posts against HEAD, quarantine the rejected, and commit what is new as a snapshot."""
+    started = time.perf_counter() if started is None else started
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
     report = IngestReport(run_id, source.kind, source.uri, offered=len(source.records), skipped=source.skipped)
     # post id -> (label, who gave it); the labels argument wins over labels a source carries
@@ -145,53 +184,47 @@ def ingest(
     head_rows = head.manifest().to_pylist() if head else []
     head_index = {row["post_id"]: n for n, row in enumerate(head_rows)}
     owner_of_image = {row["image_sha256"]: row["post_id"] for row in head_rows}
-    candidates = [r for r in source.records if isinstance(r, Candidate)]
-    checked = _check_all([c.image_path for c in candidates], store.root, limits, workers)
 
     accepted: list[dict] = []
     rejections: list[dict] = []
     offered: dict[str, str | None] = {}  # post id -> image hash (None if refused) offered so far
     fixes: Counter[str] = Counter()
-    for done, record in enumerate(source.records, 1):
+    for record, outcome in zip(source.records, outcomes, strict=True):
         if isinstance(record, BadRecord):
             rejections.append(_rejection(record.where, None, record.reason, record.detail))
-        else:
-            outcome = next(checked)
-            if isinstance(outcome, Rejection):
-                rejections.append(_rejection(record.post_id, record.image_path, outcome.reason, outcome.detail))
-            elif record.post_id in head_index:
-                if head_rows[head_index[record.post_id]]["image_sha256"] != outcome.sha256:
-                    rejections.append(
-                        _rejection(
-                            record.post_id,
-                            record.image_path,
-                            "post_id_conflict",
-                            "the current snapshot holds this post id with another image",
-                        )
-                    )
-                else:
-                    report.duplicates += 1
-                    if record.label is not None:
-                        given.setdefault(record.post_id, (record.label, record.label_source or label_source))
-            elif record.post_id in offered and offered[record.post_id] != outcome.sha256:
+            continue
+        if isinstance(outcome, Rejection):
+            rejections.append(_rejection(record.post_id, record.image_path, outcome.reason, outcome.detail))
+        elif record.post_id in head_index:
+            if head_rows[head_index[record.post_id]]["image_sha256"] != outcome.sha256:
                 rejections.append(
                     _rejection(
                         record.post_id,
                         record.image_path,
                         "post_id_conflict",
-                        "the source offers this post id twice, with different images",
+                        "the current snapshot holds this post id with another image",
                     )
                 )
-            elif outcome.sha256 in owner_of_image:
-                report.duplicates += 1  # same pixels as a post we hold: a repost adds nothing to learn from
             else:
-                owner_of_image[outcome.sha256] = record.post_id
-                fixes.update(outcome.fixes)
-                accepted.append(_row(record, outcome, store, given.get(record.post_id)))
-        if isinstance(record, Candidate):
-            offered.setdefault(record.post_id, None if isinstance(outcome, Rejection) else outcome.sha256)
-        if progress:
-            progress(done, len(source.records))
+                report.duplicates += 1
+                if record.label is not None:
+                    given.setdefault(record.post_id, (record.label, record.label_source or label_source))
+        elif record.post_id in offered and offered[record.post_id] != outcome.sha256:
+            rejections.append(
+                _rejection(
+                    record.post_id,
+                    record.image_path,
+                    "post_id_conflict",
+                    "the source offers this post id twice, with different images",
+                )
+            )
+        elif outcome.sha256 in owner_of_image:
+            report.duplicates += 1  # same pixels as a post we hold: a repost adds nothing to learn from
+        else:
+            owner_of_image[outcome.sha256] = record.post_id
+            fixes.update(outcome.fixes)
+            accepted.append(_row(record, outcome, store, given.get(record.post_id)))
+        offered.setdefault(record.post_id, None if isinstance(outcome, Rejection) else outcome.sha256)
 
     # labels reach the posts this source offers (new or held already), not the whole snapshot
     relabelled = _relabel(head_rows, head_index, {pid: v for pid, v in given.items() if pid in offered})

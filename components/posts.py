@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from components.errors import ConfigError
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 ENGAGEMENT = ("views", "likes", "comments", "shares")
@@ -78,3 +81,14 @@ def write_table(table: pa.Table, path: Path) -> None:
 
 def write_rows(rows: list[dict], schema: pa.Schema, path: Path) -> None:
     write_table(pa.Table.from_pylist(rows, schema=schema), path)
+
+
+def parse_time(value: str | None, what: str) -> datetime | None:
+    """An ISO date or date and time from a user (UTC unless it names a zone); None or empty gives None."""
+    if not value:
+        return None
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{what} {value!r} is not a date (YYYY-MM-DD) or date and time") from None
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp

@@ -38,6 +38,9 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "champion_history"  # JSON list of earlier champions' versions, oldest first
 
 
+PLACED_TAG = "placed_as"  # set once a pipeline has given a new version its alias
+
+
 class RegistryError(TrendloopError):
     """A version or alias that does not exist, or a move the rules forbid."""
 
@@ -215,6 +218,18 @@ class Registry:
             return int(self.client.get_model_version_by_alias(self.model_name, text).version)
         except MlflowException:
             raise RegistryError(f"{self.model_name} has no @{text} yet") from None
+
+    def placed(self, version: int) -> str | None:
+        """The alias a pipeline gave ``version`` when it registered it (``champion``/``challenger``), if any."""
+        return self.client.get_model_version(self.model_name, str(version)).tags.get(PLACED_TAG)
+
+    def mark_placed(self, version: int, alias: str) -> None:
+        self.client.set_model_version_tag(self.model_name, str(version), PLACED_TAG, alias)
+
+    def version_of_run(self, run_id: str) -> int | None:
+        """The version a training run registered, if it registered one."""
+        found = self.client.search_model_versions(f"name = '{self.model_name}' and run_id = '{run_id}'")
+        return min((int(v.version) for v in found), default=None)
 
     def alias(self, name: str) -> int | None:
         try:

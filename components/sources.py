@@ -56,6 +56,24 @@ class Source:
     skipped: int = 0  # files a folder holds that are not images by name (README.txt, .DS_Store)
 
 
+def fingerprint(path: Path) -> str:
+    """What a source holds, cheaply: a hash of its files' names, sizes and modification times.
+
+    Two reads of an unchanged source give the same fingerprint, so a pipeline may reuse
+    an earlier ingest of it; a file added, removed or rewritten changes it.
+    """
+    if not path.exists():
+        raise SourceError(f"no such file or folder: {path}")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(
+            f"{file.relative_to(path) if file != path else file.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode()
+        )
+    return digest.hexdigest()[:16]
+
+
 def read_source(
     path: Path, *, folder_labels: bool = False, since: datetime | None = None, until: datetime | None = None
 ) -> Source:

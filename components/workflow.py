@@ -29,12 +29,21 @@ from components.train import Base, EpochStats, Step, TrainConfig, TrainResult, t
 
 
 @dataclass(frozen=True)
-class Trained:
-    version: int
+class TrainedRun:
+    """A finished training run, logged in the tracking server; not yet a registered version."""
+
     run_id: str
     result: TrainResult
+    snapshot: str
     base_version: int | None  # the champion it was fine-tuned from, if any
     run_dir: Path
+
+
+@dataclass(frozen=True)
+class Trained(TrainedRun):
+    """A training run and the version it registered."""
+
+    version: int
 
     @property
     def feature_refs(self) -> list[str]:
@@ -42,7 +51,7 @@ class Trained:
         return side_refs(self.result.tagger.spec.side)
 
 
-def train_and_register(
+def train_logged(
     store: Store,
     snapshot: Snapshot,
     config: TrainConfig,
@@ -51,12 +60,13 @@ def train_and_register(
     from_champion: bool = False,
     on_step: Callable[[Step], None] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
-) -> Trained:
-    """Train on ``snapshot`` (fine-tuning the champion if asked), log the run and register the model.
+    tags: Mapping[str, str] | None = None,
+) -> TrainedRun:
+    """Train on ``snapshot`` (fine-tuning the champion if asked) and log the run; registers nothing.
 
     The run folder is keyed by what decides the result (config, snapshot, base model),
-    so running the same command again after an interruption resumes the same run,
-    and after success returns the version it registered.
+    so running the same call again after an interruption resumes the same run, and
+    after success returns at once. ``tags`` (a pipeline run's id, say) go on the run.
     """
     base, base_version = None, None
     if from_champion:
@@ -73,18 +83,19 @@ def train_and_register(
     run_id = state.get("run_id")
     if run_id is None or not registry.run_exists(run_id):
         params = config.record() | {"snapshot": snapshot.id, "base_version": base_version}
-        tags = {
+        run_tags = {
             "snapshot": snapshot.id,
             "code_version": code_version(),
             "mode": "fine-tune" if base else "scratch",
             "base_version": str(base_version or ""),
             "inputs": "+".join(("image", *config.side)),
         }
-        run_id = registry.start_run(f"train-{snapshot.id[:8]}-{key[:6]}", params, tags)
-        state = {"run_id": run_id}
-        write_atomic(state_path, json.dumps(state))
+        run_id = registry.start_run(f"train-{snapshot.id[:8]}-{key[:6]}", params, run_tags | dict(tags or {}))
+        write_atomic(state_path, json.dumps({"run_id": run_id}))
     else:
         registry.client.update_run(run_id, status="RUNNING")
+        for name, value in (tags or {}).items():
+            registry.client.set_tag(run_id, name, value)
 
     def epoch_done(stats: EpochStats) -> None:
         values = {k: v for k, v in vars(stats).items() if k != "epoch"}
@@ -97,23 +108,51 @@ def train_and_register(
     except BaseException:
         registry.finish_run(run_id, "KILLED")  # resumable: the next call reopens it
         raise
-    if "version" in state:
-        registry.finish_run(run_id)
-        return Trained(state["version"], run_id, result, base_version, run_dir)
-    best = result.history[result.best_epoch - 1]
-    registry.log_metrics(
-        run_id,
-        {"best_epoch": result.best_epoch, "best_val_loss": best.val_loss, "best_val_accuracy": best.val_accuracy}
-        | {f"examples_{k}": v for k, v in result.examples.items()},
-    )
-    registry.log_json(run_id, "labels.json", list(result.labels))
-    tagger_dir = save_tagger(result.tagger, run_dir / "tagger")
-    how = f"fine-tuned from version {base_version}" if base_version else "trained from scratch"
-    description = f"{how} on snapshot {snapshot.id}"
-    version = registry.register(run_id, tagger_dir, snapshot.id, description)
-    write_atomic(state_path, json.dumps(state | {"version": version}))
+    if not json.loads(state_path.read_text()).get("summarised"):  # once: a finished run called again adds nothing
+        best = result.history[result.best_epoch - 1]
+        registry.log_metrics(
+            run_id,
+            {"best_epoch": result.best_epoch, "best_val_loss": best.val_loss, "best_val_accuracy": best.val_accuracy}
+            | {f"examples_{k}": v for k, v in result.examples.items()},
+        )
+        registry.log_json(run_id, "labels.json", list(result.labels))
+        write_atomic(state_path, json.dumps({"run_id": run_id, "summarised": True}))
     registry.finish_run(run_id)
-    return Trained(version, run_id, result, base_version, run_dir)
+    return TrainedRun(run_id, result, snapshot.id, base_version, run_dir)
+
+
+def register_trained(
+    registry: Registry, run_id: str, tagger_dir: Path, snapshot: str, base_version: int | None = None
+) -> int:
+    """Register the run's tagger (saved in ``tagger_dir``) as a new version of the model.
+
+    A run registers one version: calling again, after a failure between registering
+    and whatever came next, returns the version it made.
+    """
+    existing = registry.version_of_run(run_id)
+    if existing is not None:
+        return existing
+    how = f"fine-tuned from version {base_version}" if base_version else "trained from scratch"
+    return registry.register(run_id, tagger_dir, snapshot, f"{how} on snapshot {snapshot}")
+
+
+def train_and_register(
+    store: Store,
+    snapshot: Snapshot,
+    config: TrainConfig,
+    registry: Registry,
+    runs_dir: Path,
+    from_champion: bool = False,
+    on_step: Callable[[Step], None] | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> Trained:
+    """Train on ``snapshot``, log the run and register the model; again after an interruption resumes."""
+    run = train_logged(store, snapshot, config, registry, runs_dir, from_champion, on_step, on_epoch)
+    tagger_dir = run.run_dir / "tagger"
+    if registry.version_of_run(run.run_id) is None:
+        save_tagger(run.result.tagger, tagger_dir)
+    version = register_trained(registry, run.run_id, tagger_dir, snapshot.id, run.base_version)
+    return Trained(run.run_id, run.result, run.snapshot, run.base_version, run.run_dir, version)
 
 
 @dataclass(frozen=True)
@@ -163,6 +202,28 @@ def evaluate_model(
     return evaluate(predictor, test.posts, base, name, test.snapshot.id, old, styles)
 
 
+def compare(
+    store: Store,
+    snapshot: Snapshot,
+    registry: Registry,
+    candidate: Predictor,
+    name: str,
+    styles: Mapping[str, str] | None = None,
+) -> tuple[Evaluation, Evaluation | None]:
+    """Score ``candidate`` and the champion (unless it is the candidate) on one test split."""
+    champion_version = registry.alias(CHAMPION)
+    if name == f"{registry.model_name}/{champion_version}":
+        champion_version = None  # the champion is not its own rival
+    champion = registry.load_predictor(champion_version) if champion_version is not None else None
+    old = old_labels(store, snapshot, champion)
+    test = EvaluationSet(store, snapshot)
+    ours = evaluate_model(test, candidate, name, old, styles)
+    theirs = (
+        evaluate_model(test, champion, f"{registry.model_name}/{champion_version}", old, styles) if champion else None
+    )
+    return ours, theirs
+
+
 def review(
     store: Store,
     snapshot: Snapshot,
@@ -175,17 +236,10 @@ def review(
 
     A version that passes becomes ``@challenger`` (the candidate for an A/B test).
     """
-    champion_version = registry.alias(CHAMPION)
-    if champion_version == version:
-        champion_version = None  # the champion is not its own rival
-    challenger = registry.load_predictor(version)
-    champion = registry.load_predictor(champion_version) if champion_version is not None else None
-    old = old_labels(store, snapshot, champion)
-    name, test = registry.model_name, EvaluationSet(store, snapshot)
-    ours = evaluate_model(test, challenger, f"{name}/{version}", old, styles)
-    theirs = evaluate_model(test, champion, f"{name}/{champion_version}", old, styles) if champion else None
+    name = f"{registry.model_name}/{version}"
+    ours, theirs = compare(store, snapshot, registry, registry.load_predictor(version), name, styles)
     verdict = gate.decide(ours, theirs)
     registry.record_review(version, verdict, ours)
-    if verdict.passed and champion_version is not None:
+    if verdict.passed and theirs is not None:
         registry.set_challenger(version)
     return Review(version, ours, theirs, verdict)

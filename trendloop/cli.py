@@ -7,11 +7,11 @@ import logging
 import os
 import sys
 import traceback
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from active_learning.annotators import annotate as annotate_tasks
 from active_learning.labelstudio import LabelingProject
@@ -24,6 +24,7 @@ from components.features import sync as sync_features
 from components.ingest import ingest as ingest_source
 from components.ingest import read_labels
 from components.monitor import check_drift, log_check, newest_days, retrain_context
+from components.posts import parse_time
 from components.predlog import PredictionLog
 from components.registry import CHAMPION
 from components.simulator.feed import FeedSpec, oracle_styles
@@ -74,6 +75,11 @@ features_app = typer.Typer(
 )
 app.add_typer(features_app, name="features")
 app.add_typer(ab_app, name="ab")
+pipeline_app = typer.Typer(
+    help="Kubeflow pipelines of the loop: continual_training, drift_monitor, label_sync (kfp.local or a cluster).",
+    no_args_is_help=True,
+)
+app.add_typer(pipeline_app, name="pipeline")
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -89,16 +95,6 @@ def _main(
     home: Annotated[Path | None, typer.Option(help="State folder (default: .trendloop, or $TRENDLOOP_HOME).")] = None,
 ) -> None:
     ctx.obj = load_settings(config, home=home)
-
-
-def _date(value: str | None, flag: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        stamp = datetime.fromisoformat(value)
-    except ValueError:
-        raise ConfigError(f"{flag} {value!r} is not a date (YYYY-MM-DD) or date and time") from None
-    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp
 
 
 @app.command()
@@ -164,7 +160,7 @@ def ingest(
 ) -> None:
     """Validate, normalise and deduplicate posts, quarantine bad files, and commit a snapshot."""
     settings = _settings(ctx)
-    window = _date(since, "--since"), _date(until, "--until")
+    window = parse_time(since, "--since"), parse_time(until, "--until")
     given = read_labels(labels) if labels else None
     with render.progress_bar("ingesting") as update:
         report = ingest_source(
@@ -352,7 +348,7 @@ def drift_check(
     settings = _settings(ctx)
     store = Store(settings.store_dir)
     snap = store.resolve(snapshot)
-    start, end = _date(since, "--since") or newest_days(snap, days), _date(until, "--until")
+    start, end = parse_time(since, "--since") or newest_days(snap, days), parse_time(until, "--until")
     registry, log = settings.open_registry(), PredictionLog(settings.predictions_dir)
     with render.console.status("checking drift"):
         check = check_drift(
@@ -559,8 +555,8 @@ def label_select(
             str(number),
             queue,
             config,
-            since=_date(since, "--since"),
-            until=_date(until, "--until"),
+            since=parse_time(since, "--since"),
+            until=parse_time(until, "--until"),
             budget=budget,
         )
     render.console.print(render.select_text(report))
@@ -638,7 +634,7 @@ def features_materialize(
 ) -> None:
     """Fill the online store from the offline one, each view from where its last run stopped."""
     features = _settings(ctx).open_features()
-    done = features.materialize(_date(end, "--end"), view)
+    done = features.materialize(parse_time(end, "--end"), view)
     render.console.print(f"materialized {', '.join(done)}")
 
 
@@ -699,6 +695,96 @@ def config_show(ctx: typer.Context) -> None:
     render.console.print_json(json.dumps(_settings(ctx).model_dump(mode="json")))
 
 
+@pipeline_app.command("compile")
+def pipeline_compile(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Folder for the IR YAML files.")] = Path("build/pipelines"),
+) -> None:
+    """Write every pipeline's IR YAML (for the KFP UI, `kfp run create`, or a GitOps repo)."""
+    from pipelines.runner import compile_all, step_options  # noqa: PLC0415 - kfp imports slowly; only these pay
+
+    settings = _settings(ctx)
+    for path in compile_all(out, settings.pipelines.image, step_options(settings)):
+        render.console.print(f"wrote {path} (steps run in image {settings.pipelines.image})")
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="continual_training, drift_monitor or label_sync.")],
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="A pipeline parameter, e.g. --param since=2026-01-12 --param mode=fine-tune (repeatable)."),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="A KFP API endpoint: submit there (default: [pipelines] host; unset: locally).")
+    ] = None,
+    cache: Annotated[
+        bool, typer.Option("--cache/--no-cache", help="Reuse outputs of steps whose inputs did not change.")
+    ] = True,
+    verbose: Annotated[bool, typer.Option(help="Show every step's log, not only its status.")] = False,
+) -> None:
+    """Run a pipeline: locally with kfp.local (each step a subprocess), or on a KFP cluster with --host.
+
+    A failed run names the step and its error; run the same command again after the fix
+    and the steps that finished are reused from the cache, not run again.
+    """
+    from pipelines.runner import pipeline_arguments, run_local, step_options, submit  # noqa: PLC0415
+
+    settings = _settings(ctx)
+    arguments = pipeline_arguments(settings, name, param or [])
+    cache = cache and settings.pipelines.cache
+    target = host or settings.pipelines.host
+    pl = settings.pipelines
+    if target is not None:
+        options = step_options(settings, cache)
+        run_id, url = submit(target, name, arguments, pl.image, pl.experiment, pl.namespace, pl.root, options)
+        render.console.print(f"submitted {name}: run {run_id}\n{url}")
+        return
+    render.console.print(f"running {name} locally (kfp.local); step outputs under {settings.pipeline_root}")
+    run = run_local(
+        name, arguments, Path(settings.pipeline_root), pl.image, cache, echo=True, verbose=verbose,
+        env=settings.pipeline_secrets(),
+    )  # fmt: skip
+    reused = f", {len(run.cached)} reused from the cache ({', '.join(run.cached)})" if run.cached else ""
+    render.console.print(f"run {run.run_name}: {len(run.tasks)} steps ran{reused}; outputs in {run.folder}")
+    if name == "continual_training" or (name == "label_sync" and run.output):
+        versions = [v for t, v in run.tasks.items() if t.startswith("register")]
+        render.console.print(_pipeline_result(name, run.output, bool(versions)))
+    elif name == "drift_monitor":
+        render.console.print("drift found: a batch went to Label Studio" if run.output else "no drift")
+    render.console.print(f"log: {run.log}")
+
+
+def _pipeline_result(name: str, output: object, registered: bool) -> str:
+    if name == "continual_training":
+        return f"registered version {output}" if output else "no version registered: the gate refused the model"
+    return f"{output} new labels committed" + ("; a retrained model was registered" if registered else "")
+
+
+@pipeline_app.command("schedule")
+def pipeline_schedule(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="continual_training, drift_monitor or label_sync.")],
+    cron: Annotated[str, typer.Option(help="When, as KFP's cron with seconds: '0 0 6 * * *' is daily at 06:00.")],
+    param: Annotated[list[str] | None, typer.Option(help="A pipeline parameter k=v (repeatable).")] = None,
+    host: Annotated[str | None, typer.Option(help="The KFP API endpoint (default: [pipelines] host).")] = None,
+) -> None:
+    """Create a recurring run on a KFP cluster (kfp.local has no scheduler; use cron with `pipeline run`)."""
+    from pipelines.runner import pipeline_arguments, schedule, step_options  # noqa: PLC0415
+
+    settings = _settings(ctx)
+    target = host or settings.pipelines.host
+    if target is None:
+        raise ConfigError("schedules live on a KFP cluster: pass --host or set [pipelines] host")
+    arguments = pipeline_arguments(settings, name, param or [])
+    arguments.pop("source_version", None)  # a schedule re-reads the source every time
+    pl = settings.pipelines
+    options = step_options(settings)
+    job = schedule(target, name, arguments, pl.image, pl.experiment, cron, pl.namespace, pl.root, options)
+    render.console.print(f"scheduled {name} ({cron}): recurring run {job} on {target}")
+
+
 @app.command()
 def demo(
     ctx: typer.Context,
@@ -723,7 +809,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except TrendloopError as err:
-        render.err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        render.err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         render.err_console.print("interrupted")
@@ -732,7 +818,7 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("TRENDLOOP_DEBUG"):
             traceback.print_exc()
         render.err_console.print(
-            f"[red]error:[/red] {type(err).__name__}: {err} (TRENDLOOP_DEBUG=1 shows the traceback)",
+            f"[red]error:[/red] {type(err).__name__}: {escape(str(err))} (TRENDLOOP_DEBUG=1 shows the traceback)",
             highlight=False,
             soft_wrap=True,
         )

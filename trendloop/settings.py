@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from active_learning.annotators import AnnotatorsConfig
@@ -135,6 +135,32 @@ class FeatureSettings(BaseModel):
     device: str = "cpu"  # where the caption encoder runs
 
 
+class PipelineSettings(BaseModel):
+    """Where the loop's Kubeflow pipelines run. Unset host: the embedded default (kfp.local, subprocesses)."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: str | None = None  # a KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow:80; unset: run locally
+    namespace: str | None = None  # the cluster's namespace (multi-user Kubeflow); unset: the client's default
+    experiment: str = "trendloop"  # the KFP experiment runs are filed under
+    image: str = "trendloop:0.1.0"  # the project's image (infra/Dockerfile) every step runs in on a cluster
+    root: str | None = None  # where step outputs go: a local folder or gs://, s3://, minio://; unset: <home>/pipelines
+    volume: str | None = None  # cluster: a ReadWriteMany PVC holding `home`, mounted there in every step
+    # cluster: environment variables every step reads from Kubernetes secrets, "secret-name/key" each, e.g.
+    # {TRENDLOOP_LABELSTUDIO__TOKEN = "label-studio/token", TRENDLOOP_REDIS = "feast-redis/url"}
+    secrets: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_refs(cls, value: dict[str, str]) -> dict[str, str]:
+        for env, ref in value.items():
+            name, _, key = ref.partition("/")
+            if not (env and name and key):
+                raise ValueError(f'{env} = {ref!r}: use "secret-name/key"')
+        return value
+
+    cache: bool = True  # reuse a step's outputs when its inputs did not change (`--no-cache` per run)
+
+
 class Settings(BaseSettings):
     """Everything trendloop reads from configuration. Nothing else reads the environment."""
 
@@ -154,6 +180,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     ab: DecisionRule = Field(default_factory=DecisionRule)  # the A/B decision rule each new test declares
     features: FeatureSettings = Field(default_factory=FeatureSettings)  # the Feast store
+    pipelines: PipelineSettings = Field(default_factory=PipelineSettings)  # Kubeflow Pipelines
 
     @classmethod
     def settings_customise_sources(
@@ -313,9 +340,63 @@ class Settings(BaseSettings):
         )
 
     @property
+    def pipeline_root(self) -> str:
+        """Where pipeline steps write their outputs (and kfp.local its cache)."""
+        return self.pipelines.root or str((self.home / "pipelines").resolve())
+
+    def for_pipeline(self) -> str:
+        """These settings as a pipeline's ``config`` parameter: JSON, paths absolute, no secrets.
+
+        Steps run elsewhere (another process, a pod), so relative paths are resolved
+        here; the Label Studio token stays out of run specs and reaches steps through
+        ``TRENDLOOP_LABELSTUDIO__TOKEN`` (a Kubernetes secret on a cluster).
+        """
+        resolved = self.model_copy(
+            update={
+                "home": self.home.resolve(),
+                "features": self.features.model_copy(update={"data_dir": self.features_dir.resolve()}),
+                "labelstudio": self.labelstudio.model_copy(update={"token": None}),
+            }
+        )
+        return resolved.model_dump_json()
+
+    def pipeline_secrets(self) -> dict[str, str]:
+        """The environment a local pipeline's steps need beside ``for_pipeline()``: the token, if one is set."""
+        token = self.labelstudio.token
+        return {"TRENDLOOP_LABELSTUDIO__TOKEN": token} if token else {}
+
+    @property
     def feed_dir(self) -> Path:
         """Where ``trendloop simulate`` writes by default."""
         return self.home / "feed"
+
+
+class _RunSettings(Settings):
+    """Settings exactly as a pipeline run passed them: the step's own environment does not override them."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def settings_from_pipeline(config: str) -> Settings:
+    """The settings a pipeline step runs with: its ``config`` parameter, plus the token from the environment."""
+    try:
+        settings = _RunSettings.model_validate_json(config)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ConfigError(f"pipeline config: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    token = os.environ.get("TRENDLOOP_LABELSTUDIO__TOKEN")
+    if settings.labelstudio.token is None and token:
+        settings = settings.model_copy(update={"labelstudio": settings.labelstudio.model_copy(update={"token": token})})
+    return settings
 
 
 def config_path(explicit: Path | None = None) -> Path | None:
