@@ -86,6 +86,9 @@ def pipeline_arguments(settings: Settings, name: str, params: list[str]) -> dict
         if not sep or key not in kinds:
             raise ConfigError(f"--param {item!r}: {name} takes {', '.join(f'{k}=...' for k in kinds)}")
         arguments[key] = _typed(value, kinds[key], key)
+    for key in ("source", "labels"):  # steps run elsewhere: a path this machine sees is passed absolute
+        if arguments.get(key) and Path(str(arguments[key])).exists():
+            arguments[key] = str(Path(str(arguments[key])).resolve())
     if name == "continual_training":
         arguments.setdefault("source", str(settings.feed_dir.resolve()))
         source = Path(str(arguments["source"]))

@@ -153,6 +153,12 @@ def test_pipeline_arguments_are_typed_checked_and_carry_the_settings(tmp_path: P
     assert inside.home == (tmp_path / "home").resolve()  # the run's settings, not the step's environment
     assert inside.labelstudio.token == "s3cret"
     assert settings.pipeline_secrets() == {"TRENDLOOP_LABELSTUDIO__TOKEN": "s3cret"}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "feed").mkdir()
+    trained = pipeline_arguments(settings, "continual_training", ["source=feed", "until=2026-01-08"])
+    assert trained["source"] == str(tmp_path / "feed") and len(str(trained["source_version"])) == 16
+    unseen = pipeline_arguments(settings, "continual_training", ["source=/volume/incoming"])
+    assert str(unseen["source_version"]).startswith("unseen-")  # a source this machine cannot see is read again
     with pytest.raises(ConfigError, match="not a number"):
         pipeline_arguments(settings, "label_sync", ["min_new_labels=many"])
     with pytest.raises(ConfigError, match="takes min_new_labels"):
