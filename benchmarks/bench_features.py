@@ -40,11 +40,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from components.features import SOURCE_SCHEMAS, Features
+from components import captions
+from components.features import SOURCE_SCHEMAS, Features, engagement_rate
 from components.posts import TIMESTAMP
 
 DAY0 = datetime(2026, 1, 5, tzinfo=UTC)
-CAPTION_DIM, IMAGE_DIM = 384, 64
+IMAGE_DIM = 64
 TAGS = ("food", "travel", "fitness", "fashion", "pets", "art", "nature", "tech")
 HISTORICAL = [
     "post_meta_fv:caption_embedding",
@@ -102,7 +103,7 @@ def write_sources(features: Features, frame: pd.DataFrame, users: int, days: int
         later = pa.array(part["created_at"] + pd.Timedelta(minutes=5), TIMESTAMP)
         views = rng.integers(0, 100_000, n)
         likes, comments, shares = (rng.integers(0, np.maximum(views // d, 1)) for d in (10, 100, 200))
-        rate = np.where(views > 0, (likes + comments + shares) / np.maximum(views, 1), 0.0)
+        rate = engagement_rate(likes + comments + shares, views)
         stamp = f"{DAY0 + timedelta(days=day):%Y-%m-%d}"
         meta = pa.table(
             {
@@ -112,12 +113,12 @@ def write_sources(features: Features, frame: pd.DataFrame, users: int, days: int
                 "caption_length": rng.integers(0, 300, n),
                 "hashtag_count": rng.integers(0, 10, n),
                 "hashtags": tag_lists(rng, n, 3),
-                "caption_embedding": vectors(rng, n, CAPTION_DIM),
+                "caption_embedding": vectors(rng, n, captions.DIM),
                 "views": views,
                 "likes": likes,
                 "comments": comments,
                 "shares": shares,
-                "engagement_rate": rate.astype(np.float32),
+                "engagement_rate": rate,
             }
         )
         written["post_meta"] += features.write("post_meta", meta, f"ingest-{stamp}")

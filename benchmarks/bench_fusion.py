@@ -90,7 +90,7 @@ def main() -> None:
             print(f"{'+'.join(('image', *VARIANTS[name])):<26} {found.overall.accuracy:>9.3f} "
                   f"{found.overall.macro_f1:>9.3f} {row['train_s']:>8.0f} {row['best_epoch']:>11}")  # fmt: skip
         fusion = Predictor(taggers["fusion"])
-        blank = np.zeros((len(test), len(taggers["fusion"].spec.side_columns)), np.float32)
+        blank = np.zeros((len(test), taggers["fusion"].side_width), np.float32)
         found = fusion.predict_base(base, side=blank)
         accuracy = float(np.mean(np.asarray(found.predicted) == test.label.to_numpy()))
         print(f"{'image+caption+user, all side inputs unknown':<26} {accuracy:>9.3f}")

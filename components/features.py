@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -210,7 +210,7 @@ class Features:
         if "event_timestamp" not in entities.columns:
             raise FeatureError("the entity frame needs an event_timestamp column (when each row happened)")
         plan = self._plan(features)
-        _check_keys(entities, plan)
+        _check_keys(entities.columns, plan)
         frame = entities.reset_index(drop=True)
         stamps = pd.to_datetime(frame["event_timestamp"], utc=True)
         if stamps.isna().any():
@@ -247,7 +247,7 @@ class Features:
     def online(self, features: Sequence[str] | str, rows: dict[str, Sequence[str]]) -> pd.DataFrame:
         """The newest materialised values for each entity row (in order); unknown keys read null."""
         plan = self._plan(features)
-        _check_keys(pd.DataFrame(rows), plan)
+        _check_keys(rows.keys(), plan)
         refs = [f"{view.name}:{n}" for view, names in plan.values() for n in names]
         return self.store.get_online_features(features=refs, entity_rows=rows).to_df()
 
@@ -346,9 +346,9 @@ class Features:
         return self._plans[key]
 
 
-def _check_keys(entities: pd.DataFrame, plan: dict[str, tuple[object, list[str]]]) -> None:
+def _check_keys(columns: Iterable[str], plan: dict[str, tuple[object, list[str]]]) -> None:
     keys = {key for view, _ in plan.values() for key in view.join_keys}
-    missing = sorted(keys - set(entities.columns))
+    missing = sorted(keys - set(columns))
     if missing:
         raise FeatureError(f"the entity rows need {', '.join(missing)} for {', '.join(sorted(plan))}")
 

@@ -97,16 +97,19 @@ class Tagger(nn.Module):
     def labels(self) -> tuple[str, ...]:
         return self.spec.labels
 
+    @property
+    def side_width(self) -> int:
+        """How many side-input columns the tagger reads (0: image only)."""
+        return 0 if self.side_net is None else self.side_net[0].in_features
+
     def embed(self, x: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.backbone(x)
         if self.side_net is None:
             return emb
         if side is None:
             raise ConfigError(f"this tagger reads side inputs ({', '.join(self.spec.side)}) beside the image")
-        if side.shape != (len(x), self.side_net[0].in_features):
-            raise ConfigError(
-                f"side inputs have shape {tuple(side.shape)}, not ({len(x)}, {self.side_net[0].in_features})"
-            )
+        if side.shape != (len(x), self.side_width):
+            raise ConfigError(f"side inputs have shape {tuple(side.shape)}, not ({len(x)}, {self.side_width})")
         return torch.cat([emb, self.side_net(side).to(emb.dtype)], 1)
 
     def forward(self, x: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:

@@ -25,8 +25,6 @@ from datetime import timedelta
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, Int64, String
 
-CAPTION_DIM = 384  # the sentence model's embedding size
-
 post = Entity(
     name="post",
     join_keys=["post_id"],

@@ -24,7 +24,7 @@ from pathlib import Path
 from components.errors import ConfigError, TrendloopError
 from components.sources import fingerprint
 from pipelines.components import StepOptions
-from pipelines.definitions import BUILDERS, pipelines
+from pipelines.definitions import pipelines
 from trendloop.settings import Settings
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -46,9 +46,21 @@ class LocalRun:
     cached: list[str] = field(default_factory=list)  # tasks whose outputs came from the cache
     log: Path | None = None
 
+    def summary(self) -> str:
+        reused = f", {len(self.cached)} reused from the cache ({', '.join(self.cached)})" if self.cached else ""
+        return f"run {self.run_name}: {len(self.tasks)} steps ran{reused}; outputs in {self.folder}"
 
-def names() -> list[str]:
-    return list(BUILDERS)
+    def outcome(self) -> str | None:
+        """What the run's output means, in a line (None when there is nothing to say)."""
+        if self.pipeline == "continual_training":
+            refused = "no version registered: the gate refused the model"
+            return f"registered version {self.output}" if self.output else refused
+        if self.pipeline == "drift_monitor":
+            return "drift found: a batch went to Label Studio" if self.output else "no drift"
+        if self.pipeline == "label_sync" and self.output:
+            retrained = any(task.startswith("register") for task in self.tasks)
+            return f"{self.output} new labels committed" + ("; a retrained model was registered" if retrained else "")
+        return None
 
 
 def step_options(settings: Settings, cache: bool = True) -> StepOptions:

@@ -169,4 +169,4 @@ class ArmModel:
             return side, "online"
         except Exception as err:  # noqa: BLE001 - a store that is down must not take tagging down with it
             log.warning("side inputs unavailable (%s: %s); tagging from the image alone", type(err).__name__, err)
-            return np.zeros((len(contexts), len(predictor.tagger.spec.side_columns)), np.float32), "unavailable"
+            return np.zeros((len(contexts), predictor.tagger.side_width), np.float32), "unavailable"

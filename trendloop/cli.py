@@ -746,20 +746,10 @@ def pipeline_run(
         name, arguments, Path(settings.pipeline_root), pl.image, cache, echo=True, verbose=verbose,
         env=settings.pipeline_secrets(),
     )  # fmt: skip
-    reused = f", {len(run.cached)} reused from the cache ({', '.join(run.cached)})" if run.cached else ""
-    render.console.print(f"run {run.run_name}: {len(run.tasks)} steps ran{reused}; outputs in {run.folder}")
-    if name == "continual_training" or (name == "label_sync" and run.output):
-        versions = [v for t, v in run.tasks.items() if t.startswith("register")]
-        render.console.print(_pipeline_result(name, run.output, bool(versions)))
-    elif name == "drift_monitor":
-        render.console.print("drift found: a batch went to Label Studio" if run.output else "no drift")
+    render.console.print(run.summary())
+    if run.outcome() is not None:
+        render.console.print(run.outcome())
     render.console.print(f"log: {run.log}")
-
-
-def _pipeline_result(name: str, output: object, registered: bool) -> str:
-    if name == "continual_training":
-        return f"registered version {output}" if output else "no version registered: the gate refused the model"
-    return f"{output} new labels committed" + ("; a retrained model was registered" if registered else "")
 
 
 @pipeline_app.command("schedule")

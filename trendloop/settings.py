@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -165,6 +165,7 @@ class Settings(BaseSettings):
     """Everything trendloop reads from configuration. Nothing else reads the environment."""
 
     model_config = SettingsConfigDict(env_prefix="TRENDLOOP_", env_nested_delimiter="__", extra="forbid")
+    read_environment: ClassVar[bool] = True  # False for settings a pipeline run passed to its steps
     home: Path = Path(".trendloop")  # all state of the embedded default lives under this folder
     simulate: FeedSpec = Field(default_factory=FeedSpec)  # the simulated feed's scenario
     ingest: IngestSettings = Field(default_factory=IngestSettings)
@@ -192,7 +193,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The config file's contents arrive as init values; the environment overrides them.
-        return env_settings, init_settings
+        return (env_settings, init_settings) if cls.read_environment else (init_settings,)
 
     @property
     def store_dir(self) -> Path:
@@ -374,16 +375,7 @@ class Settings(BaseSettings):
 class _RunSettings(Settings):
     """Settings exactly as a pipeline run passed them: the step's own environment does not override them."""
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
+    read_environment: ClassVar[bool] = False
 
 
 def settings_from_pipeline(config: str) -> Settings:
