@@ -236,13 +236,18 @@ class Features:
         out = {n: pd.Series([None] * len(frame), dtype=object) for n in names}
         if not mask.any():
             return out
-        query = wanted[mask].assign(event_timestamp=stamps[mask], **{ROW: np.flatnonzero(mask)})
+        asked = wanted[mask].assign(event_timestamp=stamps[mask].to_numpy())
+        # Feast answers each (key, time) once, dropping repeats of a pair: ask each pair once, hand it to every row
+        query = asked.drop_duplicates().reset_index(drop=True)
+        query[ROW] = np.arange(len(query))
         refs = [f"{view.name}:{n}" for n in names]
         found = self.store.get_historical_features(entity_df=query, features=refs).to_df()
         if found[ROW].duplicated().any():
             raise FeatureError(f"Feast returned one entity row twice for {view.name}: its source has duplicate rows")
         found = found.set_index(ROW)
-        return {n: found[n].reindex(np.arange(len(frame))).reset_index(drop=True) for n in names}
+        pair = np.full(len(frame), -1)  # each row's query row; -1: not asked (reads null)
+        pair[mask] = asked.merge(query, how="left", on=[*keys, "event_timestamp"])[ROW].to_numpy()
+        return {n: found[n].reindex(pair).reset_index(drop=True) for n in names}
 
     def online(self, features: Sequence[str] | str, rows: dict[str, Sequence[str]]) -> pd.DataFrame:
         """The newest materialised values for each entity row (in order); unknown keys read null."""

@@ -113,6 +113,15 @@ def test_the_newest_written_value_wins_for_the_same_event_time(features: Feature
     assert out["posts_7d"].tolist() == [2]
 
 
+def test_rows_asking_the_same_key_and_time_each_get_the_answer(features: Features) -> None:
+    """Feast's file store answers a repeated (key, time) pair once; every asking row still gets it."""
+    features.write("user_profile", profiles([("u1", at(0), 1)]), "rows")
+    asks = pd.DataFrame({"user_id": ["u1", "u1", "u2"], "event_timestamp": [at(0), at(0), at(1)]}, index=[5, 3, 9])
+    out = features.historical(asks, PROFILE)
+    assert out.index.tolist() == [5, 3, 9]
+    np.testing.assert_array_equal(out["posts_7d"].astype(float).to_numpy(), [1.0, 1.0, np.nan])
+
+
 events = st.lists(
     st.tuples(st.sampled_from(["u1", "u2", "u3", "u4"]), st.integers(-24, 24 * 5)), min_size=1, max_size=30
 )
