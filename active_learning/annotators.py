@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from active_learning.consensus import OTHER
-from active_learning.labelstudio import LabelingProject, annotations_of
+
+if TYPE_CHECKING:
+    from active_learning.labelstudio import LabelingProject
 
 
 class AnnotatorsConfig(BaseModel):
@@ -42,6 +45,8 @@ class AnnotateReport:
 
 def annotate(project: LabelingProject, truth: dict[str, str], config: AnnotatorsConfig) -> AnnotateReport:
     """Bring every task of the project up to ``per_task`` annotations."""
+    from active_learning.labelstudio import annotations_of  # noqa: PLC0415 - the settings import this module
+
     per_task = min(config.per_task, config.count)
     people = project.annotator_ids([f"annotator-{i + 1}" for i in range(config.count)])
     offered = project.labels()

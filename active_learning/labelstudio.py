@@ -15,17 +15,18 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from xml.etree import ElementTree
 from xml.sax.saxutils import quoteattr
 
 import httpx
-from label_studio_sdk import LabelStudio
-from label_studio_sdk.core.api_error import ApiError
 
 from active_learning.consensus import OTHER, normalise_trend
 from active_learning.queue import Annotation
 from components.errors import LabelingError
+
+if TYPE_CHECKING:
+    from label_studio_sdk.core.api_error import ApiError
 
 T = TypeVar("T")
 CHOICES, TREND, IMAGE = "label", "trend", "image"  # control tag names in the labelling config
@@ -111,11 +112,15 @@ class LabelingProject:
     """The project called ``title`` on the Label Studio at ``url``, created on first use."""
 
     def __init__(self, url: str, token: str, title: str, timeout: float = 30.0):
+        from label_studio_sdk import LabelStudio  # noqa: PLC0415 - the SDK imports slowly: only its users pay
+
         self.url, self.title = url.rstrip("/"), title
         self.client = LabelStudio(base_url=self.url, api_key=token, timeout=timeout)
         self._id: int | None = None
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
+        from label_studio_sdk.core.api_error import ApiError  # noqa: PLC0415
+
         try:
             return fn()
         except httpx.TransportError as err:  # refused, reset, timed out, DNS

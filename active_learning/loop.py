@@ -14,20 +14,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from active_learning.consensus import Agreement, agreement, decide_all
-from active_learning.labelstudio import LabelingProject, annotations_of, choice_result, ls_time, parse_annotation
-from active_learning.pool import score_pool
 from active_learning.queue import LabelQueue, QueuedPost
 from active_learning.strategies import SelectionConfig, heuristic, select_batch
-from components.data import decode_images
 from components.errors import LabelingError
-from components.ingest import RelabelReport, relabel
-from components.predict import Predictor
 from components.snapshot import Snapshot, Store
+
+if TYPE_CHECKING:  # the model, pandas and the Label Studio client load in the steps that use them
+    import pandas as pd
+
+    from active_learning.labelstudio import LabelingProject
+    from components.ingest import RelabelReport
+    from components.predict import Predictor
+    from components.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ def unlabelled_pool(
     store: Store, posts: pd.DataFrame, exclude: set[str], since: datetime | None = None, until: datetime | None = None
 ) -> pd.DataFrame:
     """The manifest's unlabelled posts not in ``exclude``: post_id, created_at, image, caption, hashtags, path."""
+    import pandas as pd  # noqa: PLC0415
+
     keep = posts.label.isna() & ~posts.post_id.isin(exclude)
     if since is not None:
         keep &= posts.created_at >= pd.Timestamp(since)
@@ -57,6 +62,8 @@ def unlabelled_pool(
 
 def labelled_embeddings(store: Store, posts: pd.DataFrame, predictor: Predictor, limit: int, seed: int) -> np.ndarray:
     """Embeddings of up to ``limit`` of the manifest's labelled posts (sampled): what the model has been taught."""
+    from components.data import decode_images  # noqa: PLC0415
+
     posts = posts[posts.label.notna()]
     if limit == 0 or posts.empty:
         return np.zeros((0, predictor.tagger.embedding_dim), np.float32)
@@ -78,6 +85,10 @@ def select_posts(
     budget: int | None = None,
 ) -> SelectReport:
     """Score the snapshot's unlabelled posts with ``predictor`` and queue a batch for annotators."""
+    import pandas as pd  # noqa: PLC0415
+
+    from active_learning.pool import score_pool  # noqa: PLC0415
+
     manifest = snapshot.manifest().select(["post_id", "user_id", "created_at", "image", "caption", "hashtags", "label"])
     posts = manifest.to_pandas()
     pool = unlabelled_pool(store, posts, queue.queued_ids(), since, until)
@@ -139,6 +150,17 @@ class PushReport:
     pending: int  # still queued locally
 
 
+def known_labels(store: Store, registry: Registry) -> tuple[str, ...]:
+    """The labels the loop knows: the champion's, or HEAD's before there is one. An annotator's answer
+    outside them names a new class."""
+    from components.registry import CHAMPION  # noqa: PLC0415
+
+    if registry.alias(CHAMPION) is not None:
+        return registry.load_predictor(CHAMPION).labels
+    head = store.head()
+    return tuple(sorted(head.labels)) if head else ()
+
+
 def offered_labels(store: Store, model_labels: Sequence[str]) -> list[str]:
     """The labels annotators are offered: the model's, then any other HEAD holds (classes annotators named)."""
     head = store.head()
@@ -147,6 +169,8 @@ def offered_labels(store: Store, model_labels: Sequence[str]) -> list[str]:
 
 def task_of(post: QueuedPost, image_url: str) -> dict:
     """A Label Studio task: the post's data and the model's prediction as a pre-annotation."""
+    from active_learning.labelstudio import choice_result  # noqa: PLC0415
+
     prediction = {
         "model_version": post.model_version,
         "score": post.confidence,  # "Uncertainty sampling" shows the lowest first
@@ -230,6 +254,8 @@ def pull_labels(
     a pull cut off by Label Studio going down stores nothing and the next pull starts
     from the same place.
     """
+    from active_learning.labelstudio import annotations_of, ls_time, parse_annotation  # noqa: PLC0415
+
     queued = {p.post_id: p for p in queue.posts()}
     cursor = queue.get("pull_cursor")
     newest, tasks, pulled = cursor, 0, []
@@ -263,12 +289,43 @@ def pull_labels(
     )
 
 
+@dataclass(frozen=True)
+class LabelCheck:
+    """Which decided labels may go into training, and why the others may not."""
+
+    passed: dict[str, str]  # post_id -> label
+    dropped: dict[str, int]  # reason -> posts
+
+
+def check_labels(queue: LabelQueue, snapshot: Snapshot, min_agreement: float = 0.0) -> LabelCheck:
+    """The decided labels no snapshot holds yet whose post ``snapshot`` holds and whose annotators agreed enough.
+
+    ``min_agreement``: the least share of a post's votes its label must have (one vote: 1.0).
+    """
+    uncommitted = queue.uncommitted()
+    held = set(snapshot.manifest().column("post_id").to_pylist())
+    passed: dict[str, str] = {}
+    dropped: Counter[str] = Counter()
+    for d in queue.decisions():
+        if d.status != "decided" or uncommitted.get(d.post_id) != d.label:
+            continue  # undecided, or committed by an earlier sync
+        if d.post_id not in held:
+            dropped["post not in the snapshot"] += 1
+        elif d.agreement is not None and d.agreement < min_agreement:
+            dropped[f"agreement below {min_agreement:.2f}"] += 1
+        else:
+            passed[d.post_id] = d.label
+    return LabelCheck(passed, dict(dropped))
+
+
 def commit_labels(store: Store, queue: LabelQueue, labels: dict[str, str] | None = None) -> RelabelReport:
     """Put decided labels no snapshot holds yet into a new snapshot (``label_source`` annotators).
 
     ``labels`` (post id -> label) narrows the commit to labels that passed checks; by
     default every uncommitted decided label goes in.
     """
+    from components.ingest import RelabelReport, relabel  # noqa: PLC0415
+
     uncommitted = queue.uncommitted()
     labels = uncommitted if labels is None else {p: v for p, v in labels.items() if uncommitted.get(p) == v}
     if not labels:

@@ -32,14 +32,16 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import stats
 
 from components.errors import DriftError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SIGNALS = ("embedding", "novelty", "predictions", "confidence", "hashtags", "captions")
 NOVELTY_TAIL = 0.95  # the novelty test counts posts beyond this quantile of the pooled scores
@@ -179,7 +181,7 @@ def auc_threshold(n_reference: int, n_current: int, level: float) -> float:
     (n0 + n1 + 1) / (12 n0 n1) (Hanley & McNeil 1982), here in its normal approximation.
     """
     n0, n1 = max(n_reference // 2, 1), max(n_current // 2, 1)
-    return 0.5 + stats.norm.isf(level) * math.sqrt((n0 + n1 + 1) / (12 * n0 * n1))
+    return 0.5 + NormalDist().inv_cdf(1 - level) * math.sqrt((n0 + n1 + 1) / (12 * n0 * n1))
 
 
 def detect_drift(
@@ -257,6 +259,7 @@ def detect_drift(
 
 
 def _embedding_signal(ref: np.ndarray, cur: np.ndarray, config: DriftConfig) -> Signal:
+    import pandas as pd  # noqa: PLC0415 - heavy imports sit where they are used (settings import this module)
     from evidently.legacy.metrics.data_drift import embedding_drift_methods as methods  # noqa: PLC0415
 
     method = config.embedding_method
@@ -289,6 +292,8 @@ def hashtag_rarity(index: pd.Series, posts: pd.Series) -> np.ndarray:
 
 def _table(window: Window, novelty: np.ndarray, rarity: np.ndarray) -> pd.DataFrame:
     """The columns Evidently tests, one row per post."""
+    import pandas as pd  # noqa: PLC0415
+
     posts = window.posts
     return pd.DataFrame(
         {
@@ -335,6 +340,7 @@ def _evidently_run(reference: pd.DataFrame, current: pd.DataFrame, level: float)
 def _comparable_text(reference: pd.Series, current: pd.Series) -> bool:
     """Whether Evidently's text classifier has words to work with: its TF-IDF drops English
     stop words and words in over half the posts, and fails when nothing is left."""
+    import pandas as pd  # noqa: PLC0415
     from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: PLC0415
 
     try:
@@ -435,6 +441,9 @@ def _chi2_homogeneity(reference: pd.Series, current: pd.Series, feature_type, th
     shares as exact; with a reference of a few hundred posts that inflates false
     alarms. This test treats both windows as samples (a 2 x K contingency table).
     """
+    import pandas as pd  # noqa: PLC0415
+    from scipy import stats  # noqa: PLC0415
+
     table = pd.concat([reference.value_counts(), current.value_counts()], axis=1).fillna(0).to_numpy().T
     table = table[:, table.sum(0) > 0]
     if table.shape[1] < 2:
@@ -451,6 +460,8 @@ def _novelty_tail(reference: pd.Series, current: pd.Series, feature_type, thresh
     which Fisher's exact test (one-sided) checks. A new class shows here first: its
     posts sit in the tail while the bulk of the traffic is unchanged.
     """
+    from scipy import stats  # noqa: PLC0415
+
     a, b = _tail_counts(reference.to_numpy(), current.to_numpy())
     p = float(stats.fisher_exact([[a, len(current) - a], [b, len(reference) - b]], alternative="greater").pvalue)
     return p, p < threshold

@@ -1,8 +1,8 @@
 """Evaluate a tagger on a snapshot's test split, overall and per slice, with behavioural checks.
 
 Slices answer the continual-learning questions: how does the model do on each
-trend (a class that emerged, a filtered style), and on the classes the champion
-already knew (forgetting)? The stability checks ask whether a prediction survives
+trend (a class the labels carry that the champion lacks: what annotators named),
+and on the classes the champion already knew (forgetting)? The stability checks ask whether a prediction survives
 changes no user would notice (Ribeiro et al., "Beyond Accuracy: Behavioral Testing
 of NLP Models with CheckList", ACL 2020: invariance tests).
 """
@@ -11,16 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import torch
-from torchvision.transforms.v2 import functional as F
 
-from components.predict import Predictions, Predictor
+from components.errors import ConfigError
+
+if TYPE_CHECKING:  # torch, torchvision and pandas load only where a model is scored: the gate reads evaluations
+    import pandas as pd
+    import torch
+
+    from components.predict import Predictions, Predictor
 
 ECE_BINS = 15
 OLD_CLASSES = "old_classes"
+CLASS_SLICE = "class:"  # prefix of the slices of labels the reference model lacked: the trends annotators named
 
 
 @dataclass(frozen=True)
@@ -35,20 +40,47 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class Outcomes:
+    """What the model did with each test post, in the test split's order (all lists have one entry per post).
+
+    The raw material of paired comparisons: two models scored on the same posts are
+    compared post by post (the promotion gate), not by their summary metrics alone.
+    """
+
+    post_id: list[str]
+    label: list[str]  # the label annotators gave
+    predicted: list[str]  # the model's top-1 label
+    unchanged: dict[str, list[bool]]  # perturbation -> per post: did the top-1 label survive it?
+
+    def __post_init__(self) -> None:
+        lengths = {len(self.post_id), len(self.label), len(self.predicted), *map(len, self.unchanged.values())}
+        if len(lengths) > 1:
+            raise ConfigError(f"an evaluation's per-post outcomes have unequal lengths {sorted(lengths)}")
+
+    @property
+    def correct(self) -> np.ndarray:
+        """(N,) bool: the top-1 label is the annotators' label."""
+        return np.asarray(self.label, dtype=object) == np.asarray(self.predicted, dtype=object)
+
+
+@dataclass(frozen=True)
 class Evaluation:
     model: str  # what was evaluated, e.g. "trendloop-tagger/3"
     snapshot: str  # whose test split
     labels: list[str]  # the model's label set
     overall: Metrics
     slices: dict[str, Metrics] = field(default_factory=dict)
-    newest_slice: str | None = None  # the trend slice whose posts appeared last
+    newest_slice: str | None = None  # the newest class the labels carry that the reference model lacked
     stability: dict[str, float] = field(default_factory=dict)  # perturbation -> share of top-1 unchanged
+    # per-post outcomes; None only in evaluations written before they were kept (the gate refuses those)
+    outcomes: Outcomes | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict) -> Evaluation:
+        outcomes = raw.get("outcomes")
         return cls(
             model=raw["model"],
             snapshot=raw["snapshot"],
@@ -57,6 +89,7 @@ class Evaluation:
             slices={k: Metrics(**v) for k, v in raw["slices"].items()},
             newest_slice=raw["newest_slice"],
             stability=raw["stability"],
+            outcomes=Outcomes(**outcomes) if outcomes is not None else None,
         )
 
     def flat(self) -> dict[str, float]:
@@ -121,37 +154,41 @@ def score(true: Sequence[str], predicted: Sequence[str], confidence: np.ndarray,
     )
 
 
-def trend_slices(
-    posts: pd.DataFrame, old_labels: Iterable[str], styles: Mapping[str, str] | None = None
-) -> tuple[dict[str, np.ndarray], str | None]:
-    """Boolean masks over ``posts`` and the newest trend slice's name.
+def trend_slices(posts: pd.DataFrame, old_labels: Iterable[str]) -> tuple[dict[str, np.ndarray], str | None]:
+    """Boolean masks over ``posts`` and the newest trend slice's name, from the labels alone.
 
     ``old_classes``: posts whose label the reference model (the champion) knew.
-    ``class:<label>``: each label it did not know. ``style:<name>``: posts carrying a
-    style (``styles``: post_id -> style name or None, e.g. the simulator's filters).
-    The newest trend slice is the one whose first post is latest.
+    ``class:<label>``: each label it did not know. The newest trend slice is the
+    ``class:`` slice whose first post is latest.
     """
     old = set(old_labels)
     masks: dict[str, np.ndarray] = {}
     if old:
         masks[OLD_CLASSES] = posts.label.isin(old).to_numpy()
     for label in sorted(set(posts.label) - old) if old else []:
-        masks[f"class:{label}"] = (posts.label == label).to_numpy()
-    if styles is not None:
-        style = posts.post_id.map(styles.get)
-        for name in sorted(style.dropna().unique()):
-            masks[f"style:{name}"] = (style == name).to_numpy()
-    trends = {name: posts.created_at[mask].min() for name, mask in masks.items() if name != OLD_CLASSES and mask.any()}
+        masks[f"{CLASS_SLICE}{label}"] = (posts.label == label).to_numpy()
+    trends = {
+        name: posts.created_at[mask].min()
+        for name, mask in masks.items()
+        if name.startswith(CLASS_SLICE) and mask.any()
+    }
     newest = max(trends, key=lambda n: (trends[n], n)) if trends else None
     return masks, newest
 
 
 def _brightness(factor: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda x: (x.float() * factor).round().clamp(0, 255).to(torch.uint8)
+    def change(x: torch.Tensor) -> torch.Tensor:
+        import torch  # noqa: PLC0415  (here, not at the top: the gate imports this module and never a model)
+
+        return (x.float() * factor).round().clamp(0, 255).to(torch.uint8)
+
+    return change
 
 
 def _crop(share: float) -> Callable[[torch.Tensor], torch.Tensor]:
     def crop(x: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F  # noqa: PLC0415  (as in _brightness)
+
         size = x.shape[-1]
         return F.resize(F.center_crop(x, [round(size * share)]), [size, size], antialias=True)
 
@@ -166,22 +203,27 @@ PERTURBATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def stability(
+def unchanged_under_perturbations(
     predictor: Predictor,
     base: torch.Tensor,
     reference: Predictions | None = None,
     side: np.ndarray | None = None,
-) -> dict[str, float]:
-    """Share of images whose top-1 label survives each perturbation; ``min`` is the worst.
+) -> dict[str, np.ndarray]:
+    """Per perturbation, (N,) bool: does each image's top-1 label survive it?
 
     Only the image changes: a fusion tagger's side inputs (``side``) stay as they were.
     """
     reference = reference or predictor.predict_base(base, side=side)
     before = reference.probabilities.argmax(1)
-    shares = {
-        name: float((predictor.predict_base(change(base), side=side).probabilities.argmax(1) == before).mean())
+    return {
+        name: predictor.predict_base(change(base), side=side).probabilities.argmax(1) == before
         for name, change in PERTURBATIONS.items()
     }
+
+
+def stability(unchanged: Mapping[str, Sequence[bool]]) -> dict[str, float]:
+    """Share of images whose top-1 label survives each perturbation; ``min`` is the worst."""
+    shares = {name: float(np.mean(kept)) if len(kept) else 1.0 for name, kept in unchanged.items()}
     shares["min"] = min(shares.values()) if shares else 1.0
     return shares
 
@@ -193,17 +235,17 @@ def evaluate(
     model: str,
     snapshot: str,
     old_labels: Iterable[str] = (),
-    styles: Mapping[str, str] | None = None,
 ) -> Evaluation:
     """Score ``predictor`` on ``posts`` (label, post_id, user_id, created_at), whose decoded images are ``base``.
 
     A fusion tagger reads the posts' side inputs as they were when each was posted.
+    The evaluation keeps each post's outcome beside the summaries (``Outcomes``).
     """
     side = predictor.side_inputs(posts)
     found = predictor.predict_base(base, side=side)
     predicted = found.predicted
     overall = score(posts.label.tolist(), predicted, found.confidence, predictor.labels)
-    masks, newest = trend_slices(posts, old_labels, styles)
+    masks, newest = trend_slices(posts, old_labels)
     slices = {
         name: score(
             posts.label[mask].tolist(),
@@ -214,6 +256,13 @@ def evaluate(
         for name, mask in masks.items()
         if mask.any()
     }
+    unchanged = unchanged_under_perturbations(predictor, base, found, side)
+    outcomes = Outcomes(
+        post_id=[str(p) for p in posts.post_id],
+        label=posts.label.tolist(),
+        predicted=list(predicted),
+        unchanged={name: kept.tolist() for name, kept in unchanged.items()},
+    )
     return Evaluation(
         model=model,
         snapshot=snapshot,
@@ -221,5 +270,6 @@ def evaluate(
         overall=overall,
         slices=slices,
         newest_slice=newest,
-        stability=stability(predictor, base, found, side),
+        stability=stability(unchanged),
+        outcomes=outcomes,
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -23,10 +24,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from components.data import decode_images
 from components.posts import TIMESTAMP, write_table
-from components.predict import Predictor
-from components.snapshot import Snapshot, Store
+
+if TYPE_CHECKING:
+    from components.predict import Predictor
+    from components.snapshot import Snapshot, Store
 
 # A prediction record (DESIGN.md, Data contracts).
 PREDICTION_SCHEMA = pa.schema(
@@ -43,8 +45,15 @@ PREDICTION_SCHEMA = pa.schema(
         pa.field("latency_ms", pa.float32()),
         pa.field("time", TIMESTAMP),
         pa.field("experiment", pa.string()),  # the A/B experiment a served request belonged to; null for batches
+        pa.field("source", pa.string()),  # served (a request to the app) or batch (a stored post scored offline)
     ]
 )
+SERVED, BATCH = "served", "batch"
+
+
+def served() -> pc.Expression:
+    """The records of requests the app served (files written before ``source`` existed: no post id)."""
+    return (pc.field("source") == SERVED) | (pc.field("source").is_null() & pc.field("post_id").is_null())
 
 
 class DayLog:
@@ -132,6 +141,8 @@ def log_batch_predictions(
     Days already logged for this version with the same posts are skipped. Returns the
     number of records written.
     """
+    from components.data import decode_images  # noqa: PLC0415 - the log itself is read where no model is
+
     posts = snapshot.manifest().select(["post_id", "user_id", "created_at", "image"])
     all_days = pc.strftime(posts.column("created_at"), format="%Y-%m-%d")
     created = posts.column("created_at")
@@ -166,6 +177,7 @@ def log_batch_predictions(
                 "latency_ms": [latency] * len(ids),
                 "time": part.column("created_at"),
                 "experiment": pa.nulls(len(ids), pa.string()),
+                "source": [BATCH] * len(ids),
             },
             schema=PREDICTION_SCHEMA,
         )

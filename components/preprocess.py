@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from PIL import Image
-from torchvision.ops import roi_align
-from torchvision.transforms import v2
+if TYPE_CHECKING:  # torch is imported where it is used: a recipe names a Preprocessing without loading torch
+    import torch
+    from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,11 +37,15 @@ class Preprocessing:
 
     def base(self, image: Image.Image) -> torch.Tensor:
         """A decoded image -> uint8 (3, resize, resize)."""
+        from torchvision.transforms import v2  # noqa: PLC0415
+
         base = v2.Compose([v2.ToImage(), v2.Resize(self.resize, antialias=True), v2.CenterCrop(self.resize)])
         return base(image.convert("RGB"))
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """float (B, 3, H, W) in [0, 1] -> normalised."""
+        import torch  # noqa: PLC0415
+
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
@@ -58,6 +62,9 @@ class Preprocessing:
         Random parameters are drawn on the CPU from ``generator``, so a seed gives the
         same augmentation on any device.
         """
+        import torch  # noqa: PLC0415
+        from torchvision.ops import roi_align  # noqa: PLC0415
+
         n, size = batch.shape[0], batch.shape[-1]
         x = batch.float() / 255
         boxes = self._crop_boxes(n, size, generator).to(x.device)
@@ -77,6 +84,8 @@ class Preprocessing:
 
     def _crop_boxes(self, n: int, size: int, generator: torch.Generator) -> torch.Tensor:
         """(n, 5) rows of (batch index, x1, y1, x2, y2), as torchvision's RandomResizedCrop samples them."""
+        import torch  # noqa: PLC0415
+
         area = torch.empty(n).uniform_(*self.crop_scale, generator=generator) * size * size
         log_ratio = torch.empty(n).uniform_(
             math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1]), generator=generator
@@ -90,5 +99,7 @@ class Preprocessing:
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
+    import torch  # noqa: PLC0415
+
     w = torch.tensor(GREY, device=x.device).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)

@@ -24,15 +24,17 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from components.errors import TrendloopError
-from components.evaluate import Evaluation
-from components.gate import Verdict
-from components.model import load_tagger
-from components.predict import Predictor
-from components.side import SideReader
+
+if TYPE_CHECKING:  # torch, pandas and MLflow load where a model or the server is touched
+    import pandas as pd
+
+    from components.evaluate import Evaluation
+    from components.gate import Verdict
+    from components.predict import Predictor
+    from components.side import SideReader
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "champion_history"  # JSON list of earlier champions' versions, oldest first
@@ -142,10 +144,17 @@ class Registry:
 
     # -- model versions --------------------------------------------------------------------
 
-    def register(self, run_id: str, tagger_dir: Path, snapshot: str, description: str = "") -> int:
-        """Log the saved tagger in ``tagger_dir`` as the run's ``model`` and register a new version."""
+    def register(
+        self, run_id: str, tagger_dir: Path, snapshot: str, description: str = "", verdict: Verdict | None = None
+    ) -> int:
+        """Log the saved tagger in ``tagger_dir`` as the run's ``model`` and register a new version.
+
+        ``verdict``, the gate's, is carried onto the version (``promote`` reads it).
+        """
         import mlflow.pyfunc  # noqa: PLC0415
         from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+        from components.model import load_tagger  # noqa: PLC0415
 
         tagger = load_tagger(tagger_dir)
         with tempfile.TemporaryDirectory() as tmp:
@@ -170,7 +179,8 @@ class Registry:
             source=f"{artifact_uri}/model",
             run_id=run_id,
             description=description,
-            tags={"snapshot": snapshot, "labels": json.dumps(list(tagger.labels)), "arch": tagger.spec.arch},
+            tags={"snapshot": snapshot, "labels": json.dumps(list(tagger.labels)), "arch": tagger.spec.arch}
+            | (_gate_tags(verdict) if verdict is not None else {}),
         )
         return int(created.version)
 
@@ -241,21 +251,38 @@ class Registry:
         """The snapshot a version was trained on."""
         return self.client.get_model_version(self.model_name, str(version)).tags["snapshot"]
 
-    def record_review(self, version: int, verdict: Verdict, evaluation: Evaluation) -> None:
-        """Keep the gate's decision on the version (tags), and the evaluation in its training run."""
-        tags = {
-            "gate": "passed" if verdict.passed else "failed",
-            "gate_reasons": "\n".join(verdict.reasons),
-            "gate_champion": verdict.champion or "none",
-        }
-        for key, value in tags.items():
-            self.client.set_model_version_tag(self.model_name, str(version), key, value)
-        run_id = self.client.get_model_version(self.model_name, str(version)).run_id
-        if self.run_exists(run_id):
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-            self.log_json(run_id, f"gate-{verdict.snapshot}-{stamp}.json", verdict.to_dict())
-            self.log_json(run_id, f"evaluation-{evaluation.snapshot}.json", evaluation.to_dict())
-            self.log_metrics(run_id, evaluation.flat())
+    def record_verdict(self, run_id: str, verdict: Verdict, evaluation: Evaluation) -> None:
+        """Keep the gate's decision on the training run (tags), with the evaluation it read (artifacts, metrics).
+
+        A refused candidate never becomes a version: its run is where the verdict stays.
+        Recording the same verdict again rewrites the same files.
+        """
+        for key, value in _gate_tags(verdict).items():
+            self.client.set_tag(run_id, key, value)
+        self.log_json(run_id, f"gate-{verdict.snapshot}.json", verdict.to_dict())
+        self.log_json(run_id, f"evaluation-{evaluation.snapshot}.json", evaluation.to_dict())
+        self.log_metrics(run_id, evaluation.flat())
+
+    def verdict_of(self, version: int) -> Verdict | None:
+        """The gate's verdict that let ``version`` in (from its training run); None when it has none."""
+        import mlflow.artifacts  # noqa: PLC0415
+        from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+        from components.gate import Verdict  # noqa: PLC0415
+
+        mv = self.client.get_model_version(self.model_name, str(version))
+        snapshot = mv.tags.get("gate_snapshot") or mv.tags.get("snapshot")
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=mv.run_id,
+                    artifact_path=f"gate-{snapshot}.json",
+                    dst_path=tmp,
+                    tracking_uri=self.tracking_uri,
+                )
+            except (MlflowException, OSError):
+                return None
+            return Verdict.from_dict(json.loads(Path(path).read_text()))
 
     def set_challenger(self, version: int) -> None:
         self.version_of(version)
@@ -333,7 +360,18 @@ class Registry:
 
     def load_predictor(self, ref: str | int = CHAMPION, device: str = "cpu") -> Predictor:
         """``champion``, ``challenger`` or a version number -> a ready predictor (reading side inputs, if any)."""
+        from components.predict import Predictor  # noqa: PLC0415
+
         return Predictor.from_folder(self.model_dir(ref), device, self.side_reader)
+
+
+def _gate_tags(verdict: Verdict) -> dict[str, str]:
+    return {
+        "gate": "passed" if verdict.passed else "failed",
+        "gate_reasons": "\n".join(verdict.reasons),
+        "gate_champion": verdict.champion or "none",
+        "gate_snapshot": verdict.snapshot,
+    }
 
 
 def _data_dir(model_folder: Path) -> Path:
@@ -365,9 +403,13 @@ class PyfuncTagger:
         self.predictor = predictor
 
     def predict(self, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        import pandas as pd  # noqa: PLC0415
+
         found = self.predictor.predict(list(model_input["image"]))
         return pd.DataFrame({"label": found.predicted, "confidence": found.confidence})
 
 
 def _load_pyfunc(data_path: str) -> PyfuncTagger:
+    from components.predict import Predictor  # noqa: PLC0415
+
     return PyfuncTagger(Predictor.from_folder(_data_dir(Path(data_path))))

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from components import captions
 from components.errors import ConfigError, FeatureError
 
 if TYPE_CHECKING:  # components.features imports the model (through the prediction log): no cycle at run time
+    import pandas as pd
+
     from components.features import Features
 
 
@@ -121,6 +122,8 @@ def encode(found: pd.DataFrame, side: Sequence[str], labels: Sequence[str]) -> n
 
 def _missing(value: object) -> bool:
     """None, NaN or pd.NA: what a store returns for a value it does not hold."""
+    import pandas as pd  # noqa: PLC0415 - the settings import this module (check_side): pandas loads on use
+
     return value is None or (not isinstance(value, list | tuple | np.ndarray) and bool(pd.isna(value)))
 
 
@@ -179,6 +182,8 @@ class SideReader:
         missing = sorted({"post_id", "user_id", "created_at"} - set(posts.columns))
         if missing:
             raise ConfigError(f"a fusion tagger's posts need {', '.join(missing)}")
+        import pandas as pd  # noqa: PLC0415
+
         entities = pd.DataFrame(
             {
                 "post_id": posts["post_id"].astype(str).to_numpy(),

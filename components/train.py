@@ -21,13 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from components.data import (
     PostImages,
@@ -41,50 +39,11 @@ from components.data import (
 from components.errors import ConfigError
 from components.model import Tagger, TaggerSpec, build_tagger, extend_labels
 from components.posts import write_atomic
-from components.preprocess import Preprocessing
-from components.side import SideReader, check_side, group_slices
+from components.side import SideReader, group_slices
 from components.snapshot import Snapshot, Store
+from components.train_config import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
-
-
-class TrainConfig(BaseModel):
-    """How a tagger is trained. Every field is logged with the run."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    arch: str = "resnet18"  # one of components.model.ARCHITECTURES
-    preprocessing: Preprocessing = Preprocessing(image_size=32, resize=36)  # small inputs: fast on a CPU
-    epochs: int = Field(default=10, ge=1)  # upper bound; early stopping may end sooner
-    batch_size: int = Field(default=64, ge=1)
-    lr: float = Field(default=3e-3, gt=0)  # peak of the one-cycle schedule, from scratch
-    finetune_lr: float = Field(default=1e-3, gt=0)  # peak when fine-tuning the champion
-    weight_decay: float = Field(default=1e-4, ge=0)
-    label_smoothing: float = Field(default=0.05, ge=0, lt=1)
-    patience: int = Field(default=3, ge=1)  # epochs without a better validation loss before stopping
-    keep: Literal["best", "last"] = "best"  # weights returned: the best validation loss's epoch, or the last
-    seed: int = 0
-    replay_share: float = Field(default=0.8, ge=0, lt=1)  # share of a fine-tuning set replayed; 0: no replay
-    replay_capacity: int = Field(default=5000, ge=0)  # most earlier posts replayed
-    device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:1 ...
-    loader_workers: int | None = Field(default=None, ge=0)  # None: 0 on a CPU, 8 with CUDA
-    weights: Path | None = None  # torchvision state dict a from-scratch backbone starts from
-    # feature groups a fusion tagger reads beside the image (components.side: caption, user); () image only
-    side: tuple[str, ...] = ()
-    side_dropout: float = Field(default=0.1, ge=0, lt=1)  # chance a training row's side group reads as unknown
-
-    @field_validator("side", mode="before")
-    @classmethod
-    def _known_side(cls, value: object) -> tuple[str, ...]:
-        if value is not None and not isinstance(value, str | list | tuple):
-            raise ValueError("side is a list of groups (caption, user) or one comma-separated string")
-        return check_side(value)  # type: ignore[arg-type]
-
-    def record(self) -> dict[str, object]:
-        """Flat, loggable parameters."""
-        flat = {k: v for k, v in self.model_dump().items() if k != "preprocessing"}
-        flat["weights"] = str(self.weights) if self.weights else None
-        flat.update({f"pre_{k}": v for k, v in asdict(self.preprocessing).items()})
-        return flat
 
 
 @dataclass(frozen=True)
@@ -214,8 +173,14 @@ def train(
     peak = config.lr if base is None else config.finetune_lr
     optimiser = torch.optim.AdamW(tagger.parameters(), lr=peak, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_posts) / config.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=peak, total_steps=config.epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=peak, total_steps=config.epochs * steps_per_epoch, pct_start=config.warmup_share
+    )
+    # epochs that end inside the warm-up: their validation loss swings with the rising learning rate,
+    # so they never count towards early stopping (a run once stopped at epoch 4 keeping epoch 1's weights)
+    warmup_epochs = math.ceil(config.warmup_share * config.epochs)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    balanced = base is not None and config.balanced_finetune
 
     state = _load_checkpoint(run_dir / CHECKPOINT)
     history: list[EpochStats] = []
@@ -250,11 +215,13 @@ def train(
         torch.manual_seed(epoch_seed)  # dropout draws
         augment = torch.Generator().manual_seed(epoch_seed)
         blanks = torch.Generator().manual_seed(epoch_seed + 1)  # its own stream: fusion keeps image-only's crops
+        order = torch.Generator().manual_seed(epoch_seed)
         loader = DataLoader(
             train_set,
             batch_size=config.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(epoch_seed),
+            shuffle=not balanced,
+            sampler=_balanced_sampler(train_set.targets, order) if balanced else None,
+            generator=None if balanced else order,
             collate_fn=_whole_batch,
             num_workers=workers,
             pin_memory=device.type == "cuda",
@@ -282,11 +249,11 @@ def train(
             if on_step is not None:
                 on_step(Step(epoch, step, len(loader), total_loss / seen, correct / seen))
         seconds = time.perf_counter() - started
-        val_loss, val_accuracy = _validate(tagger, val_set, loss_fn, device, config.batch_size * 4)
+        val_loss, val_accuracy = _validate(tagger, val_set, loss_fn, device, config.batch_size * 4, balanced)
         stats = EpochStats(epoch, total_loss / seen, correct / seen, val_loss, val_accuracy, seen / seconds, seconds)
         history.append(stats)
         improved = val_loss < best_loss - 1e-4
-        best_loss, stale = (val_loss, 0) if improved else (best_loss, stale + 1)
+        best_loss, stale = (val_loss, 0) if improved else (best_loss, stale + (epoch > warmup_epochs))
         if improved or (config.keep == "last" and not math.isnan(val_loss)):
             best_epoch = epoch
             best_state = {k: v.detach().cpu().clone() for k, v in tagger.state_dict().items()}
@@ -363,11 +330,19 @@ def _autocast(device: torch.device) -> torch.autocast:
 
 
 @torch.no_grad()
+def _balanced_sampler(targets: torch.Tensor, generator: torch.Generator) -> WeightedRandomSampler:
+    """An epoch's worth of draws in which every class present is equally likely (with replacement)."""
+    counts = torch.bincount(targets).double()
+    return WeightedRandomSampler(1.0 / counts[targets], len(targets), replacement=True, generator=generator)
+
+
 def _validate(
-    tagger: Tagger, data: PostImages, loss_fn: nn.Module, device: torch.device, batch: int
+    tagger: Tagger, data: PostImages, loss_fn: nn.Module, device: torch.device, batch: int, balanced: bool = False
 ) -> tuple[float, float]:
+    """(loss, accuracy) on ``data``; a balanced loss is the mean of each class's mean loss."""
     tagger.eval()
     total, correct = 0.0, 0
+    losses = []
     pre = tagger.spec.preprocessing
     for start in range(0, len(data), batch):
         x = pre.evaluation(data.images[start : start + batch].to(device))
@@ -375,8 +350,14 @@ def _validate(
         side = data.side[start : start + batch].to(device) if tagger.side_net is not None else None
         with _autocast(device):
             logits = tagger(_to(x, device), side).float()
-        total += loss_fn(logits, y).item() * len(y)
+        per_post = nn.functional.cross_entropy(logits, y, reduction="none", label_smoothing=loss_fn.label_smoothing)
+        losses.append(per_post.cpu())
+        total += per_post.sum().item()
         correct += (logits.argmax(1) == y).sum().item()
+    if balanced:
+        per_post, targets = torch.cat(losses), data.targets
+        present = torch.unique(targets)
+        return torch.stack([per_post[targets == c].mean() for c in present]).mean().item(), correct / len(data)
     return total / len(data), correct / len(data)
 
 

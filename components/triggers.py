@@ -1,8 +1,9 @@
 """When to retrain: small policy objects over one ``TriggerContext``.
 
-KFP has no event triggers (kfp#651): a pipeline run, a cron job or the CLI builds
-the context and asks the policy. Each trigger says whether it fires and why; the
-policy fires when any trigger does.
+KFP has no event triggers (kfp#651): a pipeline step, a cron job or the CLI builds
+the context and asks the policy. Each trigger says whether it fires and why; a retrain
+is due when any trigger fires and there are at least ``min_new_labels`` labels the
+newest version has not trained on (retraining on what it saw already changes nothing).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class TriggerContext:
 
     now: datetime
     drift: DriftVerdict | None  # the latest drift check, if one ran
-    new_labels: int  # labelled posts the champion has not trained on
+    new_labels: int  # labelled posts the newest registered version has not trained on (all, with none)
     champion_since: datetime | None  # when the champion was registered; None: there is none
     feedback_accuracy: float | None  # the champion's accuracy on posts labelled after it predicted them
     feedback_posts: int  # how many such posts
@@ -116,10 +117,14 @@ def _days(delta: timedelta) -> str:
     return f"{delta.total_seconds() / 86_400:.1f} days"
 
 
+LABELS = "labels"  # the floor every retrain needs, reported beside the triggers
+
+
 class RetrainPolicy(BaseModel):
     """Which triggers run, with their settings; a value of 0 switches a trigger off."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    min_new_labels: int = Field(default=20, ge=1)  # labels the newest version lacks that any retrain needs
     drift_signals: int = Field(default=1, ge=0)  # drifted signals that fire a retrain
     new_labels: int = Field(default=500, ge=0)  # new labels that fire a retrain
     every_days: float = Field(default=7.0, ge=0)  # champion age that fires a retrain
@@ -139,4 +144,16 @@ class RetrainPolicy(BaseModel):
         return found
 
     def decide(self, context: TriggerContext) -> list[Decision]:
-        return [t.should_retrain(context) for t in self.triggers()]
+        """The floor (enough new labels) first, then each trigger's say."""
+        floor = Decision(
+            LABELS,
+            context.new_labels >= self.min_new_labels,
+            f"{context.new_labels} labels the newest version has not seen (a retrain needs {self.min_new_labels})",
+        )
+        return [floor, *(t.should_retrain(context) for t in self.triggers())]
+
+    @staticmethod
+    def due(decisions: list[Decision]) -> bool:
+        """A retrain is due when the floor holds and any trigger fires."""
+        floor = [d.fire for d in decisions if d.trigger == LABELS]
+        return all(floor) and any(d.fire for d in decisions if d.trigger != LABELS)

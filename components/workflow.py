@@ -1,7 +1,15 @@
-"""The model steps of the loop as whole units: train-and-register, evaluate-and-gate.
+"""Retraining as one use-case: train a candidate -> evaluate it beside the champion -> gate -> register -> place.
 
-These are what the CLI, the demo and (later) the KFP components call: each takes
-explicit stores and settings values and leaves its trace in the registry.
+What the CLI, the pipeline steps and the main job call; each piece is also a step of its own
+(a KFP component runs one of them in a fresh process). The behaviour lives here once:
+
+- a candidate is a logged MLflow run, not a registry version: it becomes a version only
+  after the gate passed it, so a refused model keeps its run and its verdict and can never
+  be promoted by accident;
+- the first model that passes becomes ``@champion`` (there is nothing to test it against);
+  every later one becomes ``@challenger``, the candidate for the A/B test;
+- a version is placed once: a schedule that fires again does not revive a challenger that
+  lost its test.
 """
 
 from __future__ import annotations
@@ -11,26 +19,37 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from components.data import decode_images, labelled_posts
 from components.errors import ConfigError
-from components.evaluate import Evaluation, evaluate
-from components.gate import PromotionGate, Verdict
-from components.model import load_tagger, save_tagger
 from components.posts import write_atomic
-from components.predict import Predictor
-from components.preprocess import Preprocessing
-from components.registry import CHAMPION, Registry, code_version
+from components.registry import CHALLENGER, CHAMPION, Registry, RegistryError, code_version
 from components.side import side_refs
-from components.snapshot import Snapshot, Store
-from components.train import Base, EpochStats, Step, TrainConfig, TrainResult, train
+
+if TYPE_CHECKING:
+    import torch
+
+    from components.evaluate import Evaluation
+    from components.gate import PromotionGate, Verdict
+    from components.predict import Predictor
+    from components.preprocess import Preprocessing
+    from components.snapshot import Snapshot, Store
+    from components.train import EpochStats, Step, TrainResult
+    from components.train_config import TrainConfig
+
+MODES = ("auto", "fine-tune", "scratch")  # auto: fine-tune the champion when there is one
+
+
+def fine_tunes(mode: str, registry: Registry) -> bool:
+    """Whether a retrain in ``mode`` starts from the champion's weights."""
+    if mode not in MODES:
+        raise ConfigError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+    return mode == "fine-tune" or (mode == "auto" and registry.alias(CHAMPION) is not None)
 
 
 @dataclass(frozen=True)
-class TrainedRun:
-    """A finished training run, logged in the tracking server; not yet a registered version."""
+class Candidate:
+    """A finished training run, logged in the tracking server; not a registered version."""
 
     run_id: str
     result: TrainResult
@@ -38,20 +57,18 @@ class TrainedRun:
     base_version: int | None  # the champion it was fine-tuned from, if any
     run_dir: Path
 
-
-@dataclass(frozen=True)
-class Trained(TrainedRun):
-    """A training run and the version it registered."""
-
-    version: int
+    @property
+    def tagger_dir(self) -> Path:
+        """The saved tagger (what evaluation loads and registration logs)."""
+        return self.run_dir / "tagger"
 
     @property
     def feature_refs(self) -> list[str]:
-        """The stored features the version reads beside the image: its feature service's contents."""
+        """The stored features the tagger reads beside the image: its feature service's contents."""
         return side_refs(self.result.tagger.spec.side)
 
 
-def train_logged(
+def train_candidate(
     store: Store,
     snapshot: Snapshot,
     config: TrainConfig,
@@ -61,13 +78,16 @@ def train_logged(
     on_step: Callable[[Step], None] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     tags: Mapping[str, str] | None = None,
-) -> TrainedRun:
-    """Train on ``snapshot`` (fine-tuning the champion if asked) and log the run; registers nothing.
+) -> Candidate:
+    """Train on ``snapshot`` (fine-tuning the champion if asked), log the run and save the tagger.
 
     The run folder is keyed by what decides the result (config, snapshot, base model),
     so running the same call again after an interruption resumes the same run, and
     after success returns at once. ``tags`` (a pipeline run's id, say) go on the run.
     """
+    from components.model import load_tagger, save_tagger  # noqa: PLC0415 - torch loads where a model is made
+    from components.train import Base, train  # noqa: PLC0415
+
     base, base_version = None, None
     if from_champion:
         base_version = registry.alias(CHAMPION)
@@ -91,7 +111,8 @@ def train_logged(
             "inputs": "+".join(("image", *config.side)),
         }
         run_id = registry.start_run(f"train-{snapshot.id[:8]}-{key[:6]}", params, run_tags | dict(tags or {}))
-        write_atomic(state_path, json.dumps({"run_id": run_id}))
+        state = {"run_id": run_id}
+        write_atomic(state_path, json.dumps(state))
     else:
         registry.client.update_run(run_id, status="RUNNING")
         for name, value in (tags or {}).items():
@@ -108,7 +129,8 @@ def train_logged(
     except BaseException:
         registry.finish_run(run_id, "KILLED")  # resumable: the next call reopens it
         raise
-    if not json.loads(state_path.read_text()).get("summarised"):  # once: a finished run called again adds nothing
+    candidate = Candidate(run_id, result, snapshot.id, base_version, run_dir)
+    if not state.get("summarised"):  # once: a finished run called again adds nothing
         best = result.history[result.best_epoch - 1]
         registry.log_metrics(
             run_id,
@@ -116,49 +138,20 @@ def train_logged(
             | {f"examples_{k}": v for k, v in result.examples.items()},
         )
         registry.log_json(run_id, "labels.json", list(result.labels))
+        save_tagger(result.tagger, candidate.tagger_dir)
         write_atomic(state_path, json.dumps({"run_id": run_id, "summarised": True}))
     registry.finish_run(run_id)
-    return TrainedRun(run_id, result, snapshot.id, base_version, run_dir)
+    return candidate
 
 
-def register_trained(
-    registry: Registry, run_id: str, tagger_dir: Path, snapshot: str, base_version: int | None = None
-) -> int:
-    """Register the run's tagger (saved in ``tagger_dir``) as a new version of the model.
-
-    A run registers one version: calling again, after a failure between registering
-    and whatever came next, returns the version it made.
-    """
-    existing = registry.version_of_run(run_id)
-    if existing is not None:
-        return existing
-    how = f"fine-tuned from version {base_version}" if base_version else "trained from scratch"
-    return registry.register(run_id, tagger_dir, snapshot, f"{how} on snapshot {snapshot}")
-
-
-def train_and_register(
-    store: Store,
-    snapshot: Snapshot,
-    config: TrainConfig,
-    registry: Registry,
-    runs_dir: Path,
-    from_champion: bool = False,
-    on_step: Callable[[Step], None] | None = None,
-    on_epoch: Callable[[EpochStats], None] | None = None,
-) -> Trained:
-    """Train on ``snapshot``, log the run and register the model; again after an interruption resumes."""
-    run = train_logged(store, snapshot, config, registry, runs_dir, from_champion, on_step, on_epoch)
-    tagger_dir = run.run_dir / "tagger"
-    if registry.version_of_run(run.run_id) is None:
-        save_tagger(run.result.tagger, tagger_dir)
-    version = register_trained(registry, run.run_id, tagger_dir, snapshot.id, run.base_version)
-    return Trained(run.run_id, run.result, run.snapshot, run.base_version, run.run_dir, version)
+def candidate_name(registry: Registry, run_id: str) -> str:
+    """How a candidate is named before it has a version: ``trendloop-tagger/run-1a2b3c4d``."""
+    return f"{registry.model_name}/run-{run_id[:8]}"
 
 
 @dataclass(frozen=True)
 class Review:
-    version: int
-    challenger: Evaluation
+    candidate: Evaluation
     champion: Evaluation | None
     verdict: Verdict
 
@@ -177,6 +170,8 @@ class EvaluationSet:
     """A snapshot's labelled test posts, decoded once per preprocessing (models often share one)."""
 
     def __init__(self, store: Store, snapshot: Snapshot):
+        from components.data import labelled_posts  # noqa: PLC0415
+
         posts = labelled_posts(store, snapshot)
         self.snapshot = snapshot
         self.posts = posts[posts.split == "test"].reset_index(drop=True)
@@ -185,30 +180,22 @@ class EvaluationSet:
         self._decoded: dict[Preprocessing, torch.Tensor] = {}
 
     def images(self, preprocessing: Preprocessing) -> torch.Tensor:
+        from components.data import decode_images  # noqa: PLC0415
+
         if preprocessing not in self._decoded:
             self._decoded[preprocessing] = decode_images(self.posts.path.tolist(), preprocessing)
         return self._decoded[preprocessing]
 
 
-def evaluate_model(
-    test: EvaluationSet,
-    predictor: Predictor,
-    name: str,
-    old: tuple[str, ...],
-    styles: Mapping[str, str] | None = None,
-) -> Evaluation:
-    """One model on a snapshot's test split."""
-    base = test.images(predictor.preprocessing)
-    return evaluate(predictor, test.posts, base, name, test.snapshot.id, old, styles)
+def evaluate_model(test: EvaluationSet, predictor: Predictor, name: str, old: tuple[str, ...]) -> Evaluation:
+    """One model on a snapshot's test split, sliced by what the labels say (old classes, each new class)."""
+    from components.evaluate import evaluate  # noqa: PLC0415
+
+    return evaluate(predictor, test.posts, test.images(predictor.preprocessing), name, test.snapshot.id, old)
 
 
 def compare(
-    store: Store,
-    snapshot: Snapshot,
-    registry: Registry,
-    candidate: Predictor,
-    name: str,
-    styles: Mapping[str, str] | None = None,
+    store: Store, snapshot: Snapshot, registry: Registry, candidate: Predictor, name: str
 ) -> tuple[Evaluation, Evaluation | None]:
     """Score ``candidate`` and the champion (unless it is the candidate) on one test split."""
     champion_version = registry.alias(CHAMPION)
@@ -217,29 +204,97 @@ def compare(
     champion = registry.load_predictor(champion_version) if champion_version is not None else None
     old = old_labels(store, snapshot, champion)
     test = EvaluationSet(store, snapshot)
-    ours = evaluate_model(test, candidate, name, old, styles)
-    theirs = (
-        evaluate_model(test, champion, f"{registry.model_name}/{champion_version}", old, styles) if champion else None
-    )
+    ours = evaluate_model(test, candidate, name, old)
+    theirs = evaluate_model(test, champion, f"{registry.model_name}/{champion_version}", old) if champion else None
     return ours, theirs
 
 
 def review(
+    store: Store, snapshot: Snapshot, registry: Registry, candidate: Predictor, name: str, gate: PromotionGate
+) -> Review:
+    """Score a candidate and the champion on one test split and run the gate on them; records nothing."""
+    ours, theirs = compare(store, snapshot, registry, candidate, name)
+    return Review(ours, theirs, gate.decide(ours, theirs))
+
+
+@dataclass(frozen=True)
+class Placed:
+    version: int
+    alias: str  # champion or challenger: where the version went when it was registered
+    new: bool  # False: an earlier call registered and placed it (this one changed nothing)
+
+
+def register_candidate(
+    registry: Registry,
+    run_id: str,
+    tagger_dir: Path,
+    snapshot: str,
+    base_version: int | None,
+    verdict: Verdict,
+    evaluation: Evaluation,
+    on_registered: Callable[[int], None] | None = None,
+) -> Placed:
+    """Register a candidate the gate passed and place it: ``@champion`` if there is none, else ``@challenger``.
+
+    Safe to repeat: a run registers one version and its alias is set once.
+    ``on_registered(version)`` runs once, before the alias moves (e.g. the version's feature
+    service: serving must find it when it follows the alias).
+    """
+    if not verdict.passed:
+        raise RegistryError(f"{candidate_name(registry, run_id)} did not pass the gate: it is not registered")
+    registry.record_verdict(run_id, verdict, evaluation)
+    version = registry.version_of_run(run_id)
+    if version is None:
+        how = f"fine-tuned from version {base_version}" if base_version else "trained from scratch"
+        version = registry.register(run_id, tagger_dir, snapshot, f"{how} on snapshot {snapshot}", verdict)
+    placed = registry.placed(version)
+    if placed is not None:
+        return Placed(version, placed, new=False)  # its aliases may have moved on since, and stay as they are
+    if on_registered is not None:
+        on_registered(version)
+    alias = CHAMPION if registry.alias(CHAMPION) is None else CHALLENGER
+    if alias == CHAMPION:
+        registry.promote(version)  # the first model that passes: nothing to test it against
+    else:
+        registry.set_challenger(version)
+    registry.mark_placed(version, alias)
+    return Placed(version, alias, new=True)
+
+
+@dataclass(frozen=True)
+class Retrained:
+    candidate: Candidate
+    review: Review
+    placed: Placed | None  # None: the gate refused the candidate (its run keeps the verdict)
+
+
+def retrain(
     store: Store,
     snapshot: Snapshot,
-    registry: Registry,
-    version: int,
+    config: TrainConfig,
     gate: PromotionGate,
-    styles: Mapping[str, str] | None = None,
-) -> Review:
-    """Score a version and the champion on one test split, run the gate, record the verdict.
+    registry: Registry,
+    runs_dir: Path,
+    mode: str = "auto",
+    on_step: Callable[[Step], None] | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    on_registered: Callable[[int, Candidate], None] | None = None,
+) -> Retrained:
+    """The whole use-case in one process: train -> evaluate -> gate -> register -> place (what ``trendloop train``
+    does; the pipelines run the same pieces as steps)."""
+    from components.predict import Predictor  # noqa: PLC0415
 
-    A version that passes becomes ``@challenger`` (the candidate for an A/B test).
-    """
-    name = f"{registry.model_name}/{version}"
-    ours, theirs = compare(store, snapshot, registry, registry.load_predictor(version), name, styles)
-    verdict = gate.decide(ours, theirs)
-    registry.record_review(version, verdict, ours)
-    if verdict.passed and theirs is not None:
-        registry.set_challenger(version)
-    return Review(version, ours, theirs, verdict)
+    candidate = train_candidate(
+        store, snapshot, config, registry, runs_dir, fine_tunes(mode, registry), on_step, on_epoch
+    )
+    predictor = Predictor(candidate.result.tagger, side_reader=registry.side_reader)
+    found = review(store, snapshot, registry, predictor, candidate_name(registry, candidate.run_id), gate)
+    if not found.verdict.passed:
+        registry.record_verdict(candidate.run_id, found.verdict, found.candidate)
+        return Retrained(candidate, found, None)
+    hook = (lambda version: on_registered(version, candidate)) if on_registered is not None else None
+    placed = register_candidate(
+        registry, candidate.run_id, candidate.tagger_dir, candidate.snapshot, candidate.base_version,
+        found.verdict, found.candidate, hook,
+    )  # fmt: skip
+    return Retrained(candidate, found, placed)

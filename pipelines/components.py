@@ -9,6 +9,7 @@ source into the step's command, so the bodies stay an import and a call.
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
@@ -16,6 +17,36 @@ from kfp.dsl.pipeline_task import PipelineTask
 from kfp.dsl.python_component import PythonComponent
 
 # No `from __future__ import annotations` here: KFP reads these signatures' types at runtime.
+
+
+def configure(
+    config: str,
+) -> NamedTuple(
+    "StepConfigs",
+    [
+        ("ingest", str),
+        ("validate", str),
+        ("head_state", str),
+        ("snapshot", str),
+        ("plan", str),
+        ("train", str),
+        ("evaluate", str),
+        ("gate", str),
+        ("register", str),
+        ("hold", str),
+        ("load", str),
+        ("drift_report", str),
+        ("select", str),
+        ("push", str),
+        ("pull", str),
+        ("check_labels", str),
+        ("commit", str),
+    ],
+):
+    # one output per step: the settings sections that step reads (pipelines.steps.READS)
+    from pipelines import steps
+
+    return steps.configure(config)
 
 
 def ingest(config: str, source: str, since: str, until: str, source_version: str, posts: Output[Dataset]) -> int:
@@ -41,6 +72,18 @@ def snapshot(config: str, checked: Input[Dataset], labels: str, head: str, snaps
     from pipelines import steps
 
     return steps.snapshot(config, checked, labels, head, snapshot)
+
+
+def plan(config: str, snapshot: Input[Dataset], decision: Output[Artifact]) -> bool:
+    from pipelines import steps
+
+    return steps.plan(config, snapshot, decision)
+
+
+def skip(decision: Input[Artifact]) -> int:
+    from pipelines import steps
+
+    return steps.skip(decision)
 
 
 def train(
@@ -82,10 +125,10 @@ def register(config: str, model: Input[Model], evaluation: Input[Artifact], verd
     return steps.register(config, model, evaluation, verdict)
 
 
-def hold(verdict: Input[Artifact]) -> int:
+def hold(config: str, model: Input[Model], evaluation: Input[Artifact], verdict: Input[Artifact]) -> int:
     from pipelines import steps
 
-    return steps.hold(verdict)
+    return steps.hold(config, model, evaluation, verdict)
 
 
 def load(config: str, version: int) -> str:
@@ -100,10 +143,10 @@ def drift_report(config: str, since: str, until: str, report: Output[HTML], chec
     return steps.drift_report(config, since, until, report, check)
 
 
-def select(config: str, since: str, until: str, batch: Output[Dataset]) -> int:
+def select(config: str, batch: Output[Dataset]) -> int:
     from pipelines import steps
 
-    return steps.select(config, since, until, batch)
+    return steps.select(config, batch)
 
 
 def push(config: str, batch: Input[Dataset]) -> int:
@@ -118,10 +161,10 @@ def pull(config: str, annotations: Output[Dataset], metrics: Output[Metrics]) ->
     return steps.pull(config, annotations, metrics)
 
 
-def check_labels(config: str, annotations: Input[Dataset], min_agreement: float, labels: Output[Dataset]) -> int:
+def check_labels(config: str, annotations: Input[Dataset], labels: Output[Dataset]) -> int:
     from pipelines import steps
 
-    return steps.check_labels(config, annotations, min_agreement, labels)
+    return steps.check_labels(config, annotations, labels)
 
 
 def commit(config: str, labels: Input[Dataset], snapshot: Output[Dataset]) -> int:
@@ -131,7 +174,7 @@ def commit(config: str, labels: Input[Dataset], snapshot: Output[Dataset]) -> in
 
 
 STEPS = (
-    ingest, validate, head_state, snapshot, train, evaluate, gate, register, hold, load,
+    configure, ingest, validate, head_state, snapshot, plan, skip, train, evaluate, gate, register, hold, load,
     drift_report, select, push,
     pull, check_labels, commit,
 )  # fmt: skip
@@ -177,10 +220,13 @@ class Components:
 
     image: str
     options: StepOptions
+    configure: Step
     ingest: Step
     validate: Step
     head_state: Step
     snapshot: Step
+    plan: Step
+    skip: Step
     train: Step
     evaluate: Step
     gate: Step

@@ -52,14 +52,14 @@ class LocalRun:
 
     def outcome(self) -> str | None:
         """What the run's output means, in a line (None when there is nothing to say)."""
-        if self.pipeline == "continual_training":
-            refused = "no version registered: the gate refused the model"
-            return f"registered version {self.output}" if self.output else refused
         if self.pipeline == "drift_monitor":
             return "drift found: a batch went to Label Studio" if self.output else "no drift"
-        if self.pipeline == "label_sync" and self.output:
-            retrained = any(task.startswith("register") for task in self.tasks)
-            return f"{self.output} new labels committed" + ("; a retrained model was registered" if retrained else "")
+        if self.output:
+            return f"registered version {self.output}"
+        if "skip" in self.tasks:
+            return "no retrain was due"
+        if "hold" in self.tasks:
+            return "no version registered: the gate refused the model (its MLflow run keeps the verdict)"
         return None
 
 
@@ -88,16 +88,16 @@ def compile_all(out_dir: Path, image: str, options: StepOptions | None = None) -
 
 
 def pipeline_arguments(settings: Settings, name: str, params: list[str]) -> dict[str, object]:
-    """``k=v`` strings as typed arguments of pipeline ``name``, with the ``config`` parameter (and, for a
-    local source, its fingerprint) filled in from ``settings``."""
+    """``k=v`` strings as arguments of pipeline ``name``, with the ``config`` parameter (and, for a local source,
+    its fingerprint) filled in from ``settings``. Every other setting a step reads comes through ``config``."""
     inputs = _pipeline(name, settings.pipelines.image).component_spec.inputs or {}
-    kinds = {k: v.type for k, v in inputs.items() if k != "config"}
+    names = [k for k in inputs if k != "config"]
     arguments: dict[str, object] = {}
     for item in params:
         key, sep, value = item.partition("=")
-        if not sep or key not in kinds:
-            raise ConfigError(f"--param {item!r}: {name} takes {', '.join(f'{k}=...' for k in kinds)}")
-        arguments[key] = _typed(value, kinds[key], key)
+        if not sep or key not in names:
+            raise ConfigError(f"--param {item!r}: {name} takes {', '.join(f'{k}=...' for k in names)}")
+        arguments[key] = value
     for key in ("source", "labels"):  # steps run elsewhere: a path this machine sees is passed absolute
         if arguments.get(key) and Path(str(arguments[key])).exists():
             arguments[key] = str(Path(str(arguments[key])).resolve())
@@ -113,21 +113,6 @@ def pipeline_arguments(settings: Settings, name: str, params: list[str]) -> dict
     if missing:
         raise ConfigError(f"{name} needs --param {missing[0]}=...")
     return {"config": settings.for_pipeline()} | arguments
-
-
-def _typed(value: str, kind: str, key: str) -> object:
-    try:
-        if kind == "Integer":
-            return int(value)
-        if kind == "Float":
-            return float(value)
-    except ValueError:
-        raise ConfigError(f"--param {key}={value!r}: not a number") from None
-    if kind == "Boolean":
-        if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
-            raise ConfigError(f"--param {key}={value!r}: use true or false")
-        return value.lower() in {"true", "1", "yes"}
-    return value
 
 
 def _pipeline(name: str, image: str, options: StepOptions | None = None) -> Callable:
@@ -152,8 +137,10 @@ def _summary(line: str) -> str | None:
 class _Tee(io.TextIOBase):
     """Keeps kfp.local's output in a log file and shows the task status lines (or everything)."""
 
-    def __init__(self, log: io.TextIOBase, echo: bool, verbose: bool):
-        self.log, self.echo, self.verbose = log, echo, verbose
+    def __init__(
+        self, log: io.TextIOBase, echo: bool, verbose: bool, on_step: Callable[[str, str], None] | None = None
+    ):
+        self.log, self.echo, self.verbose, self.on_step = log, echo, verbose, on_step
         self.out = sys.stdout  # the terminal, taken before stdout is redirected here
         self.lines: list[str] = []
         self._partial = ""
@@ -165,6 +152,8 @@ class _Tee(io.TextIOBase):
         for line in done:
             plain = ANSI.sub("", line)
             self.lines.append(plain)
+            if self.on_step is not None and (found := STATUS.search(plain) or CACHE_HIT.search(plain)):
+                self.on_step(found.group(1), found.group(2) if found.re is STATUS else "CACHED")
             if self.echo:
                 shown = plain if self.verbose else _summary(plain)
                 if shown is not None:
@@ -185,10 +174,12 @@ def run_local(
     echo: bool = False,
     verbose: bool = False,
     env: dict[str, str] | None = None,
+    on_step: Callable[[str, str], None] | None = None,
 ) -> LocalRun:
     """Run pipeline ``name`` with kfp.local's SubprocessRunner; raises ``PipelineError`` naming the failed step.
 
-    ``env`` (secrets kept out of the run's parameters) reaches the steps' processes.
+    ``env`` (secrets kept out of the run's parameters) reaches the steps' processes;
+    ``on_step(task, state)`` hears each step end (SUCCESS, FAILURE, or CACHED when reused).
     """
     from kfp import local  # noqa: PLC0415
 
@@ -208,7 +199,7 @@ def run_local(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     failure: Exception | None = None
     with log_path.open("w") as log:
-        tee = _Tee(log, echo, verbose)
+        tee = _Tee(log, echo, verbose, on_step)
         with (
             _environment(env or {}),
             _cache_hits_logged(tee),

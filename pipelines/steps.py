@@ -1,53 +1,64 @@
 """What each pipeline step does, as plain functions: the KFP components in ``pipelines.components`` only call these.
 
-Every step takes the pipeline's ``config`` (the settings as JSON, from
-``Settings.for_pipeline``), its parameters, and KFP artifacts: anything with a
-``path`` to read or write and a ``metadata`` dict (``kfp.dsl.Artifact`` in a run, a
-small stand-in in tests). Steps write their outputs atomically and change shared
-state (the store, the registry, the label queue) only through operations that are
-safe to repeat, so a step that fails can simply run again.
+Each step is one use-case of the loop, or one piece of one (``components.workflow`` for
+retraining, ``components.monitor`` for drift and the retrain policy,
+``active_learning.loop`` for labels, ``serving.control`` for serving): the CLI and the
+main job call the same functions. A step takes its own ``config`` (the settings sections
+it reads, as JSON: ``configure`` cuts them from the run's settings, so changing a setting
+only invalidates the cached steps that read it), its parameters, and KFP artifacts:
+anything with a ``path`` to read or write and a ``metadata`` dict (``kfp.dsl.Artifact``
+in a run, a small stand-in in tests). Steps write their outputs atomically and change
+shared state (the store, the registry, the label queue) only through operations that
+are safe to repeat, so a step that fails can simply run again.
+
+Start-up is part of the design: this module imports only the settings; each step imports
+what it uses, so a step that touches no model starts in about a second.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import pandas as pd
-import pyarrow as pa
-from rich.console import Console
-
-from active_learning.labelstudio import LabelingProject
-from active_learning.loop import commit_labels, offered_labels, pull_labels, push_queued, select_posts
-from components.batches import read_batch, write_batch
 from components.errors import ConfigError, SnapshotError
-from components.evaluate import Evaluation
-from components.features import sync as sync_features
-from components.gate import Verdict
-from components.ingest import Checked, check_source, commit_checked, read_labels
-from components.model import save_tagger
-from components.monitor import check_drift, log_check, newest_days
-from components.posts import parse_time, write_atomic, write_table
-from components.predict import Predictor
-from components.predlog import PredictionLog
-from components.registry import CHALLENGER, CHAMPION
-from components.side import side_refs
-from components.simulator.feed import oracle_styles
-from components.snapshot import Snapshot, Store
-from components.sources import Candidate, read_source
-from components.validate import Rejection
-from components.workflow import compare, register_trained, train_logged
-from serving import control
-from trendloop import render
-from trendloop.settings import Settings, settings_from_pipeline
+from components.posts import parse_time, write_atomic
+from trendloop.settings import Settings, settings_for_step
 
-MODES = ("auto", "fine-tune", "scratch")  # auto: fine-tune the champion when there is one
-NO_VERSION = 0  # what the retrain pipeline returns when the gate refused the model
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from active_learning.labelstudio import LabelingProject
+    from components.evaluate import Evaluation
+    from components.snapshot import Snapshot, Store
+
+NO_VERSION = 0  # what a retrain returns when nothing was registered (the gate refused, or none was due)
 RUN_FILE = "trendloop-run.json"  # inside a Model artifact: the training run it came from
+
+# The settings sections each step reads (``home`` always comes along). A step that reads a
+# section it does not list fails at once (``settings_for_step``), so this stays true.
+READS: dict[str, tuple[str, ...]] = {
+    "ingest": (),
+    "validate": ("ingest",),
+    "head_state": (),
+    "snapshot": ("features",),
+    "plan": ("registry", "features", "retrain"),
+    "train": ("registry", "features", "train"),
+    "evaluate": ("registry", "features"),
+    "gate": ("gate",),
+    "register": ("registry", "features"),
+    "hold": ("registry", "features"),
+    "load": ("registry", "features", "serving", "ab", "ingest"),
+    "drift_report": ("registry", "features", "drift", "emerging"),
+    "select": ("registry", "features", "active_learning"),
+    "push": ("registry", "features", "labelstudio"),
+    "pull": ("registry", "features", "labelstudio"),
+    "check_labels": ("labelstudio",),
+    "commit": ("features",),
+}
 
 
 class Artifact(Protocol):
@@ -59,12 +70,21 @@ class MetricsArtifact(Artifact, Protocol):
     def log_metric(self, metric: str, value: float) -> None: ...
 
 
-# -- continual training: ingest -> validate -> snapshot -> train -> evaluate -> gate -> register -> load ------
+def configure(config: str) -> tuple[str, ...]:
+    """The run's settings (``Settings.for_pipeline``) cut into each step's own, in the order of ``READS``."""
+    settings = settings_for_step(config)
+    return tuple(settings.for_step(reads) for reads in READS.values())
+
+
+# -- continual training: ingest -> validate -> snapshot -> plan -> retrain --------------------------------
 
 
 def ingest(config: str, source: str, since: str, until: str, posts: Artifact) -> int:
     """Read what ``source`` offers in ``[since, until)`` into ``posts``; returns how many records."""
-    settings_from_pipeline(config)  # a bad config fails here, at the first step
+    from components.batches import write_batch
+    from components.sources import Candidate, read_source
+
+    settings_for_step(config)  # a bad config fails here, at the first step
     offered = read_source(Path(source), since=parse_time(since, "since"), until=parse_time(until, "until"))
     write_batch(offered, None, Path(posts.path))
     bad = sum(1 for r in offered.records if not isinstance(r, Candidate))
@@ -74,7 +94,12 @@ def ingest(config: str, source: str, since: str, until: str, posts: Artifact) ->
 
 def validate(config: str, posts: Artifact, checked: Artifact, metrics: MetricsArtifact) -> int:
     """Validate and normalise each image, storing the good ones; returns how many passed."""
-    settings = settings_from_pipeline(config)
+    from components.batches import read_batch, write_batch
+    from components.ingest import Checked, check_source
+    from components.snapshot import Store
+    from components.validate import Rejection
+
+    settings = settings_for_step(config)
     source, _ = read_batch(Path(posts.path))
     store = Store(settings.store_dir)
     outcomes = check_source(source, store, settings.ingest.limits(), settings.ingest.worker_count())
@@ -93,7 +118,9 @@ def head_state(config: str) -> str:
     Never cached itself; passed to the snapshot step so that step is reused only while
     the batch and HEAD are unchanged.
     """
-    head = Store(settings_from_pipeline(config).store_dir).head()
+    from components.snapshot import Store
+
+    head = Store(settings_for_step(config).store_dir).head()
     return head.id if head else "none"
 
 
@@ -105,7 +132,11 @@ def snapshot(config: str, checked: Artifact, labels: str, head: str, snapshot: A
     ``head_state``) only keys the step's cache. Annotators' labels reach snapshots
     through ``label_sync``, whose checks they must pass.
     """
-    settings = settings_from_pipeline(config)
+    from components.batches import read_batch
+    from components.ingest import commit_checked, read_labels
+    from components.snapshot import Store
+
+    settings = settings_for_step(config)
     source, outcomes = read_batch(Path(checked.path))
     if outcomes is None:
         raise ConfigError(f"{checked.path}: the batch has not been through the validate step")
@@ -115,8 +146,8 @@ def snapshot(config: str, checked: Artifact, labels: str, head: str, snapshot: A
     head = store.head()
     if head is None:
         raise SnapshotError(f"{source.uri} offered no usable posts and there is no snapshot yet")
-    if settings.features.on_ingest:
-        sync_features(settings.open_features(), head, PredictionLog(settings.predictions_dir), settings.features.device)
+    if settings.features.on_ingest and report.new_snapshot:
+        settings.sync_features(head)
     summary = {
         "accepted": report.accepted,
         "duplicates": report.duplicates,
@@ -128,19 +159,51 @@ def snapshot(config: str, checked: Artifact, labels: str, head: str, snapshot: A
     return head.id
 
 
+def plan(config: str, snapshot: Artifact, decision: Artifact) -> bool:
+    """Ask the retrain policy whether a retrain on the snapshot is due; returns whether it is.
+
+    Never cached: it reads the registry and the latest drift checks as they are now.
+    """
+    from components.monitor import retrain_plan
+    from components.predlog import PredictionLog
+    from components.snapshot import Store
+
+    settings = settings_for_step(config)
+    store = Store(settings.store_dir)
+    found = retrain_plan(
+        store, store.load(_snapshot_id(snapshot)), settings.open_registry(), PredictionLog(settings.predictions_dir),
+        settings.checks_dir, settings.retrain,
+    )  # fmt: skip
+    record = {"due": found.due, "reason": found.reason, "new_labels": found.new_labels}
+    record["decisions"] = [vars(d) for d in found.decisions]
+    write_atomic(Path(decision.path), json.dumps(record, indent=2))
+    decision.metadata.update(due=found.due, reason=found.reason)
+    print(found.reason)
+    return found.due
+
+
+def skip(decision: Artifact) -> int:
+    """No retrain was due: nothing is trained. Returns ``NO_VERSION`` (0); the log says why."""
+    print(json.loads(Path(decision.path).read_text())["reason"])
+    return NO_VERSION
+
+
 def train(
     config: str, snapshot: Artifact, mode: str, kfp_run_id: str, kfp_run_name: str, model: Artifact,
     metrics: MetricsArtifact,
 ) -> str:  # fmt: skip
     """Train (or fine-tune the champion) on the snapshot and log the run; returns the MLflow run id."""
-    settings = settings_from_pipeline(config)
-    if mode not in MODES:
-        raise ConfigError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+    from components.model import save_tagger
+    from components.snapshot import Store
+    from components.workflow import fine_tunes, train_candidate
+
+    settings = settings_for_step(config)
     store, registry = Store(settings.store_dir), settings.open_registry()
     snap = store.load(_snapshot_id(snapshot))
-    from_champion = mode == "fine-tune" or (mode == "auto" and registry.alias(CHAMPION) is not None)
     tags = {"kfp_run_id": kfp_run_id, "kfp_run_name": kfp_run_name}
-    run = train_logged(store, snap, settings.train, registry, settings.runs_dir, from_champion, tags=tags)
+    run = train_candidate(
+        store, snap, settings.train, registry, settings.runs_dir, fine_tunes(mode, registry), tags=tags
+    )
     folder = save_tagger(run.result.tagger, Path(model.path))
     record = {"run_id": run.run_id, "snapshot": snap.id, "base_version": run.base_version}
     write_atomic(folder / RUN_FILE, json.dumps(record))
@@ -157,24 +220,27 @@ def evaluate(
     report: Artifact,
 ) -> float:  # fmt: skip
     """Score the new model and the champion on the snapshot's test split; returns the new model's accuracy."""
-    settings = settings_from_pipeline(config)
+    from components.predict import Predictor
+    from components.snapshot import Store
+    from components.workflow import candidate_name, compare
+
+    settings = settings_for_step(config)
     store, registry = Store(settings.store_dir), settings.open_registry()
     snap = store.load(_snapshot_id(snapshot))
     run = _run_of(model)
     candidate = Predictor.from_folder(Path(model.path), "cpu", registry.side_reader)
-    name = f"{registry.model_name}/run-{run['run_id'][:8]}"
-    ours, theirs = compare(store, snap, registry, candidate, name, oracle_styles(settings.feed_dir))
+    ours, theirs = compare(store, snap, registry, candidate, candidate_name(registry, run["run_id"]))
     payload = {"candidate": ours.to_dict(), "champion": theirs.to_dict() if theirs else None}
-    write_atomic(Path(evaluation.path), json.dumps(payload, indent=2))
+    write_atomic(Path(evaluation.path), json.dumps(payload))
     champion = {"champion_test_accuracy": theirs.overall.accuracy} if theirs is not None else {}
     _log_metrics(metrics, ours.flat() | champion)
-    _write_html(report, "evaluation", render.evaluation_table(ours, theirs))
+    write_atomic(Path(report.path), _evaluation_html(ours, theirs))
     return ours.overall.accuracy
 
 
 def gate(config: str, evaluation: Artifact, verdict: Artifact) -> bool:
     """Run the promotion gate on the evaluation; returns whether the new model passed."""
-    settings = settings_from_pipeline(config)
+    settings = settings_for_step(config)
     ours, theirs = _evaluations(evaluation)
     decided = settings.gate.decide(ours, theirs)
     write_atomic(Path(verdict.path), json.dumps(decided.to_dict(), indent=2))
@@ -189,41 +255,49 @@ def register(config: str, model: Artifact, evaluation: Artifact, verdict: Artifa
     Safe to repeat: a training run registers one version, and its aliases are set once (a
     version that lost its A/B test does not come back because a schedule fired again).
     """
-    settings = settings_from_pipeline(config)
+    from components.gate import Verdict
+    from components.predict import Predictor
+    from components.side import side_refs
+    from components.workflow import register_candidate
+
+    settings = settings_for_step(config)
     registry = settings.open_registry()
     run = _run_of(model)
     decided = Verdict.from_dict(json.loads(Path(verdict.path).read_text()))
-    if not decided.passed:
-        raise ConfigError("the model did not pass the gate: it is not registered")
     ours, _ = _evaluations(evaluation)
-    version = register_trained(registry, run["run_id"], Path(model.path), run["snapshot"], run["base_version"])
-    if registry.placed(version) is not None:
-        return version  # placed by an earlier run: its aliases may have moved on since, and stay as they are
-    registry.record_review(version, decided, ours)
-    refs = Predictor.from_folder(Path(model.path), "cpu").tagger.spec.side
-    settings.open_features().register_model(version, run["snapshot"], side_refs(refs))
-    if registry.alias(CHAMPION) is None:
-        registry.promote(version)  # the first model that passes is the champion: there is nothing to test against
-        registry.mark_placed(version, CHAMPION)
-    else:
-        registry.set_challenger(version)
-        registry.mark_placed(version, CHALLENGER)
-    return version
+    refs = side_refs(Predictor.from_folder(Path(model.path), "cpu").tagger.spec.side)
+
+    def feature_service(version: int) -> None:
+        settings.open_features().register_model(version, run["snapshot"], refs)
+
+    placed = register_candidate(
+        registry, run["run_id"], Path(model.path), run["snapshot"], run["base_version"], decided, ours,
+        feature_service,
+    )  # fmt: skip
+    print(f"version {placed.version} is @{placed.alias}" + ("" if placed.new else " (placed by an earlier run)"))
+    return placed.version
 
 
-def hold(verdict: Artifact) -> int:
-    """The model did not pass: nothing is registered. Returns ``NO_VERSION`` (0); the log says why."""
-    decided = json.loads(Path(verdict.path).read_text())
-    print("not registered: the gate refused it\n" + "\n".join(decided["reasons"]))
+def hold(config: str, model: Artifact, evaluation: Artifact, verdict: Artifact) -> int:
+    """The model did not pass: its run keeps the verdict, nothing is registered. Returns ``NO_VERSION`` (0)."""
+    from components.gate import Verdict
+
+    settings = settings_for_step(config)
+    decided = Verdict.from_dict(json.loads(Path(verdict.path).read_text()))
+    ours, _ = _evaluations(evaluation)
+    settings.open_registry().record_verdict(_run_of(model)["run_id"], decided, ours)
+    print("not registered: the gate refused it\n" + "\n".join(decided.reasons))
     return NO_VERSION
 
 
 def load(config: str, version: int) -> str:
     """Ask serving to serve the registry's aliases (the new challenger among them); returns what happened."""
-    settings = settings_from_pipeline(config)
-    s = settings.serving_control()
-    if not s.admin.reachable():
+    from serving import control
+
+    settings = settings_for_step(config)
+    if not settings.serve_admin().reachable():  # before building the rest: nothing to follow
         return f"serving is not running: version {version} waits in the registry (`trendloop serve up` loads it)"
+    s = settings.serving_control()
     experiment = control.follow(s, note=f"pipeline registered version {version}")
     if experiment is None:
         return f"serving follows the registry: version {version} serves as champion"
@@ -234,43 +308,61 @@ def load(config: str, version: int) -> str:
 
 
 def drift_report(config: str, since: str, until: str, report: Artifact, check: Artifact) -> bool:
-    """Check ``[since, until)`` of traffic against the champion's training data; returns whether it drifted.
+    """Check the traffic the app served in ``[since, until)`` against the champion's training data; returns
+    whether it drifted. ``since`` empty: the day before ``until`` (or now)."""
+    from components.errors import DriftError
+    from components.monitor import check_drift, log_check
+    from components.predlog import PredictionLog
+    from components.snapshot import Store
 
-    ``since`` empty: the newest day of the snapshot's posts.
-    """
-    settings = settings_from_pipeline(config)
+    settings = settings_for_step(config)
     store, registry = Store(settings.store_dir), settings.open_registry()
-    head = _head(store)
-    start, end = parse_time(since, "since") or newest_days(head, 1), parse_time(until, "until")
-    found = check_drift(
-        store, head, registry, PredictionLog(settings.predictions_dir), settings.checks_dir, start, end,
-        settings.drift, settings.emerging,
-    )  # fmt: skip
+    end = parse_time(until, "until")
+    start = parse_time(since, "since") or _day_before(end)
+    try:
+        found = check_drift(
+            store, _head(store), registry, PredictionLog(settings.predictions_dir), settings.checks_dir, start, end,
+            settings.drift, settings.emerging, traffic="served",
+        )  # fmt: skip
+    except DriftError as err:  # a quiet window: too little traffic to test is not drift
+        write_atomic(Path(report.path), f"<html><title>no drift check</title><body>{err}</body></html>")
+        write_atomic(Path(check.path), json.dumps({"checked": False, "reason": str(err)}))
+        check.metadata.update(checked=False, reason=str(err))
+        print(f"no drift check: {err}")
+        return False
     log_check(registry, found)
     shutil.copyfile(found.folder / "drift.html", report.path)
     shutil.copyfile(found.folder / "drift.json", check.path)
-    check.metadata.update(id=found.id, drifted=found.verdict.drifted, signals=list(found.verdict.drifted_signals))
-    signals = ", ".join(found.verdict.drifted_signals)
-    print(f"drift check {found.id}: {'drift in ' + signals if found.verdict.drifted else 'no drift'}")
+    signals = list(found.verdict.drifted_signals)
+    check.metadata.update(checked=True, id=found.id, drifted=found.verdict.drifted, signals=signals)
+    print(f"drift check {found.id}: {'drift in ' + ', '.join(signals) if found.verdict.drifted else 'no drift'}")
     return found.verdict.drifted
 
 
-def select(config: str, since: str, until: str, batch: Artifact) -> int:
-    """Queue the unlabelled posts of the window the champion is least sure of; returns how many were queued."""
-    settings = settings_from_pipeline(config)
+def select(config: str, batch: Artifact) -> int:
+    """Queue the unlabelled posts of HEAD's newest ``[active_learning] pool_days`` days the champion is least sure
+    of; returns how many were queued."""
+    import pandas as pd
+
+    from active_learning.loop import select_posts
+    from components.monitor import newest_days
+    from components.registry import CHAMPION
+    from components.snapshot import Store
+
+    settings = settings_for_step(config)
     store, registry = Store(settings.store_dir), settings.open_registry()
     head = _head(store)
     version = registry.version_of(CHAMPION)
     queue = settings.label_queue()
-    start = parse_time(since, "since") or newest_days(head, 1)
+    start = newest_days(head, settings.active_learning.pool_days)
     picked = select_posts(
-        store, head, registry.load_predictor(version), str(version), queue, settings.active_learning,
-        since=start, until=parse_time(until, "until"),
-    )  # fmt: skip
+        store, head, registry.load_predictor(version), str(version), queue, settings.active_learning, since=start
+    )
     rows = [vars(p) for p in queue.posts() if p.batch == picked.batch]
     frame = pd.DataFrame(rows, columns=["post_id", "image", "batch", "arm", "strategy", "score", "predicted"])
     _write_frame(frame, batch)
     batch.metadata.update(batch=picked.batch, pool=picked.pool, queued=picked.queued, strategy=picked.strategy)
+    print(f"queued {picked.queued} of {picked.pool} unlabelled posts since {start:%Y-%m-%d}")
     return picked.queued
 
 
@@ -280,11 +372,14 @@ def push(config: str, batch: Artifact) -> int:
     Starts the embedded Label Studio when no shared one is configured. What Label
     Studio does not take stays queued, and the step fails saying so.
     """
-    settings = settings_from_pipeline(config)
+    from active_learning.loop import known_labels, offered_labels, push_queued
+    from components.snapshot import Store
+
+    settings = settings_for_step(config)
     project = _labeling_project(settings)
-    store, registry = Store(settings.store_dir), settings.open_registry()
+    store = Store(settings.store_dir)
     ls = settings.labelstudio
-    labels = offered_labels(store, registry.load_predictor(CHAMPION).labels)
+    labels = offered_labels(store, known_labels(store, settings.open_registry()))
     pushed = push_queued(
         settings.label_queue(), project, labels, image_url=ls.image_url, overlap=ls.overlap,
         local_files=settings.local_files(),
@@ -293,15 +388,19 @@ def push(config: str, batch: Artifact) -> int:
     return pushed.pushed
 
 
-# -- label sync: pull -> check -> snapshot -> (enough new labels) retrain ----------------------------------
+# -- label sync: pull -> check -> snapshot -> plan -> retrain ------------------------------------------------
 
 
 def pull(config: str, annotations: Artifact, metrics: MetricsArtifact) -> int:
     """Read the annotations made since the last pull and decide each post's label; returns new annotations."""
-    settings = settings_from_pipeline(config)
-    registry = settings.open_registry()
-    known = registry.load_predictor(CHAMPION).labels if registry.alias(CHAMPION) is not None else ()
+    import pandas as pd
+
+    from active_learning.loop import known_labels, pull_labels
+    from components.snapshot import Store
+
+    settings = settings_for_step(config)
     queue = settings.label_queue()
+    known = known_labels(Store(settings.store_dir), settings.open_registry())
     pulled = pull_labels(queue, _labeling_project(settings), known, settings.labelstudio.min_votes)
     decisions = pd.DataFrame([vars(d) for d in queue.decisions()])
     _write_frame(decisions, annotations)
@@ -310,41 +409,40 @@ def pull(config: str, annotations: Artifact, metrics: MetricsArtifact) -> int:
     return pulled.new_annotations
 
 
-def check_labels(config: str, annotations: Artifact, min_agreement: float, labels: Artifact) -> int:
-    """Keep the decided labels no snapshot holds yet whose post exists and whose annotators agreed enough.
+def check_labels(config: str, annotations: Artifact, labels: Artifact) -> int:
+    """Keep the decided labels no snapshot holds yet whose post exists and whose annotators agreed enough
+    (``[labelstudio] min_agreement``). Returns how many passed; why the others did not is in ``labels``' metadata.
 
-    Returns how many labels passed; the reasons the others did not are in ``labels``' metadata.
+    ``annotations`` (the pull's decisions) keys the step: it runs again when they change.
     """
-    settings = settings_from_pipeline(config)
-    store = Store(settings.store_dir)
-    decisions = pd.read_parquet(annotations.path)
-    uncommitted = settings.label_queue().uncommitted()
-    held = set(_head(store).manifest().column("post_id").to_pylist())
-    dropped: Counter[str] = Counter()
-    keep = []
-    for row in decisions.itertuples():
-        if row.status != "decided" or uncommitted.get(row.post_id) != row.label:
-            continue  # undecided, or committed by an earlier sync
-        if row.post_id not in held:
-            dropped["post not in the snapshot"] += 1
-        elif row.agreement is not None and pd.notna(row.agreement) and row.agreement < min_agreement:
-            dropped[f"agreement below {min_agreement:.2f}"] += 1
-        else:
-            keep.append({"post_id": row.post_id, "label": row.label, "votes": int(row.votes)})
-    _write_frame(pd.DataFrame(keep, columns=["post_id", "label", "votes"]), labels)
-    labels.metadata.update(passed=len(keep), dropped=dict(dropped))
-    return len(keep)
+    import pandas as pd
+
+    from active_learning.loop import check_labels as checked_labels
+    from components.snapshot import Store
+
+    settings = settings_for_step(config)
+    found = checked_labels(settings.label_queue(), _head(Store(settings.store_dir)), settings.labelstudio.min_agreement)
+    frame = pd.DataFrame({"post_id": list(found.passed), "label": list(found.passed.values())})
+    _write_frame(frame, labels)
+    labels.metadata.update(passed=len(found.passed), dropped=found.dropped)
+    print(f"{len(found.passed)} labels pass the checks" + "".join(f"; {n} {why}" for why, n in found.dropped.items()))
+    return len(found.passed)
 
 
 def commit(config: str, labels: Artifact, snapshot: Artifact) -> int:
     """Commit the checked labels as a new snapshot; returns how many posts it labelled."""
-    settings = settings_from_pipeline(config)
+    import pandas as pd
+
+    from active_learning.loop import commit_labels
+    from components.snapshot import Store
+
+    settings = settings_for_step(config)
     store = Store(settings.store_dir)
     checked = pd.read_parquet(labels.path)
     report = commit_labels(store, settings.label_queue(), dict(zip(checked.post_id, checked.label, strict=True)))
     head = _head(store)
     if report.relabelled and settings.features.on_ingest:
-        sync_features(settings.open_features(), head, PredictionLog(settings.predictions_dir), settings.features.device)
+        settings.sync_features(head)
     _write_snapshot(snapshot, head, {"labels_committed": len(report.relabelled), "missing": len(report.missing)})
     return len(report.relabelled)
 
@@ -367,6 +465,10 @@ def _head(store: Store) -> Snapshot:
     return head
 
 
+def _day_before(end: datetime | None) -> datetime:
+    return (end or datetime.now(UTC)) - timedelta(days=1)
+
+
 def _write_snapshot(artifact: Artifact, head: Snapshot, summary: dict) -> None:
     record = {"id": head.id, "parent": head.parent, "posts": head.posts, "labelled": head.labelled} | summary
     write_atomic(Path(artifact.path), json.dumps(record, indent=2))
@@ -385,21 +487,40 @@ def _run_of(model: Artifact) -> dict:
 
 
 def _evaluations(evaluation: Artifact) -> tuple[Evaluation, Evaluation | None]:
+    from components.evaluate import Evaluation
+
     raw = json.loads(Path(evaluation.path).read_text())
     champion = Evaluation.from_dict(raw["champion"]) if raw["champion"] else None
     return Evaluation.from_dict(raw["candidate"]), champion
 
 
 def _write_frame(frame: pd.DataFrame, artifact: Artifact) -> None:
+    import pyarrow as pa
+
+    from components.posts import write_table
+
     write_table(pa.Table.from_pandas(frame, preserve_index=False), Path(artifact.path))
 
 
-def _write_html(artifact: Artifact, title: str, *renderables: object) -> None:
-    console = Console(record=True, width=140, file=io.StringIO())
-    for item in renderables:
-        console.print(item)
-    html = console.export_html(inline_styles=True).replace("<title>Rich</title>", f"<title>{title}</title>", 1)
-    write_atomic(Path(artifact.path), html)
+def _evaluation_html(ours: Evaluation, theirs: Evaluation | None) -> str:
+    """The evaluation as a small self-contained HTML page (the KFP UI shows HTML artifacts)."""
+    from html import escape
+
+    rows = []
+    for _name, ev in (("candidate", ours), ("champion", theirs)):
+        if ev is None:
+            continue
+        cells = [("all", ev.overall), *sorted(ev.slices.items())]
+        rows += [
+            f"<tr><td>{escape(ev.model)}</td><td>{escape(s)}</td><td>{m.posts}</td><td>{m.accuracy:.3f}</td>"
+            f"<td>{m.macro_f1:.3f}</td><td>{m.ece:.3f}</td></tr>"
+            for s, m in cells
+        ]
+    head = "<tr><th>model</th><th>slice</th><th>posts</th><th>accuracy</th><th>macro-F1</th><th>ECE</th></tr>"
+    return (
+        f"<html><head><title>evaluation</title></head><body><h1>test split of snapshot {escape(ours.snapshot)}</h1>"
+        f"<table>{head}{''.join(rows)}</table></body></html>"
+    )
 
 
 def _labeling_project(settings: Settings) -> LabelingProject:

@@ -39,12 +39,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from scipy import stats
 
 from components.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ARMS = ("champion", "challenger")
 VERDICTS = ("blocked", "insufficient", "promote", "rollback", "continue")
@@ -443,6 +445,8 @@ def fixed_horizon(estimate, variance, alpha: float) -> tuple[np.ndarray, np.ndar
     Valid at one look fixed in advance; read repeatedly, it rejects a true null far more often than alpha.
     With zero variance: p is 1 for an estimate of exactly 0, else 0.
     """
+    from scipy import stats  # noqa: PLC0415 - heavy imports sit where they are used (settings import this module)
+
     estimate, variance = np.asarray(estimate, dtype=float), np.asarray(variance, dtype=float)
     se = np.sqrt(variance)
     half = stats.norm.ppf(1 - alpha / 2) * se
@@ -544,6 +548,8 @@ def sample_ratio_mismatch(champion_users: int, challenger_users: int, split: flo
     if split in (0.0, 1.0):
         p = 1.0 if observed[expected == 0].sum() == 0 else 0.0
     else:
+        from scipy import stats  # noqa: PLC0415
+
         p = float(stats.chi2.sf(((observed - expected) ** 2 / expected).sum(), df=1))
     return SampleRatio(p, split, challenger_users / total, p >= alpha)
 

@@ -16,10 +16,13 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from components.errors import TrendloopError
 from serving.experiment import CHALLENGER, CHAMPION
-from serving.router import Traffic
+
+if TYPE_CHECKING:
+    from serving.router import Traffic
 
 APP = "trendloop"
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))

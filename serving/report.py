@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from components.errors import ConfigError
 from components.features import Features, split_ref
-from components.predlog import PredictionLog
+from components.predlog import PredictionLog, served
 from serving.abtest import DecisionRule, analyse
 from serving.eventlog import ENGAGEMENTS, FeedbackLog
 from serving.experiment import ARMS, Experiment, Experiments, assign_arm
@@ -101,8 +101,7 @@ class LoggedEngagement:
         # covariate, and CUPED would subtract part of the lift), and only requests users sent, not the
         # drift checks' batch predictions
         outside = pc.field("experiment").is_null()
-        served = pc.field("post_id").is_null() & outside
-        pre_exp = self.predictions.read(pre_start, start, where=served, columns=["user_id"]).to_pandas()
+        pre_exp = self.predictions.read(pre_start, start, where=served() & outside, columns=["user_id"]).to_pandas()
         pre_fb = self.feedback.read(pre_start, start, where=outside, columns=["user_id", "event"]).to_pandas()
         return pd.Series(users, dtype=object).map(pre_rates(pre_exp, pre_fb)).astype(float).set_axis(users)
 

@@ -18,7 +18,8 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow.compute as pc
 
-from components.predlog import PredictionLog
+from components import predlog
+from components.predlog import SERVED, PredictionLog
 from components.validate import Rejection
 from serving.eventlog import EVENTS, EventWriter
 from serving.experiment import ARMS, CHALLENGER, CHAMPION, assign_arm
@@ -94,7 +95,7 @@ class RequestBook:
                 return _served(record)
         found = self.log.read(
             since=datetime.now(UTC) - self.lookback,
-            where=(pc.field("request_id") == request_id) & pc.field("post_id").is_null(),
+            where=(pc.field("request_id") == request_id) & predlog.served(),
             columns=["request_id", "user_id", "arm", "model_version", "experiment"],
         )
         if len(found) == 0:
@@ -163,7 +164,7 @@ class Router:
         self.predictions.append(
             {
                 "request_id": request_id,
-                "post_id": None,
+                "post_id": post_id,
                 "user_id": user_id,
                 "arm": arm,
                 "model_version": result.model_version,
@@ -174,6 +175,7 @@ class Router:
                 "latency_ms": latency_ms,
                 "time": now,
                 "experiment": experiment,
+                "source": SERVED,
             }
         )
         self.book.remember(request_id, Served(user_id, arm, result.model_version, experiment))

@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from components.snapshot import Store
-from infra.labelstudio import LocalLabelStudio
-from tests.conftest import free_port
 from trendloop.cli import main
 from trendloop.settings import Settings, load_settings
 
@@ -111,59 +108,6 @@ def test_failures_exit_non_zero_with_one_line(capsys: pytest.CaptureFixture, arg
     code, _, err = run(capsys, *args)
     assert code == 1
     assert err.strip().startswith(message) and len(err.strip().splitlines()) == 1
-
-
-def test_demo_runs_the_loop_through_label_studio(
-    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, label_studio: LocalLabelStudio, ls_home: Path
-) -> None:
-    monkeypatch.chdir(ls_home)  # the session's Label Studio reads images below its document root
-    monkeypatch.setenv("TRENDLOOP_LABELSTUDIO__URL", label_studio.url)
-    monkeypatch.setenv("TRENDLOOP_LABELSTUDIO__TOKEN", label_studio.credentials().token)
-    monkeypatch.setenv(
-        "TRENDLOOP_LABELSTUDIO__IMAGE_URL", f"/data/local-files/?d={ls_home.name}/.trendloop/store/{{image}}"
-    )
-    monkeypatch.setenv("TRENDLOOP_LABELSTUDIO__PROJECT", "demo test")
-    monkeypatch.setenv("TRENDLOOP_RETRAIN__EVERY_DAYS", "0.000001")  # a retrain is due at once: annotators are asked
-    monkeypatch.setenv("TRENDLOOP_ACTIVE_LEARNING__BATCH_SIZE", "20")
-    for key in ("PORT", "RAY_PORTS__GCS", "RAY_PORTS__DASHBOARD", "RAY_PORTS__AGENT", "RAY_PORTS__CLIENT"):
-        monkeypatch.setenv(f"TRENDLOOP_SERVING__{key}", str(free_port()))
-    monkeypatch.setenv("TRENDLOOP_SERVING__RAY_CPUS", "2")
-    args = ("demo", "--days", "5", "--posts-per-day", "30", "--seed-days", "2", "--ab-requests", "120")
-    try:
-        code, out, err = run(capsys, *args)
-        assert code == 0, err
-        demo_asserts(capsys, ls_home, args, out)
-    finally:
-        code, out, err = run(capsys, "serve", "down")
-    assert code == 0, err
-
-
-def demo_asserts(capsys: pytest.CaptureFixture, ls_home: Path, args: tuple[str, ...], out: str) -> None:
-    store = Store(ls_home / ".trendloop" / "store")
-    assert "HEAD" in out and "awaiting labels" in out
-    assert "registered model" not in out and re.search(r"gate (PASSED|FAILED) for trendloop-tagger/1", out)
-    daily = 4  # the seed set, then one snapshot per following day
-    if "is the champion" in out:  # drift checks need a champion; 30 posts a day make too small a reference
-        assert "the reference window holds" in out and "retrain triggers" in out
-        assert "6. active learning (retrain due)" in out and "pushed 20 tasks" in out
-        assert re.search(r"committed 20 labels as snapshot (\w+)", out)
-        assert sum(r["label_source"] == "annotators" for r in store.head().manifest().to_pylist()) == 20
-        daily += 1
-        assert "7. serve champion and challenger" in out and "pre-period: 60 predictions" in out
-        assert re.search(r"(test traffic: 120 predictions .* 0 failed)|(only the champion serves)", out), out
-        # the champion, the challenger fine-tuned on the labelled snapshot, and a retrain from scratch if that failed
-        versions = 2 if re.search(r"gate PASSED for trendloop-tagger/2", out) else 3
-    else:
-        assert "check each day's traffic" not in out and "6. active learning" not in out
-        versions = 1
-    assert "8. summary" in out
-    assert len(store.list()) == daily
-    # the demo is idempotent: a second run finds everything ingested, trained and labelled already
-    code, out, _ = run(capsys, *args)
-    assert code == 0 and "0 accepted this run" in out
-    assert len(store.list()) == daily
-    code, out, _ = run(capsys, "model", "list")
-    assert code == 0 and re.search(rf"│\s+{versions} │", out) and not re.search(rf"│\s+{versions + 1} │", out)
 
 
 def test_example_config_lists_the_defaults() -> None:

@@ -145,7 +145,9 @@ def test_triggers_fire_on_their_own_evidence() -> None:
     assert not PerformanceTrigger(0.07, 100).should_retrain(drop).fire
     assert not PerformanceTrigger(0.05, 200).should_retrain(drop).fire  # too little feedback to tell
     policy = RetrainPolicy(new_labels=0, every_days=0, max_accuracy_drop=0)
-    assert [d.trigger for d in policy.decide(context(drift=drifted))] == ["drift"]
+    decisions = policy.decide(context(drift=drifted, new_labels=20))
+    assert [d.trigger for d in decisions] == ["labels", "drift"] and policy.due(decisions)
+    assert not policy.due(policy.decide(context(drift=drifted, new_labels=19)))  # drift alone is not enough
 
 
 # -- a real champion over simulated days ---------------------------------------------------
@@ -156,7 +158,9 @@ SCENARIOS = {
     "none": [],
     "new_class": [NewClass(name="meme", look="meme", start_day=TREND_DAY, share=0.2)],
     "style_shift": [StyleShift(filter="vintage", start_day=TREND_DAY, share=0.2)],
-    "prior_shift": [PriorShift(start_day=TREND_DAY, weights={"fitness": 3.0})],  # fitness 12% -> 30%
+    # fitness 12% -> 55%. At x3 (12% -> 30%) this champion (~60% accurate) against a 267-post reference
+    # flagged the shift for PRIOR_X3; at x8 for PRIOR_X8.
+    "prior_shift": [PriorShift(start_day=TREND_DAY, weights={"fitness": 8.0})],
 }
 
 
@@ -202,11 +206,22 @@ def test_the_new_class_forms_an_emerging_cluster(traffic: Traffic) -> None:
     current = traffic.windows["new_class"]
     verdict, ref_novelty, cur_novelty = detect_drift(traffic.reference, current, index=traffic.index)
     clusters = find_emerging(traffic.reference, current, ref_novelty, cur_novelty)
-    labels = traffic.days["new_class"].set_index("post_id").label
-    memes = (labels == "meme").sum()
-    best = max(clusters, key=lambda c: (labels[c.post_ids] == "meme").mean())
-    assert (labels[best.post_ids] == "meme").mean() >= 0.6
-    assert best.size >= 0.25 * memes
+    is_meme = traffic.days["new_class"].set_index("post_id").label.eq("meme")  # 18% of the 500 posts
+    # Margins measured over 24 champions: feed seeds 1-15 with training seeds 0-9 on 1 and 2 torch
+    # threads, and this test's seeds (feed 5, training 0) retrained under 1 and 2 threads and
+    # without vectorised kernels (ATEN_CPU_CAPABILITY=default), as another machine may train.
+    emerging = [post for cluster in clusters for post in cluster.post_ids]
+    assert is_meme[emerging].mean() >= 0.6  # measured 0.78-0.97; random posts: 0.18
+    assert is_meme[emerging].sum() >= 0.2 * is_meme.sum()  # measured 0.32-0.79 of the memes
+    best = max(clusters, key=lambda c: is_meme[c.post_ids].mean())
     assert any(tag in {"#meme", "#memes", "#relatable", "#lol", "#newformat"} for tag in best.top_hashtags)
-    outliers = [o.post_id for o in verdict.outliers]
-    assert (labels[outliers] == "meme").mean() > 2 * (labels == "meme").mean()
+    # The verdict lists the 20 posts of highest novelty, highest first...
+    novelty = pd.Series(cur_novelty, index=current.posts.post_id)
+    listed = [o.post_id for o in verdict.outliers]
+    assert len(listed) == 20 and novelty[listed].is_monotonic_decreasing
+    assert novelty[listed].min() >= novelty.drop(listed).max()
+    # ...and novelty ranks the new class above the rest. Checked over the whole window by ROC AUC:
+    # the meme share of 20 listed posts measured 0.20-0.65, while 20 random posts exceed 0.40 one
+    # time in 100 (hypergeometric), too few posts to tell a ranking from chance. The AUC measured
+    # 0.64-0.76 (median 0.71); random scores give 0.5 +- 0.033 (Hanley & McNeil), so 0.6 is 3 sd above chance.
+    assert roc_auc_score(is_meme[current.posts.post_id], cur_novelty) >= 0.6

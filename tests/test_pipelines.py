@@ -1,44 +1,54 @@
-"""Kubeflow pipelines: every pipeline compiles; each runs end to end on kfp.local against the real services.
+"""Kubeflow pipelines: every pipeline compiles; each step reads only its settings and starts light; the
+retrain pipelines run end to end on kfp.local against a real MLflow.
 
 The integration tests share one state folder and run in order, as the loop does:
-continual training on the labelled history (a step killed midway, then rerun), again
-on a labelled day of fresh posts (a challenger), drift monitoring of unlabelled
-traffic (tasks in the session's Label Studio), label sync of what annotators did.
+continual training on the labelled history (a step killed midway, then rerun), an
+unlabelled day (no retrain is due), a labelled day with a new class (a challenger), and a
+candidate the gate refuses (its run keeps the verdict; nothing is registered). Drift
+monitoring of served traffic and label sync run in the main job's end-to-end test
+(tests/test_demo.py), against the real serving app and Label Studio.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import psutil
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from active_learning.annotators import AnnotatorsConfig, annotate
 from components.batches import read_batch, write_batch
 from components.errors import ConfigError
+from components.evaluate import Evaluation, Outcomes, score, stability
+from components.gate import PromotionGate
 from components.ingest import check_source, commit_checked, ingest, read_labels
 from components.registry import CHALLENGER, CHAMPION
 from components.simulator.feed import FeedSpec, simulate
 from components.simulator.trends import NewClass
-from components.snapshot import Store
+from components.snapshot import Snapshot, Store
 from components.sources import read_source
-from infra.labelstudio import LocalLabelStudio
-from pipelines.components import StepOptions
-from pipelines.runner import LocalRun, PipelineError, compile_all, pipeline_arguments, run_local, step_options
+from pipelines import steps
+from pipelines.components import StepOptions, configure
+from pipelines.runner import LocalRun, PipelineError, compile_all, pipeline_arguments, run_local
+from pipelines.steps import READS
 from tests.conftest import SMALL_FEED
-from trendloop.settings import PipelineSettings, Settings, load_settings, settings_from_pipeline
+from trendloop.cli import main
+from trendloop.settings import Settings, load_settings, settings_for_step
 
 IMAGE = "registry.example/trendloop:test"
 RETRAIN = {"train", "evaluate", "gate", "register", "load", "hold"}
+DUE = {"plan", "retrain", "skip"}
 TASKS = {
-    "continual_training": {"ingest", "validate", "head-state", "snapshot", "retrain"} | RETRAIN,
-    "drift_monitor": {"drift-report", "select", "push"},
-    "label_sync": {"pull", "check-labels", "commit", "retrain"} | RETRAIN,
+    "continual_training": {"configure", "ingest", "validate", "head-state", "snapshot"} | DUE | RETRAIN,
+    "drift_monitor": {"configure", "drift-report", "select", "push"},
+    "label_sync": {"configure", "pull", "check-labels", "commit"} | DUE | RETRAIN,
 }
 
 
@@ -61,6 +71,7 @@ def test_every_pipeline_compiles_to_ir_whose_steps_run_our_image_and_call_our_pa
         spec = yaml.safe_load(path.read_text())
         dags = [spec["root"]["dag"], *(c["dag"] for c in spec["components"].values() if "dag" in c)]
         assert set().union(*map(_tasks, dags)) == TASKS[path.stem] | _conditions(dags), path.stem
+        assert next(iter(spec["root"]["inputDefinitions"]["parameters"])) == "config"  # one settings parameter
         executors = spec["deploymentSpec"]["executors"].values()
         for executor in executors:
             container = executor["container"]
@@ -88,37 +99,84 @@ def test_steps_that_read_the_world_as_it_is_never_reuse_outputs_and_no_cache_rea
         for path in compile_all(tmp_path / "default", IMAGE)
         for name in [path.stem]
     }
-    assert {"ingest", "validate", "snapshot", "train", "evaluate", "gate"} <= cached["continual_training"]
-    assert not {"head-state", "register", "load"} & cached["continual_training"]
-    assert not {"drift-report", "select", "pull"} & (cached["drift_monitor"] | cached["label_sync"])
+    assert {"configure", "ingest", "validate", "snapshot", "train", "evaluate", "gate"} <= cached["continual_training"]
+    assert not {"head-state", "plan", "register", "load"} & cached["continual_training"]
+    assert not {"drift-report", "select", "pull", "plan"} & (cached["drift_monitor"] | cached["label_sync"])
     for path in compile_all(tmp_path / "no-cache", IMAGE, StepOptions(cache=False)):
         tasks = _task_specs(yaml.safe_load(path.read_text()))
         assert not [t for t, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")]
 
 
-def test_on_a_cluster_every_step_mounts_the_state_volume_and_reads_secrets_as_environment(tmp_path: Path):
-    secrets = {"TRENDLOOP_LABELSTUDIO__TOKEN": "label-studio/token", "TRENDLOOP_REDIS": "feast-redis/url"}
-    settings = Settings(home=Path("/data/trendloop")).model_copy(
-        update={"pipelines": PipelineSettings(volume="trendloop-state", secrets=secrets)}
+def test_each_step_gets_only_the_settings_it_reads_so_an_unrelated_change_keeps_its_cache(tmp_path: Path):
+    # configure's outputs are READS, in order: a step's config is the one at its name
+    assert [name for name, _ in configure.__annotations__["return"].__annotations__.items()] == list(READS)
+    settings = Settings(home=tmp_path / "home")
+    before = dict(zip(READS, configure_outputs(settings), strict=True))
+    moved = settings.model_copy(update={"serving": settings.serving.model_copy(update={"port": 9123})})
+    after = dict(zip(READS, configure_outputs(moved), strict=True))
+    assert [step for step in READS if before[step] != after[step]] == ["load"]  # only the step that serves
+    retrained = settings.model_copy(update={"train": settings.train.model_copy(update={"epochs": 3})})
+    changed = dict(zip(READS, configure_outputs(retrained), strict=True))
+    assert [step for step in READS if before[step] != changed[step]] == ["train"]
+    policy = settings.model_copy(update={"retrain": settings.retrain.model_copy(update={"min_new_labels": 50})})
+    changed = dict(zip(READS, configure_outputs(policy), strict=True))
+    assert [step for step in READS if before[step] != changed[step]] == ["plan"]
+    train = json.loads(before["train"])
+    assert set(train) == {"home", "registry", "features", "train"}
+    inside = settings_for_step(before["gate"])
+    assert inside.gate == settings.gate
+    with pytest.raises(ConfigError, match=r"reads \[serving\], which its config does not carry"):
+        _ = inside.serving
+
+
+def configure_outputs(settings: Settings) -> tuple[str, ...]:
+    return steps.configure(settings.for_pipeline())
+
+
+def test_a_step_that_touches_no_model_imports_none_of_the_heavy_libraries(tmp_path: Path):
+    """What every step pays before it works: the settings and the steps module (plus kfp's executor)."""
+    heavy = ["torch", "mlflow", "feast", "label_studio_sdk", "scipy", "evidently", "pandas", "ray"]
+    probe = (
+        "import sys, json\n"
+        "from pipelines import steps\n"
+        f"from pipelines.steps import gate, head_state, skip\n"
+        f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))\n"
     )
-    [path] = [p for p in compile_all(tmp_path, IMAGE, step_options(settings)) if p.stem == "drift_monitor"]
-    _, platform = yaml.safe_load_all(path.read_text())
-    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert len(executors) == 3  # drift report, select, push
-    for config in executors.values():
-        [mount] = config["pvcMount"]
-        assert (mount["mountPath"], mount["constant"]) == ("/data/trendloop", "trendloop-state")
-        envs = {s["secretName"]: s["keyToEnv"] for s in config["secretAsEnv"]}
-        assert envs == {
-            "label-studio": [{"envVar": "TRENDLOOP_LABELSTUDIO__TOKEN", "secretKey": "token"}],
-            "feast-redis": [{"envVar": "TRENDLOOP_REDIS", "secretKey": "url"}],
-        }
-    [local] = [p for p in compile_all(tmp_path / "local", IMAGE) if p.stem == "drift_monitor"]
-    assert len(list(yaml.safe_load_all(local.read_text()))) == 1  # the embedded default adds nothing
-    with pytest.raises(ConfigError, match="absolute"):
-        step_options(settings.model_copy(update={"home": Path("relative/home")}))
-    with pytest.raises(ValueError, match="secret-name/key"):
-        PipelineSettings(secrets={"TRENDLOOP_REDIS": "no-key"})
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert json.loads(loaded) == []
+    # and the gate step itself, on an evaluation: it decides without loading any of them
+    config = Settings(home=tmp_path).for_pipeline()
+    gate_config = configure_outputs_from(config)["gate"]
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_text(json.dumps({"candidate": _evaluation("cand", [1, 1, 1, 0]), "champion": None}))
+    run = (
+        "import sys, json\n"
+        "from pipelines import steps\n"
+        "class A:\n    def __init__(self, path): self.path, self.metadata = path, {}\n"
+        f"passed = steps.gate({gate_config!r}, A({str(evaluation)!r}), A({str(tmp_path / 'verdict.json')!r}))\n"
+        f"print(json.dumps([passed, [m for m in {heavy!r} if m in sys.modules]]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, check=True).stdout
+    passed, loaded = json.loads(out.strip().splitlines()[-1])
+    assert passed is True and loaded == []
+    assert json.loads((tmp_path / "verdict.json").read_text())["passed"] is True
+
+
+def configure_outputs_from(config: str) -> dict[str, str]:
+    return dict(zip(READS, steps.configure(config), strict=True))
+
+
+def _evaluation(model: str, correct: list[int]) -> dict:
+    """A minimal evaluation of a first model on four posts (the gate only needs its outcomes)."""
+    labels = ["cat", "dog"]
+    truth = ["cat", "dog", "cat", "dog"]
+    predicted = [t if ok else ("dog" if t == "cat" else "cat") for t, ok in zip(truth, correct, strict=True)]
+    metrics = score(truth, predicted, np.full(4, 0.9), labels)
+    outcomes = Outcomes(
+        post_id=[f"p{i}" for i in range(4)], label=truth, predicted=predicted,
+        unchanged={"brightness_minus_10": [True] * 4, "brightness_plus_10": [True] * 4, "crop_90": [True] * 4},
+    )  # fmt: skip
+    return Evaluation(model, "snap", labels, metrics, {}, None, stability(outcomes.unchanged), outcomes).to_dict()
 
 
 def test_an_ingest_split_into_steps_commits_what_one_ingest_does(small_feed: Path, tmp_path: Path):
@@ -140,16 +198,17 @@ def test_an_ingest_split_into_steps_commits_what_one_ingest_does(small_feed: Pat
     assert report.snapshot == whole.snapshot  # content-addressed: the same posts, labels and order
 
 
-def test_pipeline_arguments_are_typed_checked_and_carry_the_settings(tmp_path: Path, monkeypatch):
+def test_pipeline_arguments_are_checked_and_carry_the_settings(tmp_path: Path, monkeypatch):
     settings = Settings(home=tmp_path / "home").model_copy(
         update={"labelstudio": Settings().labelstudio.model_copy(update={"token": "s3cret"})}
     )
-    args = pipeline_arguments(settings, "label_sync", ["min_new_labels=5", "min_agreement=0.5"])
-    assert (args["min_new_labels"], args["min_agreement"]) == (5, 0.5)
+    args = pipeline_arguments(settings, "label_sync", ["mode=scratch"])
+    assert args["mode"] == "scratch"
     assert "s3cret" not in args["config"]  # secrets reach steps through the environment, not run specs
     monkeypatch.setenv("TRENDLOOP_HOME", "/somewhere/else")
     monkeypatch.setenv("TRENDLOOP_LABELSTUDIO__TOKEN", "s3cret")
-    inside = settings_from_pipeline(str(args["config"]))
+    pull = configure_outputs_from(str(args["config"]))["pull"]
+    inside = settings_for_step(pull)
     assert inside.home == (tmp_path / "home").resolve()  # the run's settings, not the step's environment
     assert inside.labelstudio.token == "s3cret"
     assert settings.pipeline_secrets() == {"TRENDLOOP_LABELSTUDIO__TOKEN": "s3cret"}
@@ -159,10 +218,8 @@ def test_pipeline_arguments_are_typed_checked_and_carry_the_settings(tmp_path: P
     assert trained["source"] == str(tmp_path / "feed") and len(str(trained["source_version"])) == 16
     unseen = pipeline_arguments(settings, "continual_training", ["source=/volume/incoming"])
     assert str(unseen["source_version"]).startswith("unseen-")  # a source this machine cannot see is read again
-    with pytest.raises(ConfigError, match="not a number"):
-        pipeline_arguments(settings, "label_sync", ["min_new_labels=many"])
-    with pytest.raises(ConfigError, match="takes min_new_labels"):
-        pipeline_arguments(settings, "label_sync", ["min_new_label=5"])
+    with pytest.raises(ConfigError, match="takes mode"):
+        pipeline_arguments(settings, "label_sync", ["min_new_labels=5"])  # a setting now: [retrain] min_new_labels
     with pytest.raises(ConfigError, match="no pipeline"):
         pipeline_arguments(settings, "continual", [])
 
@@ -177,53 +234,54 @@ FEED = FeedSpec(
     repost_share=0.02,
     trends=[NewClass(name="meme", look="meme", start_day=3, ramp_days=0, share=0.4)],
 )
-SEED_DAYS = 3  # days 0-2 arrive labelled; day 3 is a labelled batch of fresh posts; day 4 is unlabelled traffic
+SEED_DAYS = 3  # days 0-2 arrive labelled; day 3 arrives unlabelled, its labels later; day 4 is for the refusal
+CONFIG = """
+[train]
+epochs = 6
+patience = 6
+[gate]  # lenient: these tests are about the pipelines; tests/test_gate.py is about the gate
+old_class_margin = 1.0
+stability_margin = 1.0
+newest_slice_gain = -1.0
+min_stability = 0.0
+[retrain]
+new_labels = 30  # a labelled day (about 55 posts) calls for a retrain
+[features]
+on_ingest = false
+"""
 
 
 class Loop:
-    def __init__(self, home: Path, feed: Path, settings: Settings):
-        self.home, self.feed, self.settings = home, feed, settings
+    def __init__(self, feed: Path, settings: Settings):
+        self.feed, self.settings = feed, settings
         self.store = Store(settings.store_dir)
 
-    def run(self, name: str, **params: object) -> LocalRun:
-        args = pipeline_arguments(self.settings, name, [f"{k}={v}" for k, v in params.items()])
-        return run_local(name, args, Path(self.settings.pipeline_root), IMAGE, env=self.settings.pipeline_secrets())
+    def run(self, name: str, settings: Settings | None = None, **params: object) -> LocalRun:
+        settings = settings or self.settings
+        args = pipeline_arguments(settings, name, [f"{k}={v}" for k, v in params.items()])
+        return run_local(name, args, Path(settings.pipeline_root), IMAGE, env=settings.pipeline_secrets())
 
     def day(self, n: int) -> str:
         return FEED.day_start(n).isoformat()
 
+    @property
+    def labels(self) -> Path:
+        return self.feed / "oracle" / "labels"
 
-@pytest.fixture(scope="module")
-def loop(label_studio: LocalLabelStudio, tmp_path_factory: pytest.TempPathFactory) -> Loop:
-    feed = tmp_path_factory.mktemp("pipeline-feed")
-    simulate(FEED, feed, range(SEED_DAYS + 2), workers=2)
-    home = label_studio.document_root / "pipelines"
-    home.mkdir()
-    config = home / "trendloop.toml"
-    config.write_text(
-        f"""
-home = "{home}"
-[train]
-epochs = 6
-patience = 6
-[gate]  # any model passes: these tests are about the pipelines, tests/test_evaluate.py about the gate
-old_class_margin = 1.0
-newest_slice_gain = -1.0
-min_stability = 0.0
-[features]
-on_ingest = false
-[labelstudio]
-url = "{label_studio.url}"
-token = "{label_studio.credentials().token}"
-project = "pipelines"
-image_url = "/data/local-files/?d=pipelines/store/{{image}}"
-[drift]
-false_alarm_rate = 0.2
-[active_learning]
-batch_size = 24
-"""
-    )
-    return Loop(home, feed, load_settings(config))
+
+@dataclass
+class Story:
+    """The runs, in the order a platform makes them, and what each found before it ran."""
+
+    loop: Loop
+    killed: str  # the error of the run whose train step was killed
+    after_kill: dict  # what the store, registry and run folder held right after it
+    resumed: LocalRun  # the same run again
+    seed_head: Snapshot
+    unlabelled: LocalRun  # day 3 without labels
+    before_labels: Snapshot
+    labelled: LocalRun  # day 3 again, with its labels
+    refused: LocalRun  # day 4 with labels, under a gate nothing passes
 
 
 def _kill_training_after_first_epoch(runs: Path, stop: threading.Event) -> None:
@@ -241,58 +299,91 @@ def _kill_training_after_first_epoch(runs: Path, stop: threading.Event) -> None:
         time.sleep(0.02)
 
 
-def test_a_step_killed_midway_leaves_nothing_half_written_and_the_rerun_reuses_finished_steps(loop: Loop):
-    labels = str(loop.feed / "oracle" / "labels")
+@pytest.fixture(scope="module")
+def story(tmp_path_factory: pytest.TempPathFactory) -> Story:
+    feed = tmp_path_factory.mktemp("pipeline-feed")
+    simulate(FEED, feed, range(SEED_DAYS + 2), workers=2)
+    home = tmp_path_factory.mktemp("pipelines")
+    config = home / "trendloop.toml"
+    config.write_text(f'home = "{home}"\n' + CONFIG)
+    loop = Loop(feed, load_settings(config))
+    seed = {"source": loop.feed, "until": loop.day(SEED_DAYS), "labels": loop.labels}
+
     stop = threading.Event()
     killer = threading.Thread(target=_kill_training_after_first_epoch, args=(loop.settings.runs_dir, stop))
     killer.start()
     try:
-        with pytest.raises(PipelineError, match="failed at step train"):
-            loop.run("continual_training", source=loop.feed, until=loop.day(SEED_DAYS), labels=labels)
+        with pytest.raises(PipelineError) as killed:
+            loop.run("continual_training", **seed)
     finally:
         stop.set()
         killer.join()
-
-    head = loop.store.head()
-    assert head is not None and loop.store.verify(head) == []  # the snapshot step's commit is whole
-    assert head.labelled > 100
-    assert len(list((loop.store.root / "ingests").glob("*.json"))) == 1
     registry = loop.settings.open_registry()
-    assert registry.versions() == [] and registry.alias(CHAMPION) is None  # nothing registered
-    [run_state] = list(loop.settings.runs_dir.glob("*/run.json"))
-    killed_run = json.loads(run_state.read_text())["run_id"]
+    after_kill = {
+        "head": loop.store.head(),
+        "ingests": len(list((loop.store.root / "ingests").glob("*.json"))),
+        "versions": registry.versions(),
+        "champion": registry.alias(CHAMPION),
+        "runs": [json.loads(p.read_text())["run_id"] for p in loop.settings.runs_dir.glob("*/run.json")],
+    }
+    resumed = loop.run("continual_training", **seed)
+    seed_head = loop.store.head()
+    day = {"source": loop.feed, "since": loop.day(SEED_DAYS), "until": loop.day(SEED_DAYS + 1)}
+    unlabelled = loop.run("continual_training", **day)
+    before_labels = loop.store.head()
+    labelled = loop.run("continual_training", **day, labels=loop.labels)
+    strict = loop.settings.model_copy(update={"gate": PromotionGate(newest_slice_gain=1.0)})  # nothing beats 1.0
+    refused = loop.run(
+        "continual_training", settings=strict, source=loop.feed, since=loop.day(SEED_DAYS + 1), labels=loop.labels
+    )
+    return Story(loop, str(killed.value), after_kill, resumed, seed_head, unlabelled, before_labels, labelled, refused)
 
-    again = loop.run("continual_training", source=loop.feed, until=loop.day(SEED_DAYS), labels=labels)
 
-    assert {"ingest", "validate"} <= set(again.cached)  # finished steps whose inputs did not change are reused
+def test_a_step_killed_midway_leaves_nothing_half_written_and_the_rerun_reuses_finished_steps(story: Story):
+    loop, after = story.loop, story.after_kill
+    assert "failed at step train" in story.killed
+    head = after["head"]
+    assert head is not None and loop.store.verify(head) == []  # the snapshot step's commit is whole
+    assert head.labelled > 100 and after["ingests"] == 1
+    assert after["versions"] == [] and after["champion"] is None  # nothing registered
+    [killed_run] = after["runs"]
+
+    again = story.resumed
+    assert {"configure", "ingest", "validate"} <= set(again.cached)  # finished steps, same inputs: reused
     assert "ingest" not in again.tasks and "validate" not in again.tasks and "train" in again.tasks
     # the snapshot step's input, HEAD, moved when it committed: it ran again and found nothing new
-    reports = [json.loads(p.read_text()) for p in (loop.store.root / "ingests").glob("*.json")]
-    assert sorted(r["accepted"] for r in reports) == [0, head.posts] and loop.store.head().id == head.id
+    assert story.seed_head.id == head.id
     assert again.output == 1
-    assert registry.alias(CHAMPION) == 1  # the first model to pass is the champion
+    registry = loop.settings.open_registry()
     version = registry.client.get_model_version(registry.model_name, "1")
     assert version.run_id == killed_run  # training resumed the interrupted run rather than starting over
     run = registry.client.get_run(killed_run)
     assert run.info.status == "FINISHED"
     assert run.data.tags["snapshot"] == head.id == version.tags["snapshot"]
     assert run.data.tags["kfp_run_name"] == again.run_name  # lineage: the KFP run that finished it
+    assert run.data.tags["gate"] == version.tags["gate"] == "passed"  # the verdict on the run and the version
+    assert registry.placed(1) == CHAMPION  # the first model to pass is the champion
 
 
-def test_continual_training_on_fresh_labelled_posts_registers_a_challenger(loop: Loop):
-    before = loop.store.head()
-    run = loop.run(
-        "continual_training",
-        source=loop.feed,
-        since=loop.day(SEED_DAYS),
-        until=loop.day(SEED_DAYS + 1),
-        labels=loop.feed / "oracle" / "labels",
-    )
+def test_an_unlabelled_day_is_ingested_and_no_retrain_is_due(story: Story):
+    run, before = story.unlabelled, story.seed_head
+    assert run.output == 0 and "skip" in run.tasks and "train" not in run.tasks
+    assert run.outcome() == "no retrain was due"
+    head = story.before_labels
+    assert head.parent == before.id and head.posts > before.posts and head.labelled == before.labelled
+    decision = json.loads((run.folder / "plan" / "decision").read_text())
+    assert decision == decision | {"due": False, "new_labels": 0}
+    assert decision["reason"] == "no retrain: 0 labels the newest version has not seen (a retrain needs 20)"
+
+
+def test_labels_for_that_day_make_a_retrain_due_and_register_a_challenger(story: Story):
+    run, before, loop = story.labelled, story.before_labels, story.loop
     registry = loop.settings.open_registry()
-    assert run.output == 2 == registry.alias(CHALLENGER)
-    assert registry.alias(CHAMPION) == 1
-    head = loop.store.head()
-    assert head.parent == before.id and head.posts > before.posts
+    assert run.output == 2 and registry.placed(2) == CHALLENGER
+    head = loop.store.load(registry.snapshot_of(2))
+    assert head.parent == before.id and head.posts == before.posts and head.labelled > before.labelled + 30
+    decision = json.loads((run.folder / "plan" / "decision").read_text())
+    assert decision["due"] is True and decision["reason"].startswith("retrain due: new_labels fired")
     mlflow_run = registry.client.get_run(registry.client.get_model_version(registry.model_name, "2").run_id)
     assert mlflow_run.data.tags["mode"] == "fine-tune" and mlflow_run.data.tags["base_version"] == "1"
     assert mlflow_run.data.tags["snapshot"] == head.id
@@ -300,46 +391,50 @@ def test_continual_training_on_fresh_labelled_posts_registers_a_challenger(loop:
     scored = json.loads((run.folder / "evaluate" / "evaluation").read_text())
     assert scored["champion"]["model"] == "trendloop-tagger/1"  # the champion scored beside it, on one test split
     assert scored["champion"]["snapshot"] == scored["candidate"]["snapshot"] == head.id
+    assert scored["candidate"]["newest_slice"] == "class:meme"  # the class the labels named, not an oracle's
     report = (run.folder / "evaluate" / "report").read_text()
     assert "<html" in report.lower() and f"{scored['champion']['overall']['accuracy']:.3f}" in report
 
 
-def test_drift_monitor_on_drifted_traffic_creates_label_studio_tasks(loop: Loop):
-    fresh = ingest(loop.feed, loop.store, since=FEED.day_start(SEED_DAYS + 1))  # unlabelled traffic arrives
-    assert fresh.accepted > 40
-    run = loop.run("drift_monitor", since=loop.day(SEED_DAYS + 1))
-    assert run.output is True
-    batch = pq.read_table(run.folder / "select" / "batch").to_pandas()
-    assert 0 < len(batch) <= 24
-    project = loop.settings.labeling_project()
-    tasks = {t.data["post_id"]: t for t in project.tasks_below(10**6)}
-    assert set(batch.post_id) == set(tasks)  # every selected post is a task, once
-    for task in tasks.values():  # pre-annotated with the champion's guess
-        [prediction] = task.predictions
-        prediction = prediction if isinstance(prediction, dict) else prediction.model_dump()
-        assert prediction["model_version"] == "1"
-    assert (run.folder / "drift-report" / "report").read_text().lower().count("<html") == 1
-
-
-def test_label_sync_turns_annotations_into_a_snapshot_and_retrains(loop: Loop):
-    project = loop.settings.labeling_project()
-    done = annotate(project, read_labels(loop.feed / "oracle" / "labels"), AnnotatorsConfig(error_rate=0.0))
-    assert done.annotations > 0
-    before = loop.store.head()
-
-    run = loop.run("label_sync", min_new_labels=5)
-
-    head = loop.store.head()
-    assert run.output >= 5 and head.parent == before.id
-    labelled = head.manifest().to_pandas().set_index("post_id")
-    committed = labelled[labelled.label_source == "annotators"]
-    assert len(committed) == run.output
-    truth = read_labels(loop.feed / "oracle" / "labels")
-    assert all(committed.label[p] == truth[p] for p in committed.index)
+def test_a_refused_candidate_keeps_its_run_and_verdict_and_is_never_registered_or_aliased(story: Story):
+    run, loop = story.refused, story.loop
+    assert run.output == 0 and "hold" in run.tasks and "register" not in run.tasks
     registry = loop.settings.open_registry()
-    assert "register" in run.tasks and registry.alias(CHALLENGER) == 3
-    assert registry.snapshot_of(3) == head.id
+    assert [v.version for v in registry.versions()] == [2, 1]
+    assert (registry.alias(CHAMPION), registry.alias(CHALLENGER)) == (1, 2)
+    [refused] = registry.client.search_runs([registry.experiment_id()], "tags.gate = 'failed'")
+    assert refused.data.tags["snapshot"] == loop.store.head().id
+    assert "FAIL newest trend" in refused.data.tags["gate_reasons"]
+    assert registry.version_of_run(refused.info.run_id) is None
 
-    nothing_new = loop.run("label_sync", min_new_labels=5)
-    assert nothing_new.output == 0 and "train" not in nothing_new.tasks  # the condition held training back
-    assert loop.store.head().id == head.id
+
+def test_the_cli_reaches_the_same_verdicts_and_aliases_as_the_pipelines_on_the_same_inputs(
+    story: Story, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    """The same feed, days and settings through `trendloop ingest` + `trendloop train` in another home."""
+    loop = story.loop
+    config = tmp_path / "trendloop.toml"
+    config.write_text(f'home = "{tmp_path / "home"}"\n' + CONFIG)
+    labels, feed = str(loop.labels), str(loop.feed)
+
+    def cli(*args: str) -> None:
+        with pytest.raises(SystemExit) as exit_:
+            main(["--config", str(config), *args])
+        out = capsys.readouterr()
+        assert (exit_.value.code or 0) == 0, out.err
+
+    cli("ingest", feed, "--until", loop.day(SEED_DAYS), "--labels", labels)  # as continual_training does
+    cli("train")
+    cli("ingest", feed, "--since", loop.day(SEED_DAYS), "--until", loop.day(SEED_DAYS + 1))
+    cli("ingest", feed, "--since", loop.day(SEED_DAYS), "--until", loop.day(SEED_DAYS + 1), "--labels", labels)
+    cli("train")
+    ours = load_settings(config).open_registry()
+    theirs = loop.settings.open_registry()
+    assert Store(load_settings(config).store_dir).head().id == theirs.snapshot_of(2)  # the same inputs
+    for version in ("1", "2"):
+        mine = ours.client.get_model_version(ours.model_name, version)
+        pipeline = theirs.client.get_model_version(theirs.model_name, version)
+        assert mine.tags["snapshot"] == pipeline.tags["snapshot"]
+        assert mine.tags["gate"] == pipeline.tags["gate"] == "passed"
+        assert mine.tags["gate_reasons"] == pipeline.tags["gate_reasons"]
+    assert (ours.alias(CHAMPION), ours.alias(CHALLENGER)) == (1, 2)

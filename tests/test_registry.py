@@ -1,4 +1,9 @@
-"""MLflow for real (SQLite tracking and registry in a temporary folder): runs, versions, aliases, loading."""
+"""MLflow for real (SQLite tracking and registry in a temporary folder): runs, verdicts, versions, aliases, loading.
+
+The retrain use-case (``components.workflow.retrain``) end to end: a candidate is a run
+until the gate passes it; the first that passes is the champion, later ones challengers;
+a refused one keeps its run and verdict and never becomes a version.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +18,13 @@ from components.ingest import ingest, read_labels
 from components.predict import Predictor
 from components.registry import CHALLENGER, CHAMPION, Registry, RegistryError
 from components.snapshot import Store
-from components.train import TrainConfig
-from components.workflow import Trained, review, train_and_register
+from components.train_config import TrainConfig
+from components.workflow import Retrained, retrain, train_candidate
 
 QUICK = TrainConfig(epochs=2, patience=2, batch_size=32)
-LENIENT = PromotionGate(old_class_margin=1.0, newest_slice_gain=-1.0, min_stability=0.0)
+# these tests are about the registry, not the gate (tests/test_gate.py): any candidate passes
+LENIENT = PromotionGate(old_class_margin=1.0, newest_slice_gain=-1.0, stability_margin=1.0, min_stability=0.0)
+STRICT = PromotionGate(stability_margin=-1.0)  # no lower bound reaches +1: every challenger is refused
 
 
 @pytest.fixture(scope="module")
@@ -33,81 +40,102 @@ def setup(tmp_path_factory: pytest.TempPathFactory, small_feed: Path) -> tuple[S
 
 
 @pytest.fixture(scope="module")
-def first(setup: tuple[Store, Registry, Path]) -> Trained:
+def first(setup: tuple[Store, Registry, Path]) -> Retrained:
     store, registry, runs = setup
-    return train_and_register(store, store.head(), QUICK, registry, runs)
+    return retrain(store, store.head(), QUICK, LENIENT, registry, runs)
 
 
-def test_a_training_run_logs_params_metrics_snapshot_code_and_labels(
-    setup: tuple[Store, Registry, Path], first: Trained
+def test_a_training_run_logs_params_metrics_snapshot_code_labels_and_its_verdict(
+    setup: tuple[Store, Registry, Path], first: Retrained
 ) -> None:
     store, registry, _ = setup
-    run = registry.client.get_run(first.run_id)
+    run = registry.client.get_run(first.candidate.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["arch"] == "resnet18" and run.data.params["pre_image_size"] == "32"
     assert run.data.tags["snapshot"] == store.head().id
     assert len(run.data.tags["code_version"]) >= 40  # a git commit (or "unknown" outside a checkout)
-    history = registry.client.get_metric_history(first.run_id, "val_accuracy")
+    history = registry.client.get_metric_history(first.candidate.run_id, "val_accuracy")
     assert [m.step for m in history] == [1, 2]
-    assert run.data.metrics["best_epoch"] == first.result.best_epoch
-    mv = registry.client.get_model_version(registry.model_name, str(first.version))
-    assert mv.tags["snapshot"] == store.head().id
-    assert set(mv.tags["labels"].strip("[]").replace('"', "").split(", ")) == set(first.result.labels)
+    assert run.data.metrics["best_epoch"] == first.candidate.result.best_epoch
+    assert run.data.tags["gate"] == "passed"
+    assert run.data.tags["gate_reasons"] == "\n".join(first.review.verdict.reasons)
+    assert run.data.metrics["test_accuracy"] == pytest.approx(first.review.candidate.overall.accuracy)
+    mv = registry.client.get_model_version(registry.model_name, str(first.placed.version))
+    assert mv.tags["snapshot"] == store.head().id and mv.tags["gate"] == "passed"
+    assert set(mv.tags["labels"].strip("[]").replace('"', "").split(", ")) == set(first.candidate.result.labels)
 
 
-def test_registered_aliased_and_loaded_predictions_match_the_in_memory_model(
-    setup: tuple[Store, Registry, Path], first: Trained
+def test_the_first_model_that_passes_is_the_champion_and_loads_as_it_was_trained(
+    setup: tuple[Store, Registry, Path], first: Retrained
 ) -> None:
     store, registry, _ = setup
-    with pytest.raises(RegistryError, match="has not been through the gate"):
-        registry.promote(first.version)
-    verdict = review(store, store.head(), registry, first.version, LENIENT).verdict
-    assert verdict.passed and verdict.champion is None
-    registry.promote(first.version)
+    assert first.placed is not None and (first.placed.version, first.placed.alias) == (1, CHAMPION)
+    assert first.review.champion is None and first.review.verdict.champion is None
+    assert registry.alias(CHAMPION) == 1 and registry.alias(CHALLENGER) is None
     loaded = registry.load_predictor(CHAMPION)
     images = [(store.root / ref).read_bytes() for ref in store.head().manifest().column("image").to_pylist()[:16]]
-    a, b = loaded.predict(images), Predictor(first.result.tagger).predict(images)
+    a, b = loaded.predict(images), Predictor(first.candidate.result.tagger).predict(images)
     assert a.labels == b.labels
     np.testing.assert_array_equal(a.probabilities, b.probabilities)
     np.testing.assert_array_equal(a.embeddings, b.embeddings)
-    assert loaded.preprocessing == first.result.tagger.spec.preprocessing
+    assert loaded.preprocessing == first.candidate.result.tagger.spec.preprocessing
 
 
-def test_the_same_command_after_success_returns_the_registered_version(
-    setup: tuple[Store, Registry, Path], first: Trained
+def test_the_same_retrain_after_success_returns_the_registered_version_and_adds_nothing(
+    setup: tuple[Store, Registry, Path], first: Retrained
 ) -> None:
     store, registry, runs = setup
-    again = train_and_register(store, store.head(), QUICK, registry, runs)
-    assert again.version == first.version and again.run_id == first.run_id
-    assert again.result.resumed_from == QUICK.epochs
-    assert [v.version for v in registry.versions()] == [first.version]
+    before = [v.version for v in registry.versions()]
+    again = retrain(store, store.head(), QUICK, LENIENT, registry, runs, "scratch")
+    assert again.placed is not None and again.placed.version == first.placed.version and not again.placed.new
+    assert again.candidate.run_id == first.candidate.run_id
+    assert again.candidate.result.resumed_from == QUICK.epochs
+    assert [v.version for v in registry.versions()] == before
 
 
-def test_promote_moves_champion_and_rollback_brings_the_previous_one_back(
-    setup: tuple[Store, Registry, Path], first: Trained
+def test_a_refused_candidate_keeps_its_run_and_verdict_and_is_never_a_version(
+    setup: tuple[Store, Registry, Path], first: Retrained
 ) -> None:
     store, registry, runs = setup
-    if registry.alias(CHAMPION) is None:
-        review(store, store.head(), registry, first.version, LENIENT)
-        registry.promote(first.version)
-    second = train_and_register(store, store.head(), QUICK.model_copy(update={"seed": 1}), registry, runs)
-    strict = PromotionGate(min_stability=1.01)  # no model passes: the verdict is recorded as failed
-    failed = review(store, store.head(), registry, second.version, strict)
-    assert not failed.verdict.passed
-    assert registry.client.get_model_version(registry.model_name, str(second.version)).tags["gate"] == "failed"
-    with pytest.raises(RegistryError, match="failed its gate"):
-        registry.promote(second.version)
-    passed = review(store, store.head(), registry, second.version, LENIENT)
-    assert passed.verdict.passed and passed.verdict.champion == f"{registry.model_name}/{first.version}"
-    assert registry.alias(CHALLENGER) == second.version  # gated: the candidate for an A/B test
-    assert registry.promote(second.version) == first.version
-    assert registry.alias(CHAMPION) == second.version and registry.alias(CHALLENGER) is None
-    assert registry.rollback() == (second.version, first.version)
-    assert registry.alias(CHAMPION) == first.version
+    before = [v.version for v in registry.versions()], registry.alias(CHAMPION), registry.alias(CHALLENGER)
+    refused = retrain(store, store.head(), QUICK.model_copy(update={"seed": 7}), STRICT, registry, runs, "scratch")
+    assert refused.placed is None and not refused.review.verdict.passed
+    run = registry.client.get_run(refused.candidate.run_id)
+    assert run.data.tags["gate"] == "failed" and "FAIL stability" in run.data.tags["gate_reasons"]
+    assert registry.version_of_run(refused.candidate.run_id) is None
+    after = [v.version for v in registry.versions()], registry.alias(CHAMPION), registry.alias(CHALLENGER)
+    assert after == before
+
+
+def test_a_later_model_that_passes_is_the_challenger_and_promote_then_rollback_move_the_champion(
+    setup: tuple[Store, Registry, Path], first: Retrained
+) -> None:
+    store, registry, runs = setup
+    second = retrain(store, store.head(), QUICK.model_copy(update={"seed": 1}), LENIENT, registry, runs, "scratch")
+    assert second.placed is not None and second.placed.alias == CHALLENGER
+    assert second.review.verdict.champion == f"{registry.model_name}/{first.placed.version}"
+    assert registry.alias(CHALLENGER) == second.placed.version  # gated: the candidate for an A/B test
+    assert registry.promote(second.placed.version) == first.placed.version
+    assert registry.alias(CHAMPION) == second.placed.version and registry.alias(CHALLENGER) is None
+    assert registry.rollback() == (second.placed.version, first.placed.version)
+    assert registry.alias(CHAMPION) == first.placed.version
     with pytest.raises(RegistryError, match="no earlier champion"):
         registry.rollback()
     listed = {v.version: v for v in registry.versions()}
-    assert listed[first.version].aliases == [CHAMPION] and listed[second.version].gate == "passed"
+    assert listed[first.placed.version].aliases == [CHAMPION] and listed[second.placed.version].gate == "passed"
+
+
+def test_a_version_registered_without_a_verdict_is_not_promoted_unless_forced(
+    setup: tuple[Store, Registry, Path],
+) -> None:
+    store, registry, runs = setup
+    candidate = train_candidate(store, store.head(), QUICK.model_copy(update={"seed": 2}), registry, runs)
+    version = registry.register(candidate.run_id, candidate.tagger_dir, candidate.snapshot)  # outside the loop
+    with pytest.raises(RegistryError, match="has not been through the gate"):
+        registry.promote(version)
+    champion = registry.alias(CHAMPION)
+    assert registry.promote(version, force=True) == champion and registry.alias(CHAMPION) == version
+    registry.rollback()
 
 
 def test_unknown_versions_and_aliases_are_clear_errors(setup: tuple[Store, Registry, Path]) -> None:

@@ -25,7 +25,7 @@ from serving import control
 from serving.control import Serving
 from serving.eventlog import FeedbackLog
 from serving.experiment import CHALLENGER, CHAMPION, assign_arm
-from serving.traffic import Audience, drive
+from serving.traffic import Audience, drive, plain_posts
 from tests.conftest import free_port
 from tests.models import register_untrained
 from trendloop.settings import Settings
@@ -40,6 +40,7 @@ def png(color: tuple[int, int, int], size: int = 48) -> bytes:
 
 
 IMAGES = [png((30 * i % 255, 90, 200 - 20 * i)) for i in range(8)]
+POSTS = plain_posts(IMAGES)  # no truth: engagement from each viewer's propensity alone, the same on both arms
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_each_user_keeps_one_arm_and_the_split_holds(served: tuple[Settings, Ser
     _, s, url = served
     experiment = s.experiments.current()
     assert experiment is not None and experiment.split == 0.5
-    stats = run(drive(url, IMAGES, Audience(users=300, seed=1), requests=600, concurrency=8, keep_responses=True))
+    stats = run(drive(url, POSTS, Audience(viewers=300, seed=1), requests=600, concurrency=8, keep_responses=True))
     assert stats.failed == {} and stats.ok == 600
     arms: dict[str, set[str]] = {}
     for body in stats.responses:
@@ -139,7 +140,7 @@ def test_bad_requests_get_a_clear_4xx_and_serving_goes_on(served: tuple[Settings
 
 def test_every_record_survives_a_clean_restart(served: tuple[Settings, Serving, str]) -> None:
     settings, s, url = served
-    stats = run(drive(url, IMAGES, Audience(users=50, base_rate=0.3, seed=2), requests=120, concurrency=4, seed=5,
+    stats = run(drive(url, POSTS, Audience(viewers=50, base_rate=0.3, seed=2), requests=120, concurrency=4, seed=5,
                       keep_responses=True))  # fmt: skip
     assert stats.failed == {}
     ids = [body["request_id"] for body in stats.responses]
@@ -159,7 +160,7 @@ def test_every_record_survives_a_clean_restart(served: tuple[Settings, Serving, 
 
 def test_report_and_dashboard_in_a_real_browser(served: tuple[Settings, Serving, str], browser) -> None:
     _, s, url = served
-    run(drive(url, IMAGES, Audience(users=120, base_rate=0.2, seed=3), requests=300, concurrency=8, seed=9))
+    run(drive(url, POSTS, Audience(viewers=120, base_rate=0.2, seed=3), requests=300, concurrency=8, seed=9))
     time.sleep(0.5)  # one flush interval
     found = control.report(s)
     arms = found["arms"]
@@ -199,7 +200,7 @@ def test_live_split_change_and_promotion_drop_no_request(served: tuple[Settings,
 
     worker = threading.Thread(target=operate)
     worker.start()
-    stats = run(drive(url, IMAGES, Audience(users=200, seed=4), requests=900, concurrency=16, seed=11,
+    stats = run(drive(url, POSTS, Audience(viewers=200, seed=4), requests=900, concurrency=16, seed=11,
                       keep_responses=True))  # fmt: skip
     worker.join()
     assert stats.failed == {}, stats.failed  # zero failed requests through both changes

@@ -8,36 +8,19 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
-from active_learning.annotators import annotate as annotate_tasks
-from active_learning.labelstudio import LabelingProject
-from active_learning.loop import commit_labels, offered_labels, pull_labels, push_queued, select_posts
-from active_learning.queue import LabelQueue
-from active_learning.strategies import SelectionConfig
-from components.errors import ConfigError, LabelingError, TrendloopError
-from components.features import SUMMARY_FEATURES
-from components.features import sync as sync_features
-from components.ingest import ingest as ingest_source
-from components.ingest import read_labels
-from components.monitor import check_drift, log_check, newest_days, retrain_context
+from components.errors import ConfigError, LabelingError, SnapshotError, TrendloopError
 from components.posts import parse_time
-from components.predlog import PredictionLog
-from components.registry import CHAMPION
-from components.simulator.feed import FeedSpec, oracle_styles
-from components.simulator.feed import simulate as simulate_feed
-from components.simulator.trends import parse_trend
-from components.snapshot import Store
-from components.train import TrainConfig
-from components.workflow import review, train_and_register
-from serving import control
-from serving.dashboard import render_dashboard
 from trendloop import render
-from trendloop.demo import run_demo
 from trendloop.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from active_learning.labelstudio import LabelingProject
+    from active_learning.queue import LabelQueue
 
 app = typer.Typer(
     help="trendloop: continual learning for the images people post.",
@@ -120,6 +103,10 @@ def simulate(
     workers: Annotated[int, typer.Option(min=1, help="Processes simulating days in parallel.")] = 2,
 ) -> None:
     """Simulate a social feed: posts, images, users and engagement, with trends on a day timeline."""
+    from components.simulator.feed import FeedSpec
+    from components.simulator.feed import simulate as simulate_feed
+    from components.simulator.trends import parse_trend
+
     settings = _settings(ctx)
     updates = {
         k: v
@@ -159,6 +146,10 @@ def ingest(
     workers: Annotated[int | None, typer.Option(min=1, help="Validation processes (default: settings).")] = None,
 ) -> None:
     """Validate, normalise and deduplicate posts, quarantine bad files, and commit a snapshot."""
+    from components.ingest import ingest as ingest_source
+    from components.ingest import read_labels
+    from components.snapshot import Store
+
     settings = _settings(ctx)
     window = parse_time(since, "--since"), parse_time(until, "--until")
     given = read_labels(labels) if labels else None
@@ -182,18 +173,21 @@ def ingest(
 
 def _sync_features(settings: Settings) -> None:
     """Write the offline feature store from HEAD and the champion's batch predictions."""
+    from components.snapshot import Store
+
     head = Store(settings.store_dir).head()
     if head is None:
         return
     with render.console.status("writing features (Feast offline store)"):
-        log = PredictionLog(settings.predictions_dir)
-        report = sync_features(settings.open_features(), head, log, settings.features.device)
+        report = settings.sync_features(head)
     render.console.print(f"features: {render.sync_text(report)}")
 
 
 @snapshot_app.command("list")
 def snapshot_list(ctx: typer.Context) -> None:
     """Every snapshot, oldest first; HEAD is marked."""
+    from components.snapshot import Store
+
     store = Store(_settings(ctx).store_dir)
     head = store.head()
     render.console.print(render.snapshots_table(store.list(), head.id if head else None))
@@ -204,12 +198,16 @@ def snapshot_show(
     ctx: typer.Context, ref: Annotated[str, typer.Argument(help="HEAD, HEAD~N, an id or id prefix.")] = "HEAD"
 ) -> None:
     """One snapshot: parent, sources, label counts, manifest path."""
+    from components.snapshot import Store
+
     render.console.print(render.snapshot_table(Store(_settings(ctx).store_dir).resolve(ref)))
 
 
 @snapshot_app.command("diff")
 def snapshot_diff(ctx: typer.Context, old: str = typer.Argument("HEAD~1"), new: str = typer.Argument("HEAD")) -> None:
     """What changed between two snapshots: posts added and removed, labels changed."""
+    from components.snapshot import Store
+
     store = Store(_settings(ctx).store_dir)
     render.console.print(render.diff_table(store.diff(store.resolve(old), store.resolve(new))))
 
@@ -221,6 +219,8 @@ def snapshot_verify(
     images: Annotated[bool, typer.Option(help="Also re-hash every image (slower).")] = True,
 ) -> None:
     """Check a snapshot still matches its content hash and every image its pixel hash."""
+    from components.snapshot import Store
+
     store = Store(_settings(ctx).store_dir)
     snap = store.resolve(ref)
     problems = store.verify(snap, images=images)
@@ -235,9 +235,9 @@ def snapshot_verify(
 def train(
     ctx: typer.Context,
     snapshot: Annotated[str, typer.Option(help="Snapshot to train on: HEAD, HEAD~N, an id or prefix.")] = "HEAD",
-    from_champion: Annotated[
-        bool, typer.Option("--from-champion/--scratch", help="Fine-tune the champion with replay, or start afresh.")
-    ] = False,
+    mode: Annotated[
+        str, typer.Option(help="auto (fine-tune the champion when there is one), fine-tune, or scratch.")
+    ] = "auto",
     arch: Annotated[str | None, typer.Option(help="Architecture (default from [train] arch).")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (default from [train]).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default from [train]).")] = None,
@@ -250,12 +250,18 @@ def train(
         ),
     ] = None,
 ) -> None:
-    """Train a tagger on a snapshot, log the run to MLflow and register it as a new version.
+    """Retrain: train a candidate on a snapshot, evaluate it beside the champion, gate it; register what passes.
 
-    Interrupted? Run the same command again: it resumes from the last finished epoch.
-    A fusion tagger (--side) reads its features from the feature store, as they were
-    when each post was made; run `trendloop features sync` first if ingest does not.
+    The first model that passes becomes @champion, later ones @challenger (the A/B test's
+    candidate). A refused candidate is not registered: its MLflow run keeps the verdict.
+    Interrupted? Run the same command again: it resumes from the last finished epoch. A
+    fusion tagger (--side) reads its features from the feature store, as they were when
+    each post was made; run `trendloop features sync` first if ingest does not.
     """
+    from components.snapshot import Store
+    from components.train_config import TrainConfig
+    from components.workflow import retrain
+
     settings = _settings(ctx)
     groups = None if side is None else [g.strip() for g in side.split(",") if g.strip() and g.strip() != "none"]
     changes = {"arch": arch, "epochs": epochs, "seed": seed, "device": device, "side": groups}
@@ -265,14 +271,23 @@ def train(
     snap = store.resolve(snapshot)
     registry = settings.open_registry()
     with render.training_progress(config.epochs) as progress:
-        trained = train_and_register(
-            store, snap, config, registry, settings.runs_dir, from_champion, progress.step, progress.epoch
+        done = retrain(
+            store, snap, config, settings.gate, registry, settings.runs_dir, mode, progress.step, progress.epoch,
+            lambda version, candidate: settings.open_features().register_model(
+                version, snap.id, candidate.feature_refs
+            ),
+        )  # fmt: skip
+    render.console.print(render.training_table(done.candidate.result))
+    render.console.print(render.evaluation_table(done.review.candidate, done.review.champion))
+    render.console.print(render.verdict_text(done.review.verdict))
+    if done.placed is None:
+        raise TrendloopError(
+            f"the gate refused the candidate: nothing registered (MLflow run {done.candidate.run_id} keeps the verdict)"
         )
-    render.console.print(render.training_table(trained.result))
-    service = settings.open_features().register_model(trained.version, snap.id, trained.feature_refs)
     render.console.print(
-        f"registered {registry.model_name} version {trained.version} (run {trained.run_id}, features {service}); "
-        f"next: `trendloop evaluate {trained.version}`"
+        f"registered {registry.model_name} version {done.placed.version} as @{done.placed.alias} "
+        f"(run {done.candidate.run_id}, feature service tagger_v{done.placed.version}); "
+        + ("next: `trendloop serve up`" if done.placed.alias == "champion" else "next: `trendloop serve up` tests it")
     )
 
 
@@ -281,23 +296,25 @@ def evaluate(
     ctx: typer.Context,
     version: Annotated[str, typer.Argument(help="Version number, or champion/challenger.")],
     snapshot: Annotated[str, typer.Option(help="Whose test split to score on.")] = "HEAD",
-    oracle: Annotated[
-        Path | None, typer.Option(help="Simulated feed whose filters make style slices (default: the demo feed).")
-    ] = None,
 ) -> None:
-    """Score a version against the champion on one test split and run the promotion gate.
+    """Score a version beside the champion on one test split and show what the gate would say now.
 
-    The verdict and its reasons are recorded on the version; one that passes becomes @challenger.
+    A report only: registered versions passed the gate when they were registered, and
+    nothing here moves an alias.
     """
+    from components.snapshot import Store
+    from components.workflow import review
+
     settings = _settings(ctx)
     store = Store(settings.store_dir)
     registry = settings.open_registry()
-    styles = oracle_styles(oracle or settings.feed_dir)
-    result = review(store, store.resolve(snapshot), registry, registry.version_of(version), settings.gate, styles)
-    render.console.print(render.evaluation_table(result.challenger, result.champion))
-    render.console.print(render.verdict_text(result.verdict))
-    if not result.verdict.passed:
-        raise TrendloopError(f"version {result.version} did not pass the gate")
+    number = registry.version_of(version)
+    found = review(
+        store, store.resolve(snapshot), registry, registry.load_predictor(number), f"{registry.model_name}/{number}",
+        settings.gate,
+    )  # fmt: skip
+    render.console.print(render.evaluation_table(found.candidate, found.champion))
+    render.console.print(render.verdict_text(found.verdict))
 
 
 @model_app.command("list")
@@ -333,33 +350,51 @@ def model_rollback(ctx: typer.Context) -> None:
 def drift_check(
     ctx: typer.Context,
     since: Annotated[
-        str | None, typer.Option(help="Window start, UTC date/time (default: the newest day's start).")
+        str | None,
+        typer.Option(help="Window start, UTC date/time (default: the newest day's start; served: a day ago)."),
     ] = None,
     until: Annotated[str | None, typer.Option(help="Window end, exclusive (default: open).")] = None,
     days: Annotated[int, typer.Option(min=1, help="Without --since: the newest N days of traffic.")] = 1,
+    served: Annotated[
+        bool,
+        typer.Option(
+            "--served/--stored",
+            help="Test what the app served in the window (request times), or score the snapshot's posts created in it.",
+        ),
+    ] = False,
     snapshot: Annotated[str, typer.Option(help="Snapshot whose posts make the traffic.")] = "HEAD",
     version: Annotated[str, typer.Option(help="Whose predictions: champion, challenger or a number.")] = "champion",
 ) -> None:
     """Test a window of traffic against the champion's training data; find emerging trends.
 
     Writes drift.json and Evidently's drift.html under <home>/drift/, logs both to MLflow,
-    and says which retrain triggers fire.
+    and says what the retrain policy makes of it (the same policy the pipelines ask).
     """
+    from datetime import UTC, datetime, timedelta
+
+    from components.monitor import check_drift, log_check, newest_days, retrain_plan
+    from components.predlog import PredictionLog
+    from components.snapshot import Store
+
     settings = _settings(ctx)
     store = Store(settings.store_dir)
     snap = store.resolve(snapshot)
-    start, end = parse_time(since, "--since") or newest_days(snap, days), parse_time(until, "--until")
+    end = parse_time(until, "--until")
+    default = (end or datetime.now(UTC)) - timedelta(days=days) if served else newest_days(snap, days)
+    start = parse_time(since, "--since") or default
     registry, log = settings.open_registry(), PredictionLog(settings.predictions_dir)
     with render.console.status("checking drift"):
         check = check_drift(
-            store, snap, registry, log, settings.checks_dir, start, end, settings.drift, settings.emerging, version
-        )
+            store, snap, registry, log, settings.checks_dir, start, end, settings.drift, settings.emerging, version,
+            traffic="served" if served else "stored",
+        )  # fmt: skip
         log_check(registry, check)
-        decisions = settings.retrain.decide(retrain_context(store, snap, registry, log, check.verdict))
+        plan = retrain_plan(store, snap, registry, log, settings.checks_dir, settings.retrain)
     render.console.print(render.drift_table(check.verdict))
     if check.clusters:
         render.console.print(render.clusters_table(check.clusters))
-    render.console.print(render.triggers_table(decisions))
+    render.console.print(render.triggers_table(plan.decisions))
+    render.console.print(plan.reason)
     render.console.print(f"report: {check.folder / 'drift.html'} (summary: drift.json)")
 
 
@@ -396,6 +431,8 @@ def services_status(ctx: typer.Context) -> None:
 @serve_app.command("up")
 def serve_up(ctx: typer.Context) -> None:
     """Deploy the serving app for @champion and @challenger (starting a local Ray head unless one is configured)."""
+    from serving import control
+
     settings = _settings(ctx)
     s = settings.serving_control()
     with render.console.status("starting Ray on 127.0.0.1 unless serving.ray_dashboard names a cluster"):
@@ -411,11 +448,11 @@ def serve_up(ctx: typer.Context) -> None:
 def serve_down(ctx: typer.Context) -> None:
     """Stop the serving app (replicas finish their requests and write their logs), then the local Ray head."""
     settings = _settings(ctx)
-    s = settings.serving_control()
-    if s.admin.reachable():
+    admin = settings.serve_admin()
+    if admin.reachable():
         with render.console.status("stopping the serving app"):
-            s.admin.shutdown()
-            s.admin.wait_gone()
+            admin.shutdown()
+            admin.wait_gone()
         render.console.print("serving app stopped")
     if settings.serving.ray_dashboard is None:
         render.console.print("local Ray stopped" if settings.local_ray().down() else "local Ray was not running")
@@ -424,14 +461,15 @@ def serve_down(ctx: typer.Context) -> None:
 @serve_app.command("status")
 def serve_status(ctx: typer.Context) -> None:
     """Whether the app runs, each deployment's state, and the live traffic knobs."""
-    s = _settings(ctx).serving_control()
-    if not s.admin.reachable():
-        render.console.print(f"serving: stopped (no Ray dashboard at {s.admin.url})")
+    from serving.experiment import Experiments
+
+    settings = _settings(ctx)
+    admin = settings.serve_admin()
+    if not admin.reachable():
+        render.console.print(f"serving: stopped (no Ray dashboard at {admin.url})")
         return
-    apps = s.admin.applications()
-    config = s.admin.config()
-    render.console.print(render.serving_table(apps, config))
-    render.console.print(render.experiment_line(s.experiments.current()))
+    render.console.print(render.serving_table(admin.applications(), admin.config()))
+    render.console.print(render.experiment_line(Experiments(settings.serving_dir / "experiments").current()))
 
 
 @serve_app.command("config")
@@ -440,6 +478,8 @@ def serve_config_cmd(
     out: Annotated[Path | None, typer.Option(help="Write it here (default: print).")] = None,
 ) -> None:
     """The Serve config for the current aliases: what `serve up` applies, and a RayService's serveConfigV2."""
+    from serving import control
+
     s = _settings(ctx).serving_control()
     wanted = control.versions(s.registry)
     config = s.config_for(wanted, control.traffic_of(s.experiments.current(), wanted["champion"]))
@@ -454,6 +494,8 @@ def serve_config_cmd(
 @ab_app.command("status")
 def ab_status(ctx: typer.Context) -> None:
     """The running test in plain words: verdict, arms, lift with its interval, SRM and guardrails."""
+    from serving import control
+
     s = _settings(ctx).serving_control()
     render.console.print(render.ab_summary(control.report(s)))
 
@@ -464,6 +506,9 @@ def ab_report_cmd(
     html: Annotated[Path | None, typer.Option(help="Also write the dashboard, self-contained, to this file.")] = None,
 ) -> None:
     """The running test's full report as JSON (what /ab/report.json serves)."""
+    from serving import control
+    from serving.dashboard import render_dashboard
+
     s = _settings(ctx).serving_control()
     found = control.report(s)
     print(json.dumps(found, indent=2))
@@ -477,6 +522,8 @@ def ab_decide(
     apply: Annotated[bool, typer.Option(help="Act on the verdict: promote or roll back, serving follows.")] = False,
 ) -> None:
     """Apply the decision rule the test declared when it started; with --apply, act on it."""
+    from serving import control
+
     s = _settings(ctx).serving_control()
     outcome = control.decide(s, apply)
     render.console.print(render.ab_summary(outcome.report))
@@ -490,6 +537,8 @@ def ab_split(
     ctx: typer.Context, share: Annotated[float, typer.Argument(min=0.0, max=1.0, help="The challenger's share.")]
 ) -> None:
     """Change the challenger's share of users, live. A new test phase starts (same salt: users only move one way)."""
+    from serving import control
+
     s = _settings(ctx).serving_control()
     experiment = control.follow(s, split=share, note=f"split changed to {share}")
     render.console.print(render.experiment_line(experiment))
@@ -500,6 +549,8 @@ def ab_promote(
     ctx: typer.Context, force: Annotated[bool, typer.Option(help="Promote even without a passed gate.")] = False
 ) -> None:
     """Make the challenger the champion now, whatever the test says; serving follows without a restart."""
+    from serving import control
+
     version, experiment = control.promote(_settings(ctx).serving_control(), force)
     render.console.print(f"@champion is version {version}")
     render.console.print(render.experiment_line(experiment))
@@ -508,6 +559,8 @@ def ab_promote(
 @ab_app.command("rollback")
 def ab_rollback(ctx: typer.Context) -> None:
     """Give @champion back to the previous champion; serving follows without a restart."""
+    from serving import control
+
     current, previous, experiment = control.rollback(_settings(ctx).serving_control())
     render.console.print(f"@champion is version {previous} again (was version {current})")
     render.console.print(render.experiment_line(experiment))
@@ -519,11 +572,6 @@ def _labeling(settings: Settings) -> tuple[LabelingProject, LabelQueue]:
             "the embedded Label Studio is not running: start it with `trendloop services up` (queued posts stay queued)"
         )
     return settings.labeling_project(), settings.label_queue()
-
-
-def _champion_labels(settings: Settings) -> tuple[str, ...]:
-    registry = settings.open_registry()
-    return registry.load_predictor(CHAMPION).labels if registry.alias(CHAMPION) is not None else ()
 
 
 @label_app.command("select")
@@ -540,6 +588,10 @@ def label_select(
     version: Annotated[str, typer.Option(help="The model that scores: champion, challenger or a number.")] = "champion",
 ) -> None:
     """Score HEAD's unlabelled posts with the model and queue the most informative for annotators."""
+    from active_learning.loop import select_posts
+    from active_learning.strategies import SelectionConfig
+    from components.snapshot import Store
+
     settings = _settings(ctx)
     config = settings.active_learning
     if strategy is not None:
@@ -565,10 +617,14 @@ def label_select(
 @label_app.command("push")
 def label_push(ctx: typer.Context) -> None:
     """Send queued posts to Label Studio as pre-annotated tasks; what fails stays queued."""
+    from active_learning.loop import known_labels, offered_labels, push_queued
+    from components.snapshot import Store
+
     settings = _settings(ctx)
     project, queue = _labeling(settings)
     ls = settings.labelstudio
-    labels = offered_labels(Store(settings.store_dir), _champion_labels(settings))
+    store = Store(settings.store_dir)
+    labels = offered_labels(store, known_labels(store, settings.open_registry()))
     report = push_queued(
         queue, project, labels, image_url=ls.image_url, overlap=ls.overlap, local_files=settings.local_files()
     )
@@ -583,6 +639,9 @@ def label_annotate(
     ] = None,
 ) -> None:
     """Simulated annotators label the open tasks in Label Studio from the simulator's ground truth."""
+    from active_learning.annotators import annotate as annotate_tasks
+    from components.ingest import read_labels
+
     settings = _settings(ctx)
     truth = read_labels((feed or settings.feed_dir) / "oracle" / "labels")
     project, _ = _labeling(settings)
@@ -598,15 +657,27 @@ def label_pull(
     ctx: typer.Context,
     commit: Annotated[bool, typer.Option(help="Commit the decided labels as a new snapshot.")] = True,
 ) -> None:
-    """Pull annotations, decide each post's label by majority vote, commit them as a snapshot."""
+    """Pull annotations, decide each post's label by majority vote, check them, commit those that pass as a snapshot.
+
+    The checks are the label-sync pipeline's: decided, not committed yet, the post is in
+    HEAD, and the annotators agreed at least `[labelstudio] min_agreement`.
+    """
+    from active_learning.loop import check_labels, commit_labels, known_labels, pull_labels
+    from components.snapshot import Store
+
     settings = _settings(ctx)
     project, queue = _labeling(settings)
     store = Store(settings.store_dir)
-    known = _champion_labels(settings) or tuple(offered_labels(store, ()))
-    report = pull_labels(queue, project, known, settings.labelstudio.min_votes)
+    report = pull_labels(queue, project, known_labels(store, settings.open_registry()), settings.labelstudio.min_votes)
     render.console.print(render.pull_table(report))
     if commit:
-        render.console.print(render.relabel_text(commit_labels(store, queue)))
+        head = store.head()
+        if head is None:
+            raise SnapshotError("there are no snapshots yet: ingest the posts before committing their labels")
+        checked = check_labels(queue, head, settings.labelstudio.min_agreement)
+        for why, n in checked.dropped.items():
+            render.console.print(f"{n} decided labels held back: {why}")
+        render.console.print(render.relabel_text(commit_labels(store, queue, checked.passed)))
         if settings.features.on_ingest:
             _sync_features(settings)  # the decided labels reach Feast through its push source
 
@@ -649,6 +720,8 @@ def features_get(
     service: Annotated[str | None, typer.Option(help="A feature service instead, e.g. tagger_v3.")] = None,
 ) -> None:
     """Read features from the online store, as serving does."""
+    from components.features import SUMMARY_FEATURES
+
     rows = {k: v for k, v in {"post_id": post or [], "user_id": user or []}.items() if v}
     if not rows:
         raise ConfigError("name at least one --post or --user")
@@ -701,7 +774,7 @@ def pipeline_compile(
     out: Annotated[Path, typer.Option(help="Folder for the IR YAML files.")] = Path("build/pipelines"),
 ) -> None:
     """Write every pipeline's IR YAML (for the KFP UI, `kfp run create`, or a GitOps repo)."""
-    from pipelines.runner import compile_all, step_options  # noqa: PLC0415 - kfp imports slowly; only these pay
+    from pipelines.runner import compile_all, step_options
 
     settings = _settings(ctx)
     for path in compile_all(out, settings.pipelines.image, step_options(settings)):
@@ -729,7 +802,7 @@ def pipeline_run(
     A failed run names the step and its error; run the same command again after the fix
     and the steps that finished are reused from the cache, not run again.
     """
-    from pipelines.runner import pipeline_arguments, run_local, step_options, submit  # noqa: PLC0415
+    from pipelines.runner import pipeline_arguments, run_local, step_options, submit
 
     settings = _settings(ctx)
     arguments = pipeline_arguments(settings, name, param or [])
@@ -761,7 +834,7 @@ def pipeline_schedule(
     host: Annotated[str | None, typer.Option(help="The KFP API endpoint (default: [pipelines] host).")] = None,
 ) -> None:
     """Create a recurring run on a KFP cluster (kfp.local has no scheduler; use cron with `pipeline run`)."""
-    from pipelines.runner import pipeline_arguments, schedule, step_options  # noqa: PLC0415
+    from pipelines.runner import pipeline_arguments, schedule, step_options
 
     settings = _settings(ctx)
     target = host or settings.pipelines.host
@@ -778,18 +851,27 @@ def pipeline_schedule(
 @app.command()
 def demo(
     ctx: typer.Context,
-    days: Annotated[int, typer.Option(min=2, help="Days of feed to simulate.")] = 21,
-    seed_days: Annotated[int, typer.Option(min=1, help="First days whose posts arrive labelled (the seed set).")] = 7,
+    days: Annotated[int, typer.Option(min=2, help="Days of feed to simulate.")] = 12,
+    seed_days: Annotated[int, typer.Option(min=1, help="First days whose posts arrive labelled (the history).")] = 7,
     posts_per_day: Annotated[int, typer.Option(min=1)] = 200,
+    views_per_post: Annotated[int, typer.Option(min=1, help="Requests a day's post gets from viewers.")] = 2,
+    viewers: Annotated[int, typer.Option(min=10, help="Simulated viewers (the A/B rule needs enough per arm).")] = 2000,
     ab_requests: Annotated[
-        int,
-        typer.Option(
-            min=0, help="Requests of the A/B test's simulated users (half as many before it); 0 skips serving."
-        ),
-    ] = 3000,
+        int, typer.Option(min=1, help="Most A/B test requests before the job stops waiting for a verdict.")
+    ] = 9000,
 ) -> None:
-    """The main job: simulate, ingest, train, check drift, label in Label Studio, serve and A/B test."""
-    run_demo(_settings(ctx), days=days, seed_days=seed_days, posts_per_day=posts_per_day, ab_requests=ab_requests)
+    """The main job: the loop's pipelines and serving app through a few simulated weeks, until a trend is learned.
+
+    Labelled history -> first champion (continual_training) -> served to simulated viewers
+    (Ray Serve) -> a new trend flagged in the served traffic (drift_monitor) -> annotators
+    label in Label Studio -> label_sync retrains -> A/B test -> `ab decide --apply`.
+    """
+    from trendloop.demo import DemoSize, run_demo
+
+    size = DemoSize(days, seed_days, posts_per_day, views_per_post, viewers, ab_requests=ab_requests)
+    outcome = run_demo(_settings(ctx), size)
+    if outcome.verdict is None:
+        raise TrendloopError("the loop did not close: no A/B test ran (the timeline above says where it stopped)")
 
 
 def main(argv: list[str] | None = None) -> None:

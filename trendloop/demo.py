@@ -1,314 +1,395 @@
-"""The main job: simulate -> ingest -> train -> drift -> active learning -> serve and A/B test.
+"""The main job: a few weeks of a platform's life, run through the loop's pipelines and its serving app.
 
-Then a tagger is trained on the labelled posts, logged and registered in MLflow,
-gated, and made the champion; each later day's traffic is checked for drift against
-the champion's training data, and the retrain triggers are asked; when drift is
-found or a retrain is due, the posts the champion is least sure of go to Label
-Studio, simulated annotators label them there, and their labels come back as a
-new snapshot. Then a challenger fine-tuned on that snapshot serves beside the
-champion in Ray Serve, simulated users send images and feedback, and the A/B
-test's rule decides. The first ``seed_days`` of the feed arrive labelled, standing in for
-the labelled history a platform starts from; the days after arrive as the platform sees them,
-unlabelled, one ingest (and one snapshot) per day. Later stages of the loop
-extend this function.
+The first ``seed_days`` of the simulated feed arrive labelled, standing in for the
+history a platform starts from: ``continual_training`` makes the first champion, and
+the serving app starts. Then, day by day: ``continual_training`` ingests the day's posts
+(no retrain is due on unlabelled posts), simulated viewers open them through the app, and
+``drift_monitor`` tests the traffic the app served that day. When it flags a trend it
+sends an active-learning batch to Label Studio; simulated annotators label it there;
+``label_sync`` commits their labels and, the retrain policy agreeing, fine-tunes a
+challenger that the gate passes and serving puts beside the champion. The A/B test runs
+on the next days' traffic until its declared rule decides, and ``ab decide --apply``
+promotes (or rolls back); serving follows the registry.
+
+Nothing of the loop is written here: each step is a pipeline step, a serving control
+call, or the simulator (feed, viewers, annotators). Library output goes to the run's log
+file; the terminal gets one line per step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
+import threading
 import time
-from datetime import datetime
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.table import Table
-
-from active_learning.annotators import annotate
-from active_learning.loop import commit_labels, offered_labels, pull_labels, push_queued, select_posts
-from components.errors import ConfigError, DriftError, LabelingError
-from components.features import SUMMARY_FEATURES, Features
-from components.features import sync as sync_features
-from components.ingest import IngestReport, ingest, read_labels
-from components.monitor import check_drift, log_check, retrain_context
-from components.predlog import PredictionLog
-from components.registry import CHALLENGER, CHAMPION, Registry
-from components.simulator.feed import oracle_styles, simulate
-from components.snapshot import Snapshot, Store
-from components.workflow import review, train_and_register
-from infra.ray import RayError
-from serving import control
-from serving.deploy import ServingError
-from serving.traffic import Audience, drive
+from components.errors import ConfigError, TrendloopError
 from trendloop import render
-from trendloop.settings import Settings
 
-DEMO_LIFT = 0.5  # the simulated users engage 50% more with the challenger's tags: big enough to decide on
-
-
-def label_posts(settings: Settings, store: Store, registry: Registry, since: datetime, feed: Path, why: str) -> None:
-    """Step 6: select the posts the champion is least sure of, have (simulated) annotators label them in
-    Label Studio, pull their labels and commit them as a snapshot."""
-    console = render.console
-    console.rule(f"[bold]6. active learning ({why}): select -> Label Studio -> annotators -> labels")
-    ls = settings.labelstudio
-    if ls.url is None:
-        server = settings.label_studio_server()
-        with console.status(f"starting Label Studio on {server.url} (the first start takes a minute)"):
-            console.print(render.service_line("label-studio", server.up(ls.start_timeout), server))
-    queue = settings.label_queue()
-    project = settings.labeling_project()
-    version = registry.alias(CHAMPION)
-    champion = registry.load_predictor(version)
-    if queue.posts():
-        console.print(f"the queue holds {len(queue.posts())} posts from an earlier run: no new selection")
-    else:
-        with console.status("scoring the unlabelled posts"):
-            selected = select_posts(
-                store, store.head(), champion, str(version), queue, settings.active_learning, since=since
-            )
-        console.print(render.select_text(selected))
-    pushed = push_queued(
-        queue,
-        project,
-        offered_labels(store, champion.labels),
-        image_url=ls.image_url,
-        overlap=ls.overlap,
-        local_files=settings.local_files(),
-    )
-    console.print(render.push_text(pushed, project))
-    with console.status("simulated annotators at work in Label Studio"):
-        done = annotate(project, read_labels(feed / "oracle" / "labels"), settings.annotators)
-    console.print(f"simulated annotators: {done.annotations} annotations on {done.tasks} tasks ({done.wrong} wrong)")
-    console.print(render.pull_table(pull_labels(queue, project, champion.labels, ls.min_votes)))
-    console.print(render.relabel_text(commit_labels(store, queue)))
-    with console.status("recording the new labels in Feast (offline file, online push)"):
-        pushed = sync_features(settings.open_features(), store.head(), PredictionLog(settings.predictions_dir))
-    console.print(f"Feast: {pushed.labels} labels recorded and pushed online")
-    console.print(f"Label Studio: {project.url} (project {project.title!r}); `trendloop services down` stops it")
+if TYPE_CHECKING:
+    from components.gate import Verdict
+    from components.simulator.feed import FeedSpec
+    from pipelines.runner import LocalRun
+    from serving.control import Serving
+    from serving.traffic import Audience, DriveStats, FeedPost
+    from trendloop.settings import Settings
 
 
-def feature_step(settings: Settings, features: Features, store: Store, log: PredictionLog) -> None:
-    """Step 5b: write the posts' and users' features to Feast's offline store, materialise, read online."""
-    console = render.console
-    console.rule("[bold]5b. features (Feast): offline store -> materialize -> online reads")
-    with console.status("writing features: caption embeddings, the champion's scores, user profiles, labels"):
-        report = sync_features(features, store.head(), log, settings.features.device)
-    console.print(f"offline store: {render.sync_text(report)}")
-    with console.status("materializing the online store"):
-        views = features.materialize()
-    console.print(f"materialized {', '.join(views)} into {settings.features.config}'s online store")
-    posts = store.head().manifest().select(["post_id", "user_id"]).slice(0, 3).to_pydict()
-    online = features.online([*SUMMARY_FEATURES["post_id"], *SUMMARY_FEATURES["user_id"]], posts)
-    console.print(online.to_string(index=False))
-    console.print(
-        "`trendloop features get --post ID --user ID` reads the online store; `features services` lists versions"
-    )
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the simulated weeks are; ``make demo`` takes the defaults, the tests a smaller world."""
+
+    days: int = 12  # days of feed simulated; the default trend (a meme format) starts on day 8
+    seed_days: int = 7  # the first days arrive labelled: the history the first champion learns from
+    posts_per_day: int = 200
+    views_per_post: int = 2  # requests a day's post gets from viewers on its day, on average
+    viewers: int = 2000  # the simulated audience (the A/B rule needs 500 users per arm)
+    ab_chunk: int = 1500  # test requests between two looks at the A/B report
+    ab_requests: int = 9000  # the most test requests before the main job stops waiting for a verdict
+    # the A/B rule's tau (the mSPRT mixture's sd) is put at the lift we hope to see (serving.abtest.DecisionRule):
+    # a new class a fifth of the posts, which the champion cannot tag, moves engagement by about this much
+    expected_lift: float = 0.3
 
 
-def ab_test(settings: Settings, store: Store, registry: Registry, feed: Path, requests: int) -> None:
-    """Step 7: fine-tune a challenger on the newest snapshot, serve it beside the champion and A/B test it.
+@dataclass
+class Event:
+    day: int
+    seconds: float  # wall clock since the main job started
+    what: str
 
-    Simulated users send images; the challenger's true effect on engagement is
-    ``DEMO_LIFT``. The champion serves alone first (the pre-period CUPED reads),
-    then the test runs under the rule in ``[ab]`` and ``ab decide --apply`` acts.
-    """
-    console = render.console
-    console.rule("[bold]7. serve champion and challenger (Ray Serve), A/B test them, decide")
-    head = store.head()
-    for from_champion in (True, False):  # fine-tune the champion; if that fails the gate, retrain from scratch
-        with render.training_progress(settings.train.epochs) as progress:
-            trained = train_and_register(
-                store, head, settings.train, registry, settings.runs_dir, from_champion=from_champion,
-                on_step=progress.step, on_epoch=progress.epoch,
+
+@dataclass
+class Timeline:
+    started: float = field(default_factory=time.perf_counter)
+    events: list[Event] = field(default_factory=list)
+
+    def add(self, day: int, what: str) -> None:
+        self.events.append(Event(day, time.perf_counter() - self.started, what))
+        render.console.print(f"  [dim]day {day}[/dim] {what}")
+
+    def first(self, prefix: str) -> Event | None:
+        return next((e for e in self.events if e.what.startswith(prefix)), None)
+
+
+@dataclass
+class Outcome:
+    """What the main job did: for its summary, its test and the benchmark."""
+
+    timeline: Timeline
+    champion: int | None  # @champion at the end
+    challenger: int | None  # the version the A/B test ran
+    verdict: str | None  # promote, rollback, continue, insufficient, blocked; None: no test ran
+    action: str | None
+    report: dict | None
+    ab_traffic: DriveStats | None
+    labels_committed: int = 0
+    trend: str | None = None  # the new class of the scenario, if any
+    trend_start: int | None = None
+    log: Path | None = None
+
+
+class Loop:
+    """The main job's handles: settings, the feed, the pipelines and the serving app."""
+
+    def __init__(self, settings: Settings, spec: FeedSpec, log: Path):
+        from components.snapshot import Store
+
+        self.settings, self.spec, self.log = settings, spec, log
+        self.feed = settings.feed_dir
+        self.store = Store(settings.store_dir)
+
+    def day(self, n: int) -> str:
+        return self.spec.day_start(n).isoformat()
+
+    def pipeline(self, name: str, what: str, **params: object) -> LocalRun:
+        """Run one pipeline on kfp.local, showing its steps as they end; its log lines go to a file."""
+        from pipelines.runner import pipeline_arguments, run_local
+
+        settings = self.settings
+        arguments = pipeline_arguments(settings, name, [f"{k}={v}" for k, v in params.items()])
+        done: list[str] = []
+        started = time.perf_counter()
+        with render.console.status(f"{name} ({what})") as status:
+
+            def step(task: str, state: str) -> None:
+                done.append(task if state == "SUCCESS" else f"{task} ({state.lower()})")
+                status.update(f"{name} ({what}): {' > '.join(done)}")
+
+            run = run_local(
+                name, arguments, Path(settings.pipeline_root), settings.pipelines.image,
+                settings.pipelines.cache, env=settings.pipeline_secrets(), on_step=step,
             )  # fmt: skip
-        reviewed = review(store, head, registry, trained.version, settings.gate, oracle_styles(feed))
-        console.print(render.verdict_text(reviewed.verdict))
-        if reviewed.verdict.passed:
-            break
-    s = settings.serving_control()
+        seconds = time.perf_counter() - started
+        render.console.print(render.pipeline_line(name, what, done, run.outcome(), seconds))
+        return run
+
+    def serving(self) -> Serving:
+        return self.settings.serving_control()
+
+    def views(self, posts: list[FeedPost], audience: Audience, requests: int, seed: int) -> DriveStats:
+        """Viewers open ``posts`` through the app; returns what they saw (their feedback is logged by the app)."""
+        from serving.traffic import drive
+
+        stats = asyncio.run(drive(self.settings.serving.url, posts, audience, requests, concurrency=8, seed=seed))
+        time.sleep(2 * self.settings.serving.flush_every_s)  # the router's last records reach the logs
+        if stats.ok == 0:
+            raise TrendloopError(f"the serving app answered none of {stats.sent} requests: {stats.failed}")
+        return stats
+
+
+def run_demo(settings: Settings, size: DemoSize = DemoSize()) -> Outcome:
+    """Run the main job under ``settings.home`` and say what happened; returns what it did."""
+    if size.seed_days >= size.days:
+        raise ConfigError(f"--seed-days {size.seed_days} leaves no day after the labelled history ({size.days} days)")
+    with _logging_to(settings.home / "logs" / f"demo-{datetime.now(UTC):%Y%m%dT%H%M%S}.log") as log:
+        return _run(settings, size, log)
+
+
+def _run(settings: Settings, size: DemoSize, log: Path) -> Outcome:
+    from components.simulator.feed import simulate
+    from components.simulator.trends import NewClass
+    from serving.traffic import Audience
+
+    spec = settings.simulate.model_copy(update={"posts_per_day": size.posts_per_day})
+    if "ab" not in settings.model_fields_set:  # the rule each test declares; an [ab] section of yours wins
+        settings = settings.model_copy(update={"ab": replace(settings.ab, tau=size.expected_lift)})
+    loop, timeline = Loop(settings, spec, log), Timeline()
+    console = render.console
+    console.print(f"trendloop main job: {size.days} simulated days; state in {settings.home}, log {log}")
+
+    console.rule(f"[bold]1. simulate {size.days} days x {size.posts_per_day} posts")
+    with render.progress_bar("simulating", total=size.days * size.posts_per_day) as bar:
+        results = simulate(
+            spec, loop.feed, range(size.days), workers=settings.ingest.worker_count(), progress=bar.advance
+        )
+    console.print(render.simulation_table(spec, results))
+    trend = next((t for t in spec.trends if isinstance(t, NewClass)), None)
+    for t in spec.trends:
+        console.print(f"  scenario: {t.describe()}")
+    labelling = _start_label_studio(settings)
+
+    console.rule(f"[bold]2. the labelled history (days 0-{size.seed_days - 1}) makes the first champion")
+    first = loop.pipeline(
+        "continual_training", f"days 0-{size.seed_days - 1}, labelled", source=loop.feed,
+        until=loop.day(size.seed_days), labels=loop.feed / "oracle" / "labels",
+    )  # fmt: skip
+    s = loop.serving()
+    champion = s.registry.alias("champion")
+    if champion is None:
+        console.print(render.verdict_text(_verdict(first)))
+        raise TrendloopError(f"the gate refused the first model: nothing to serve (log: {first.log})")
+    timeline.add(size.seed_days - 1, f"version {champion} is the champion")
+
+    console.rule("[bold]3. serve it (Ray Serve): champion only")
+    from serving import control
+
     with console.status("starting Ray on 127.0.0.1 unless serving.ray_dashboard names a cluster"):
         settings.ensure_ray()
-    challenger = registry.alias(CHALLENGER)
-    if challenger is not None:
-        registry.clear_challenger()  # held back until the pre-period traffic is logged
-    with console.status("deploying the serving app"):
+    with console.status("deploying the serving app (replicas load their models)"):
         control.up(s, settings.serving.start_timeout)
-    url = settings.serving.url
-    images = demo_uploads(store, head)
-    audience = Audience(users=max(requests * 2 // 5, 50), base_rate=0.15, lift=DEMO_LIFT, seed=1)
-    with console.status(f"pre-period: {requests // 2} requests, champion only"):
-        pre = asyncio.run(drive(url, images, audience, requests // 2, concurrency=8, seed=2))
-    console.print(
-        f"pre-period: {pre.ok} predictions, {pre.feedback} feedback events, {sum(pre.failed.values())} failed"
-    )
+    console.print(f"serving on {settings.serving.url}; the A/B dashboard at {settings.serving.url}/ab")
+    # viewers who engage a lot with posts filed under the right tag and little with the others: a trend the
+    # champion cannot tag shows up in engagement within a few thousand views (serving.traffic)
+    audience = Audience(viewers=size.viewers, tags=tuple(spec.tags()), base_rate=0.3, miss=0.1, seed=spec.seed)
+
+    console.rule(f"[bold]4. each day: ingest -> viewers -> drift monitor (days {size.seed_days}-{size.days - 1})")
+    challenger, flagged_day, day = None, None, size.seed_days
+    for day in range(size.seed_days, size.days):
+        if trend is not None and day == trend.start_day:
+            timeline.add(day, f"the trend starts: {trend.describe()}")
+        loop.pipeline(
+            "continual_training", f"day {day}", source=loop.feed, since=loop.day(day), until=loop.day(day + 1)
+        )
+        posts = _day_posts(loop.feed, day)
+        since = datetime.now(UTC)
+        with console.status(f"day {day}: viewers open {len(posts)} posts"):
+            stats = loop.views(posts, audience, size.views_per_post * len(posts), seed=day)
+        console.print(render.traffic_line(day, stats))
+        run = loop.pipeline("drift_monitor", f"day {day}'s served traffic", since=since.isoformat())
+        if not run.output:
+            continue
+        flagged_day = day
+        timeline.add(day, f"drift flagged on the traffic served: {_drift_signals(run)}")
+        labelling.join()
+        challenger = _label_and_retrain(loop, day, timeline)
+        break
+    if flagged_day is None:
+        console.print("no drift flagged: annotators were not asked for labels, and the champion serves alone")
+        return _finish(loop, size, timeline, Outcome(timeline, champion, None, None, None, None, None, log=log))
     if challenger is None:
         console.print("no challenger passed the gate: only the champion serves")
-        console.print(f"serving on {url} (`trendloop serve down` stops it)")
-        return
-    registry.set_challenger(challenger)
-    experiment = control.follow(s, note="a new challenger")
+        return _finish(loop, size, timeline, Outcome(timeline, champion, None, None, None, None, None, log=log))
+
+    console.rule(f"[bold]5. A/B test: champion v{champion} vs challenger v{challenger}, until its rule decides")
+    experiment = s.experiments.current()
     console.print(render.experiment_line(experiment))
-    with console.status(f"A/B test: {requests} requests from {audience.users} simulated users"):
-        test = asyncio.run(drive(url, images, audience, requests, concurrency=8, seed=3))
-    console.print(f"test traffic: {test.ok} predictions ({test.arms}), {test.feedback} feedback events, "
-                  f"{sum(test.failed.values())} failed")  # fmt: skip
-    time.sleep(2 * settings.serving.flush_every_s)  # the router's last records reach the log
-    outcome = control.decide(s, apply=True)
-    console.print(render.ab_summary(outcome.report))
-    console.print(f"decision: {outcome.action}")
-    console.print(render.experiment_line(outcome.experiment))
-    console.print(f"dashboard: {url}/ab; `trendloop ab status`, `trendloop serve down` stops serving")
-
-
-def demo_uploads(store: Store, snapshot: Snapshot, n: int = 32) -> list[bytes]:
-    """Images users upload in the demo: stored posts' images, as bytes."""
-    refs = snapshot.manifest().column("image").to_pylist()[:n]
-    return [(store.root / ref).read_bytes() for ref in refs]
-
-
-def run_demo(
-    settings: Settings, days: int, seed_days: int, posts_per_day: int, ab_requests: int = 3000
-) -> list[IngestReport]:
-    """Run the demo loop under ``settings.home`` and print what happened; returns each ingest's report."""
-    spec = settings.simulate.model_copy(update={"posts_per_day": posts_per_day})
-    seed_days = min(seed_days, days - 1)
-    out, store = settings.feed_dir, Store(settings.store_dir)
-    console = render.console
-    console.rule(f"[bold]1. simulate {days} days x {posts_per_day} posts into {out}")
-    with render.progress_bar("simulating", total=days * posts_per_day) as bar:
-        results = simulate(spec, out, range(days), workers=settings.ingest.worker_count(), progress=bar.advance)
-    console.print(render.simulation_table(spec, results))
-    for trend in spec.trends:
-        console.print(f"  trend: {trend.describe()} ({spec.day_date(trend.start_day)})")
-
-    workers = settings.ingest.worker_count()
-    limits = settings.ingest.limits()
-    console.rule(f"[bold]2. ingest the labelled seed set: days 0-{seed_days - 1}")
-    with render.progress_bar("ingesting seed") as update:
-        seed = ingest(
-            out,
-            store,
-            limits=limits,
-            labels=read_labels(out / "oracle" / "labels"),
-            label_source="seed",
-            until=spec.day_start(seed_days),
-            workers=workers,
-            progress=update,
+    if experiment is not None:
+        rule = experiment.rule
+        console.print(
+            f"its declared rule: promote when the always-valid {1 - rule['alpha']:.0%} interval of the lift clears "
+            f"{rule['min_lift']:+.0%} with at least {rule['min_users_per_arm']} users per arm (tau {rule['tau']:g})"
         )
-    console.print(render.ingest_table(seed))
-    reports = [seed]
+    test_days = list(range(flagged_day + 1, size.days)) or [flagged_day]
+    posts = [p for d in test_days for p in _day_posts(loop.feed, d)]
+    seen, verdict = None, "continue"
+    for n, start in enumerate(range(0, size.ab_requests, size.ab_chunk)):
+        with console.status(f"A/B test: viewers open posts of days {test_days[0]}-{test_days[-1]}"):
+            stats = loop.views(posts, audience, min(size.ab_chunk, size.ab_requests - start), seed=1000 + n)
+        seen = _merged(seen, stats)
+        report = control.report(s)
+        verdict = report["decision"]["verdict"]
+        console.print(render.ab_line(seen, report))
+        if verdict in ("promote", "rollback", "blocked"):
+            break
+    decided = control.decide(s, apply=True)
+    timeline.add(test_days[-1], f"A/B verdict: {decided.verdict}: {decided.report['decision']['headline']}")
+    console.print(render.ab_summary(decided.report))
+    if decided.action.startswith("promoted"):
+        timeline.add(test_days[-1], f"{decided.action}; serving follows the registry")
+    outcome = Outcome(
+        timeline, s.registry.alias("champion"), challenger, decided.verdict, decided.action, decided.report, seen,
+        log=log,
+    )  # fmt: skip
+    return _finish(loop, size, timeline, outcome)
 
-    console.rule(f"[bold]3. ingest each following day as it arrives: days {seed_days}-{days - 1}")
-    daily = Table("day", "date", "offered", "accepted", "duplicates", "rejected", "snapshot")
-    with render.progress_bar("ingesting daily", total=days - seed_days) as update:
-        for n, day in enumerate(range(seed_days, days), 1):
-            report = ingest(
-                out, store, limits=limits, since=spec.day_start(day), until=spec.day_start(day + 1), workers=workers
-            )
-            reports.append(report)
-            daily.add_row(
-                str(day),
-                spec.day_date(day).isoformat(),
-                str(report.offered),
-                str(report.accepted),
-                str(report.duplicates),
-                str(report.rejected_total),
-                (report.snapshot or "-") + ("" if report.new_snapshot else " (unchanged)"),
-            )
-            update(n)
-    console.print(daily)
 
-    console.rule("[bold]4. train a tagger on the labelled posts, gate it, make it the champion")
+def _label_and_retrain(loop: Loop, day: int, timeline: Timeline) -> int | None:
+    """Annotators label the batch in Label Studio; label_sync commits and retrains. Returns the new challenger."""
+    from active_learning.annotators import annotate
+    from components.ingest import read_labels
+
+    settings = loop.settings
+    render.console.rule(f"[bold]day {day}: annotators label in Label Studio; label_sync commits and retrains")
+    project = settings.labeling_project()
+    with render.console.status("simulated annotators at work in Label Studio"):
+        done = annotate(project, read_labels(loop.feed / "oracle" / "labels"), settings.annotators)
+    timeline.add(
+        day, f"annotators labelled {done.tasks} posts in Label Studio ({done.named} named a new class, "
+        f"{done.wrong} wrong on purpose)",
+    )  # fmt: skip
+    run = loop.pipeline("label_sync", f"day {day}'s annotations")
+    counts = settings.label_queue().counts()
+    timeline.add(day, f"{counts['committed']} labels committed as a snapshot")
+    if not run.output:
+        if "gate" in run.tasks:
+            render.console.print(render.verdict_text(_verdict(run)))
+        return None
     registry = settings.open_registry()
-    snapshot = store.head()
-    with render.training_progress(settings.train.epochs) as progress:
-        trained = train_and_register(
-            store, snapshot, settings.train, registry, settings.runs_dir, on_step=progress.step, on_epoch=progress.epoch
-        )
-    console.print(render.training_table(trained.result))
-    features = settings.open_features()
-    service = features.register_model(trained.version, snapshot.id, trained.feature_refs)
-    reads = ", ".join(trained.feature_refs) or "nothing (image only)"
-    console.print(f"feature service {service}: what version {trained.version} reads from Feast: {reads}")
-    result = review(store, snapshot, registry, trained.version, settings.gate, oracle_styles(out))
-    console.print(render.evaluation_table(result.challenger, result.champion))
-    console.print(render.verdict_text(result.verdict))
-    if result.verdict.passed and registry.alias(CHAMPION) is None:
-        registry.promote(trained.version)
-        console.print(f"{registry.model_name} version {trained.version} is the champion")
+    timeline.add(day, f"version {run.output} registered as @challenger: {_verdict_line(registry, run.output)}")
+    return int(run.output)
 
-    if registry.alias(CHAMPION) is not None:
-        console.rule(f"[bold]5. check each day's traffic for drift against the champion: days {seed_days}-{days - 1}")
-        log, checks = PredictionLog(settings.predictions_dir), []
-        daily = Table("day", "date", "posts", "drift", "signals", "emerging trends (top hashtags)")
-        with render.progress_bar("checking drift", total=days - seed_days) as update:
-            for n, day in enumerate(range(seed_days, days), 1):
-                try:
-                    check = check_drift(
-                        store,
-                        snapshot,
-                        registry,
-                        log,
-                        settings.checks_dir,
-                        spec.day_start(day),
-                        spec.day_start(day + 1),
-                        settings.drift,
-                        settings.emerging,
-                    )
-                except DriftError as err:  # a day or a reference too small to test: say so, go on
-                    daily.add_row(str(day), spec.day_date(day).isoformat(), "", "-", str(err), "")
-                    update(n)
-                    continue
-                log_check(registry, check)
-                checks.append(check)
-                v = check.verdict
-                daily.add_row(
-                    str(day),
-                    spec.day_date(day).isoformat(),
-                    str(v.current_posts),
-                    "[red]yes[/red]" if v.drifted else "no",
-                    ", ".join(v.drifted_signals),
-                    "; ".join(" ".join(c.top_hashtags[:3]) for c in check.clusters[:3]),
-                )
-                update(n)
-        console.print(daily)
-        last = checks[-1] if checks else None
-        if last is not None:
-            console.print(render.drift_table(last.verdict, f"{last.since:%Y-%m-%d}: "))
-            if last.clusters:
-                console.print(render.clusters_table(last.clusters))
-        verdict = last.verdict if last else None
-        decisions = settings.retrain.decide(retrain_context(store, snapshot, registry, log, verdict))
-        console.print(render.triggers_table(decisions))
-        console.print(f"reports: {settings.checks_dir}/<check>/drift.html and drift.json, and in MLflow")
-        feature_step(settings, features, store, log)
-        drifted = any(c.verdict.drifted for c in checks)
-        if drifted or any(d.fire for d in decisions):
-            why = "drift" if drifted else "retrain due"
-            try:
-                label_posts(settings, store, registry, spec.day_start(seed_days), out, why)
-            except (LabelingError, ConfigError) as err:  # Label Studio down or not startable: say so, go on
-                console.print(f"[red]active learning stopped:[/red] {err}")
-        else:
-            console.print("no drift and no trigger fired: annotators are not asked for labels this time")
-        if ab_requests > 0:
-            try:
-                ab_test(settings, store, registry, out, ab_requests)
-            except (ServingError, RayError, ConfigError) as err:  # Ray not startable, app not deploying: say so
-                console.print(f"[red]serving stopped:[/red] {err}")
 
-    console.rule("[bold]8. summary")
-    head = store.head()
-    rejected = sum(r.rejected_total for r in reports)
-    console.print(render.snapshots_table(store.list()[-5:], head.id if head else None))
-    if head is not None:
+def _finish(loop: Loop, size: DemoSize, timeline: Timeline, outcome: Outcome) -> Outcome:
+    """The summary a person reads: the timeline, what the models did, the labels, the lift, where to look."""
+    from components.simulator.trends import NewClass
+
+    settings, console = loop.settings, render.console
+    trend = next((t for t in loop.spec.trends if isinstance(t, NewClass)), None)
+    outcome.trend, outcome.trend_start = (trend.name, trend.start_day) if trend else (None, None)
+    outcome.labels_committed = settings.label_queue().counts()["committed"]
+    console.rule("[bold]6. what happened")
+    console.print(render.timeline_table(timeline.events))
+    if outcome.challenger is not None:
+        registry = settings.open_registry()
+        console.print(render.comparison_table(registry.verdict_of(outcome.challenger), outcome.ab_traffic, trend))
+    if outcome.report is not None:
+        lift = outcome.report.get("lift") or {}
         console.print(
-            f"HEAD {head.id}: {head.posts} posts ({head.labelled} labelled, "
-            f"{head.posts - head.labelled} awaiting labels); "
-            f"{sum(r.accepted for r in reports)} accepted this run, {sum(r.duplicates for r in reports)} duplicates, "
-            f"{rejected} rejected into {store.root / 'quarantine'}"
+            f"lift in engagement per exposure: {render.signed_share(lift.get('relative'))} "
+            f"(always-valid {1 - settings.ab.alpha:.0%} interval {render.signed_share(lift.get('cs_low'))} to "
+            f"{render.signed_share(lift.get('cs_high'))}); decision: {outcome.action}"
         )
-        console.print(
-            f"next: `trendloop snapshot diff HEAD~{min(3, len(reports) - 1)} HEAD`, `trendloop model list`, "
-            "`trendloop mlflow ui`"
-        )
-    return reports
+    console.print(f"labels bought: {outcome.labels_committed} (queue: `trendloop label status`)")
+    console.print(render.where_to_look(settings, loop.log))
+    return outcome
+
+
+def _day_posts(feed: Path, day: int) -> list[FeedPost]:
+    from serving.traffic import feed_posts
+
+    return feed_posts(feed, range(day, day + 1))
+
+
+def _merged(seen: DriveStats | None, stats: DriveStats) -> DriveStats:
+    """Two stretches of traffic as one (requests, arms, fit and engagement counts)."""
+    if seen is None:
+        return stats
+    seen.sent += stats.sent
+    seen.ok += stats.ok
+    seen.feedback += stats.feedback
+    seen.seconds += stats.seconds
+    seen.latencies_ms += stats.latencies_ms
+    for mine, theirs in ((seen.failed, stats.failed), (seen.arms, stats.arms), (seen.engagements, stats.engagements)):
+        for key, value in theirs.items():
+            mine[key] = mine.get(key, 0) + value
+    for mine, theirs in ((seen.judged, stats.judged), (seen.fitted, stats.fitted)):
+        for arm, counts in theirs.items():
+            mine.setdefault(arm, Counter()).update(counts)
+    return seen
+
+
+def _verdict(run: LocalRun) -> Verdict:
+    """The gate's verdict in a run of a pipeline that retrained."""
+    from components.gate import Verdict
+
+    return Verdict.from_dict(json.loads((run.folder / "gate" / "verdict").read_text()))
+
+
+def _drift_signals(run: LocalRun) -> str:
+    check = json.loads((run.folder / "drift-report" / "check").read_text())
+    verdict = check.get("verdict", {})
+    signals = [s["name"] for s in verdict.get("signals", []) if s.get("drifted")]
+    clusters = check.get("clusters", [])
+    tags = f"; emerging cluster {' '.join(clusters[0]['top_hashtags'][:3])}" if clusters else ""
+    return f"{', '.join(signals)} (check {check.get('id')}){tags}"
+
+
+def _verdict_line(registry, version: int) -> str:
+    verdict = registry.verdict_of(version)
+    if verdict is None:
+        return "gate passed"
+    trend = next((c for c in verdict.checks if c.name == "newest trend"), None)
+    return f"gate passed ({trend.reason})" if trend else "gate passed"
+
+
+def _start_label_studio(settings: Settings) -> threading.Thread:
+    """The embedded Label Studio's first start takes a minute or two: begin it now, in the background."""
+
+    def up() -> None:
+        try:
+            settings.label_studio_server().up(settings.labelstudio.start_timeout)
+        except TrendloopError as err:  # the push step starts it again and fails with the reason
+            logging.getLogger(__name__).warning("Label Studio did not start in the background: %s", err)
+
+    thread = threading.Thread(target=up, name="label-studio", daemon=True)
+    if settings.labelstudio.url is None:
+        thread.start()
+    return thread
+
+
+@contextlib.contextmanager
+def _logging_to(path: Path) -> Iterator[Path]:
+    """While the job runs, library warnings and log records go to ``path``, not the terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)  # with a handler in place, Python's last-resort printing to stderr stays quiet
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    try:
+        yield path
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()

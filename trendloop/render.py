@@ -6,6 +6,8 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -19,21 +21,26 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from active_learning.labelstudio import LabelingProject
-from active_learning.loop import PullReport, PushReport, SelectReport
-from components.drift import DriftVerdict
-from components.emerging import EmergingCluster
-from components.evaluate import Evaluation
-from components.features import SyncReport
-from components.gate import Verdict
-from components.ingest import IngestReport, RelabelReport
-from components.registry import VersionInfo
-from components.simulator.feed import DayResult, FeedSpec
-from components.snapshot import Snapshot, SnapshotDiff
-from components.train import EpochStats, Step, TrainResult
-from components.triggers import Decision
-from infra.labelstudio import LocalLabelStudio, ServerStatus
-from serving.experiment import Experiment
+if TYPE_CHECKING:  # what the tables show; imported by the code that makes it (the CLI's help stays light)
+    from active_learning.labelstudio import LabelingProject
+    from active_learning.loop import PullReport, PushReport, SelectReport
+    from components.drift import DriftVerdict
+    from components.emerging import EmergingCluster
+    from components.evaluate import Evaluation
+    from components.features import SyncReport
+    from components.gate import Verdict
+    from components.ingest import IngestReport, RelabelReport
+    from components.registry import VersionInfo
+    from components.simulator.feed import DayResult, FeedSpec
+    from components.simulator.trends import NewClass
+    from components.snapshot import Snapshot, SnapshotDiff
+    from components.train import EpochStats, Step, TrainResult
+    from components.triggers import Decision
+    from infra.labelstudio import LocalLabelStudio, ServerStatus
+    from serving.experiment import Experiment
+    from serving.traffic import DriveStats
+    from trendloop.settings import Settings
+
 
 # Logs and CI are not terminals: give tables room rather than rich's 80-column fallback.
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -450,3 +457,95 @@ def _share(value: float | None, digits: int, signed: bool = False) -> str:
     if value is None:
         return "-"
     return f"{value:+.{digits}%}" if signed else f"{value:.{digits}%}"
+
+
+# -- the main job ---------------------------------------------------------------------------------------------
+
+
+def pipeline_line(name: str, what: str, steps: list[str], outcome: str | None, seconds: float) -> str:
+    """One pipeline run as a line: its steps in the order they ended, what came of it, how long it took."""
+    said = f" -> {outcome}" if outcome else ""
+    return f"[bold]{name}[/bold] ({what}): {' > '.join(steps)}{said} [dim]({seconds:.0f} s)[/dim]"
+
+
+def traffic_line(day: int, stats: DriveStats) -> str:
+    refused = sum(stats.failed.values())
+    fit = stats.fit_rate("champion")
+    return (
+        f"day {day}: {stats.ok} views served, {stats.feedback} feedback events, {refused} uploads refused; "
+        f"the champion's top tag was right on {fit:.0%} of them"
+    )
+
+
+def ab_line(seen: DriveStats, report: dict) -> str:
+    lift, arms = report.get("lift") or {}, report.get("arms") or {}
+    users = " vs ".join(f"{arms[a]['users']:,}" for a in ("champion", "challenger") if a in arms)
+    return (
+        f"A/B: {seen.ok:,} test views, users {users}; lift {signed_share(lift.get('relative'))} "
+        f"(always-valid {signed_share(lift.get('cs_low'))} to {signed_share(lift.get('cs_high'))}): "
+        f"{report['decision']['verdict']}"
+    )
+
+
+def timeline_table(events: list) -> Table:
+    table = Table(title="timeline", title_justify="left")
+    for column in ("day", "after", "what happened"):
+        table.add_column(column, justify="right" if column != "what happened" else "left")
+    for e in events:
+        minutes, seconds = divmod(round(e.seconds), 60)
+        table.add_row(str(e.day), f"{minutes}m{seconds:02d}s", e.what)
+    return table
+
+
+def comparison_table(verdict: Verdict | None, traffic: DriveStats | None, trend: NewClass | None) -> Table:
+    """Champion vs challenger: accuracy on the gate's test posts (paired), and top-1 tags right on live traffic."""
+    table = Table(title="champion vs challenger", title_justify="left")
+    for column in ("where", "posts", "champion", "challenger", "difference (interval)"):
+        table.add_column(column, justify="left" if column == "where" else "right")
+    for check in verdict.checks if verdict else []:
+        for found in check.evidence[:1]:
+            if not found.measure.startswith("accuracy"):
+                continue
+            table.add_row(
+                f"test split: {found.measure}",
+                str(found.posts),
+                f"{found.champion:.3f}",
+                f"{found.challenger:.3f}",
+                f"{found.difference:+.3f} ({found.lower:+.3f} to {found.upper:+.3f})",
+            )
+    if traffic is not None and trend is not None:
+        for label, keep in ((f"live: posts of {trend.name}", True), ("live: every other post", False)):
+            rates = {}
+            for arm in ("champion", "challenger"):
+                judged, fitted = traffic.judged.get(arm, {}), traffic.fitted.get(arm, {})
+                n = sum(v for k, v in judged.items() if (k == trend.name) == keep)
+                right = sum(v for k, v in fitted.items() if (k == trend.name) == keep)
+                rates[arm] = (right / n if n else float("nan"), n)
+            table.add_row(
+                label,
+                f"{rates['champion'][1]} + {rates['challenger'][1]}",
+                f"{rates['champion'][0]:.3f}",
+                f"{rates['challenger'][0]:.3f}",
+                f"{rates['challenger'][0] - rates['champion'][0]:+.3f}",
+            )
+    table.caption = "test split: accuracy with the gate's paired interval; live: share of views whose top tag was right"
+    return table
+
+
+def where_to_look(settings: Settings, log: Path) -> str:
+    server = settings.labelstudio.url or f"http://127.0.0.1:{settings.labelstudio.port}"
+    return "\n".join(
+        [
+            "where to look:",
+            f"  the A/B dashboard      {settings.serving.url}/ab   (`trendloop ab status`; `trendloop serve down`)",
+            "  runs and models        `trendloop mlflow ui` (http://127.0.0.1:5000), `trendloop model list`",
+            f"  Label Studio           {server}   (`trendloop services status` says how to log in)",
+            f"  drift reports          {settings.checks_dir}/<check>/drift.html",
+            f"  pipeline runs          {settings.pipeline_root} (one log per run under logs/)",
+            f"  this run's log         {log}",
+        ]
+    )
+
+
+def signed_share(value: float | None, digits: int = 1) -> str:
+    return _share(value, digits, signed=True)

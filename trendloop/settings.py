@@ -12,36 +12,38 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from active_learning.annotators import AnnotatorsConfig
-from active_learning.labelstudio import LabelingProject
 from active_learning.queue import LabelQueue
 from active_learning.strategies import SelectionConfig
 from components.drift import DriftConfig
 from components.emerging import EmergingConfig
 from components.errors import ConfigError
-from components.features import Features
 from components.gate import PromotionGate
-from components.predlog import PredictionLog
-from components.registry import Registry
-from components.side import SideReader
 from components.simulator.feed import FeedSpec
-from components.train import TrainConfig
+from components.train_config import TrainConfig
 from components.triggers import RetrainPolicy
 from components.validate import ImageLimits
 from infra.labelstudio import LocalLabelStudio
 from infra.ray import LocalRay, RayPorts
 from serving.abtest import DecisionRule
-from serving.control import Serving
-from serving.deploy import ArmSpec, RouterSpec, ServeAdmin, serve_config
-from serving.eventlog import FeedbackLog
-from serving.experiment import Experiments
-from serving.report import covariate_from
-from serving.router import Traffic
+from serving.deploy import ArmSpec, RouterSpec
+
+if TYPE_CHECKING:  # what the service builders return; imported where they are built (start-up stays light)
+    from collections.abc import Iterable
+
+    from active_learning.labelstudio import LabelingProject
+    from components.features import Features, SyncReport
+    from components.registry import Registry
+    from components.side import SideReader
+    from components.snapshot import Snapshot
+    from serving.control import Serving
+    from serving.deploy import ServeAdmin
+    from serving.router import Traffic
 
 DEFAULT_CONFIG = Path("trendloop.toml")
 
@@ -85,6 +87,7 @@ class LabelStudioSettings(BaseModel):
     image_url: str = "/data/local-files/?d={image}"  # a task's image; {image} is its path in the store
     serve_store: bool = True  # connect a local-files storage to the store (the server must see its disk)
     overlap: int = Field(default=1, ge=1)  # annotations per task; a majority of them decides
+    min_agreement: float = Field(default=0.0, ge=0, le=1)  # least share of a post's votes its label needs to train on
     timeout: float = Field(default=30.0, gt=0)  # seconds per request
     start_timeout: float = Field(default=600.0, gt=0)  # seconds the first start may take (it migrates a database)
 
@@ -207,12 +210,16 @@ class Settings(BaseSettings):
 
     def open_features(self) -> Features:
         """The feature store, its definitions applied."""
+        from components.features import Features
+
         features = Features.open(self.features_dir, self.features.config)
         features.apply()
         return features
 
     def side_reader(self) -> SideReader:
         """Side inputs of fusion taggers, from this feature store (opened on first use only)."""
+        from components.side import SideReader
+
         return SideReader(self.open_features, self.features.device)
 
     @property
@@ -245,6 +252,8 @@ class Settings(BaseSettings):
 
     def labeling_project(self) -> LabelingProject:
         """The Label Studio project of these settings: the shared server's, or the embedded one's."""
+        from active_learning.labelstudio import LabelingProject
+
         ls = self.labelstudio
         if ls.url is not None:
             if ls.token is None:
@@ -263,6 +272,8 @@ class Settings(BaseSettings):
 
     def open_registry(self) -> Registry:
         self.home.mkdir(parents=True, exist_ok=True)
+        from components.registry import Registry
+
         embedded = self.registry.tracking_uri is None
         return Registry(
             tracking_uri=self.tracking_uri,
@@ -317,8 +328,21 @@ class Settings(BaseSettings):
             "cuped_covariate": self.serving.cuped_covariate,
         }
 
+    def serve_admin(self) -> ServeAdmin:
+        """Ray Serve's REST API: the cluster's (serving.ray_dashboard) or the local head's."""
+        from serving.deploy import ServeAdmin
+
+        return ServeAdmin(self.serving.ray_dashboard or self.local_ray().dashboard_url)
+
     def serving_control(self) -> Serving:
         """The serving app of these settings: the cluster's (serving.ray_dashboard) or the local head's."""
+        from components.predlog import PredictionLog
+        from serving.control import Serving
+        from serving.deploy import serve_config
+        from serving.eventlog import FeedbackLog
+        from serving.experiment import Experiments
+        from serving.report import covariate_from
+
         sv = self.serving
         args = self.serve_args()
         arms = {"champion": sv.champion, "challenger": sv.challenger}
@@ -328,7 +352,7 @@ class Settings(BaseSettings):
 
         predictions, feedback = PredictionLog(self.predictions_dir), FeedbackLog(self.serving_dir / "feedback")
         return Serving(
-            admin=ServeAdmin(sv.ray_dashboard or self.local_ray().dashboard_url),
+            admin=self.serve_admin(),
             registry=self.open_registry(),
             experiments=Experiments(self.serving_dir / "experiments"),
             config_for=config_for,
@@ -361,6 +385,21 @@ class Settings(BaseSettings):
         )
         return resolved.model_dump_json()
 
+    def for_step(self, reads: Iterable[str]) -> str:
+        """Only ``home`` and the sections ``reads`` names, as JSON: one pipeline step's ``config`` (from the
+        settings ``for_pipeline`` gave the run, so paths are absolute and secrets are out already)."""
+        unknown = set(reads) - SECTIONS
+        if unknown:
+            raise ConfigError(f"no settings section {sorted(unknown)[0]!r}")
+        return self.model_dump_json(include={"home", *reads})
+
+    def sync_features(self, head: Snapshot) -> SyncReport:
+        """Write what the offline feature store lacks from ``head`` and the champion's logged predictions."""
+        from components.features import sync
+        from components.predlog import PredictionLog
+
+        return sync(self.open_features(), head, PredictionLog(self.predictions_dir), self.features.device)
+
     def pipeline_secrets(self) -> dict[str, str]:
         """The environment a local pipeline's steps need beside ``for_pipeline()``: the token, if one is set."""
         token = self.labelstudio.token
@@ -372,21 +411,34 @@ class Settings(BaseSettings):
         return self.home / "feed"
 
 
+SECTIONS = frozenset(name for name in Settings.model_fields if name != "home")
+
+
 class _RunSettings(Settings):
-    """Settings exactly as a pipeline run passed them: the step's own environment does not override them."""
+    """Settings exactly as a pipeline run passed them to a step: its own environment does not override them,
+    and a section the step's config does not carry cannot be read (it would silently be the default)."""
 
     read_environment: ClassVar[bool] = False
 
+    def __getattribute__(self, name: str) -> Any:
+        if name in SECTIONS and name not in object.__getattribute__(self, "__pydantic_fields_set__"):
+            raise ConfigError(
+                f"this pipeline step reads [{name}], which its config does not carry: add it to the step's "
+                "entry in pipelines.steps.READS"
+            )
+        return super().__getattribute__(name)
 
-def settings_from_pipeline(config: str) -> Settings:
-    """The settings a pipeline step runs with: its ``config`` parameter, plus the token from the environment."""
+
+def settings_for_step(config: str) -> Settings:
+    """The settings a pipeline step runs with: its ``config`` (the sections it reads), plus the Label Studio
+    token from the environment when it reads ``[labelstudio]``."""
     try:
         settings = _RunSettings.model_validate_json(config)
     except ValidationError as err:
         first = err.errors()[0]
         raise ConfigError(f"pipeline config: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
     token = os.environ.get("TRENDLOOP_LABELSTUDIO__TOKEN")
-    if settings.labelstudio.token is None and token:
+    if "labelstudio" in settings.model_fields_set and settings.labelstudio.token is None and token:
         settings = settings.model_copy(update={"labelstudio": settings.labelstudio.model_copy(update={"token": token})})
     return settings
 

@@ -9,7 +9,7 @@ Output layout (``out/``)::
     oracle/users.parquet                  each user's true interests over tags
     oracle/labels/day=YYYY-MM-DD/labels.parquet  ground truth: label, filter, upload defects
 
-The oracle is kept apart from the posts: simulated annotators and evaluation read
+The oracle is kept apart from the posts: simulated annotators, viewers, tests and benchmarks read
 it; the model never does. Each post draws from its own random stream keyed by
 (seed, day, index), so a day comes out the same whatever else is simulated.
 """
@@ -23,10 +23,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
@@ -36,6 +35,9 @@ from components.errors import ConfigError
 from components.posts import ORACLE_SCHEMA, POST_SCHEMA, write_atomic, write_rows, write_table
 from components.simulator import scenes, social, trends, uploads
 from components.simulator.trends import NewClass, PriorShift, StyleShift, Trend
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _USERS_STREAM, _DAY_STREAM, _POST_STREAM = 1, 2, 3
 
@@ -267,15 +269,6 @@ def simulate(
     }
     write_atomic(meta_path, json.dumps(meta, indent=2))
     return results
-
-
-def oracle_styles(out: Path) -> dict[str, str]:
-    """``post_id -> filter`` for the filtered posts of a simulated feed (what a style slice is made of)."""
-    labels = out / "oracle" / "labels"
-    if not labels.exists():
-        return {}
-    table = pq.read_table(labels, columns=["post_id", "filter"])
-    return {p: f for p, f in zip(*(table.column(c).to_pylist() for c in ("post_id", "filter")), strict=True) if f}
 
 
 def read_feed(out: Path, days: range | None = None) -> pd.DataFrame:

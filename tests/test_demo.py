@@ -1,0 +1,133 @@
+"""The main job end to end at a reduced size: the loop closes and a challenger is promoted after a new trend.
+
+Everything real: kfp.local pipelines, MLflow, the session's Label Studio, a local Ray with
+the serving app, simulated viewers over HTTP. A smaller world than `make demo` (fewer
+days and posts, a trend that starts sooner and grows faster), with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from components.registry import CHAMPION
+from infra.labelstudio import LocalLabelStudio
+from tests.conftest import free_port
+from trendloop.cli import main
+from trendloop.demo import DemoSize, run_demo
+from trendloop.settings import load_settings
+
+SIZE = DemoSize(days=8, seed_days=4, posts_per_day=150, views_per_post=2, viewers=1200, ab_chunk=1500, ab_requests=6000)
+CONFIG = """
+home = "{home}"
+[simulate]
+seed = 5
+posts_per_day = 150
+[[simulate.trends]]  # a meme format from day 5, a third of the posts from day 6
+kind = "new_class"
+name = "meme"
+look = "meme"
+start_day = 5
+ramp_days = 1
+share = 0.3
+[features]
+on_ingest = false  # the image-only tagger reads no features; tests/test_features.py covers the store
+[ab]
+min_users_per_arm = 300  # 1,200 viewers split in two
+[labelstudio]
+url = "{ls_url}"
+token = "{ls_token}"
+project = "main job test"
+image_url = "/data/local-files/?d={ls_dir}/.trendloop/store/{{image}}"
+[serving]
+port = {port}
+ray_cpus = 2
+flush_every_s = 0.5
+[serving.ray_ports]
+gcs = {gcs}
+dashboard = {dashboard}
+agent = {agent}
+client = {client}
+"""
+
+
+@pytest.fixture(scope="module")
+def finished(label_studio: LocalLabelStudio, tmp_path_factory: pytest.TempPathFactory):
+    home = label_studio.document_root / "main-job"
+    home.mkdir()
+    config = home / "trendloop.toml"
+    ports = {k: free_port() for k in ("port", "gcs", "dashboard", "agent", "client")}
+    config.write_text(
+        CONFIG.format(
+            home=home / ".trendloop", ls_url=label_studio.url, ls_token=label_studio.credentials().token,
+            ls_dir=home.name, **ports,
+        )  # fmt: skip
+    )
+    settings = load_settings(config)
+    try:
+        yield settings, run_demo(settings, SIZE), config
+    finally:
+        settings.serve_admin().shutdown() if settings.serve_admin().reachable() else None
+        settings.local_ray().down()
+
+
+def test_the_main_job_promotes_a_challenger_that_learned_the_new_trend(finished) -> None:
+    settings, outcome, _ = finished
+    assert outcome.verdict == "promote"
+    assert outcome.action == f"promoted version {outcome.challenger} to @champion"
+    registry = settings.open_registry()
+    assert registry.alias(CHAMPION) == outcome.champion == outcome.challenger == 2
+    assert "meme" in registry.load_predictor(CHAMPION).labels
+    # the timeline: a drift flag after the trend started, labels, a challenger, the verdict
+    events = [e.what for e in outcome.timeline.events]
+    flagged = outcome.timeline.first("drift flagged")
+    assert flagged is not None and flagged.day >= 5
+    assert any(re.match(r"\d+ labels committed", e) for e in events) and outcome.labels_committed > 0
+    assert any(e.startswith("version 2 registered as @challenger") for e in events)
+    # the lift is the models' doing: the challenger tags the trend's posts right, the champion cannot
+    traffic = outcome.ab_traffic
+    assert traffic.fit_rate("champion", "meme") == 0.0
+    assert traffic.fit_rate("challenger", "meme") > 0.6
+    lift = outcome.report["lift"]
+    assert lift["cs_low"] > 0
+
+
+def test_serving_follows_the_promotion_without_a_restart(finished) -> None:
+    settings, outcome, _ = finished
+    s = settings.serving_control()
+    deployed = s.admin.config()
+    arms = {d["name"]: d["user_config"] for d in deployed["applications"][0]["deployments"]}
+    assert arms["champion"]["version"] == outcome.champion == 2
+    assert arms["challenger"]["version"] is None and s.experiments.current() is None
+
+
+def test_the_cli_and_the_main_job_reach_the_same_first_verdict(finished, tmp_path: Path, capsys) -> None:
+    """The main job's first champion came out of continual_training; `trendloop ingest` + `trendloop train` in
+    another home on the same feed and days register the same snapshot with the same verdict."""
+    settings, _, config = finished
+    other = tmp_path / "cli.toml"
+    other.write_text(re.sub(r'home = ".*"', f'home = "{tmp_path / "home"}"', config.read_text(), count=1))
+    feed, labels = str(settings.feed_dir), str(settings.feed_dir / "oracle" / "labels")
+    until = settings.simulate.day_start(SIZE.seed_days).isoformat()
+    for args in (["ingest", feed, "--until", until, "--labels", labels], ["train"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--config", str(other), *args])
+        assert (exit_.value.code or 0) == 0, capsys.readouterr().err
+    ours, theirs = load_settings(other).open_registry(), settings.open_registry()
+    mine = ours.client.get_model_version(ours.model_name, "1")
+    job = theirs.client.get_model_version(theirs.model_name, "1")
+    assert mine.tags["snapshot"] == job.tags["snapshot"]
+    assert (mine.tags["gate"], job.tags["gate"]) == ("passed", "passed")
+    assert mine.tags["gate_reasons"] == job.tags["gate_reasons"]
+    assert ours.alias(CHAMPION) == 1
+
+
+def test_the_run_leaves_its_reports_where_the_summary_says(finished) -> None:
+    settings, outcome, _ = finished
+    assert outcome.log is not None and outcome.log.exists()
+    checks = list(settings.checks_dir.glob("*/drift.json"))
+    flagged = [json.loads(p.read_text()) for p in checks if json.loads(p.read_text())["verdict"]["drifted"]]
+    assert flagged and all(c["traffic"] == "served" for c in flagged)
