@@ -19,6 +19,8 @@ test-slow: .venv/.synced
 	$(RUN) pytest -m slow
 
 bench: .venv/.synced
+	$(RUN) python benchmarks/bench_loop.py
+	$(RUN) python benchmarks/bench_startup.py
 	$(RUN) python benchmarks/bench_ingest.py
 	$(RUN) python benchmarks/bench_train.py
 	$(RUN) python benchmarks/bench_drift.py

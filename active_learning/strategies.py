@@ -166,8 +166,9 @@ class SelectionConfig(BaseModel):
     strategy: StrategyName = "entropy"  # the uncertainty heuristic; random is the baseline
     diversity: bool = True  # spread the batch over the embedding space with k-center greedy
     prefilter: int = Field(default=5, ge=1)  # k-center picks from the prefilter x batch most uncertain posts
-    batch_size: int = Field(default=100, ge=1)  # posts queued per selection (query size)
-    pool_days: int = Field(default=7, ge=1)  # the monitor's selections draw from HEAD's newest N days of posts
+    batch_size: int = Field(default=200, ge=1)  # posts queued per selection (query size)
+    # the monitor's selections draw from HEAD's newest N days of posts: where a trend it just flagged lives
+    pool_days: int = Field(default=2, ge=1)
     control_share: float = Field(default=0.1, ge=0, le=1)  # drawn uniformly from the pool: measures the gain
     mc_samples: int = Field(default=20, ge=2)  # dropout samples per post for BALD
     mc_dropout: float = Field(default=0.25, gt=0, lt=1)  # dropout on the embedding when the tagger has none

@@ -11,10 +11,11 @@ reviewer would ask them:
    lacks, the lower bound of the difference exceeds ``newest_slice_gain``; with no such
    class in the test set, non-inferiority on overall accuracy (margin ``old_class_margin``):
    whether the challenger is better is then the live A/B test's question;
-3. behaviour (non-inferiority): per perturbation (a mild brightness or crop change), the
-   lower bound of the difference in the share of top-1 labels that survive it is at least
-   ``-stability_margin``. The first model, with no champion to compare with, only has to
-   clear a sanity floor (``min_stability``) on its point estimate.
+3. behaviour (non-inferiority): per perturbation (a mild brightness or crop change), on
+   posts of the champion's classes, the lower bound of the difference in the share of
+   top-1 labels that survive it is at least ``-stability_margin``. The first model, with no
+   champion to compare with, only has to clear a sanity floor (``min_stability``) on its
+   point estimate.
 
 Intervals: Agresti & Min, "Simple improved confidence intervals for comparing matched
 proportions", Statistics in Medicine 24(5), 2005 (the adjusted Wald interval: add 1/2 to
@@ -153,7 +154,7 @@ class PromotionGate:
             checks = [
                 self._forgetting(ours, theirs, champion.labels),
                 self._trend(ours, theirs, challenger.newest_slice, champion.labels),
-                self._stability(ours, theirs),
+                self._stability(ours, theirs, champion.labels),
             ]
         return Verdict(
             passed=all(c.passed for c in checks),
@@ -188,7 +189,9 @@ class PromotionGate:
         )
         return _judge("newest trend", found, f"{newest} (newest trend): accuracy ", superiority=True)
 
-    def _stability(self, ours: Outcomes, theirs: Outcomes) -> Check:
+    def _stability(self, ours: Outcomes, theirs: Outcomes, known: list[str]) -> Check:
+        """Non-inferiority of the share of predictions each perturbation leaves unchanged, on the posts of
+        the champion's classes: the robustness it had (on a class it lacks, it is steadily wrong)."""
         if set(ours.unchanged) != set(theirs.unchanged):
             raise ConfigError(
                 f"challenger and champion were checked under different perturbations "
@@ -196,12 +199,13 @@ class PromotionGate:
             )
         if not ours.unchanged:
             return Check("stability", False, "no behavioural checks were run")
+        on = np.isin(np.asarray(ours.label, dtype=object), list(known))
         found = sorted(
             (
                 self._compare(
                     f"top-1 unchanged under {name}",
-                    np.asarray(ours.unchanged[name], dtype=bool),
-                    np.asarray(theirs.unchanged[name], dtype=bool),
+                    np.asarray(ours.unchanged[name], dtype=bool)[on],
+                    np.asarray(theirs.unchanged[name], dtype=bool)[on],
                     -self.stability_margin,
                 )
                 for name in ours.unchanged

@@ -170,6 +170,7 @@ def train(
     tagger = tagger.to(device)
     if device.type == "cuda":
         tagger = tagger.to(memory_format=torch.channels_last)
+    teacher = _teacher(base, config, device)
     peak = config.lr if base is None else config.finetune_lr
     optimiser = torch.optim.AdamW(tagger.parameters(), lr=peak, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_posts) / config.batch_size)
@@ -177,7 +178,8 @@ def train(
         optimiser, max_lr=peak, total_steps=config.epochs * steps_per_epoch, pct_start=config.warmup_share
     )
     # epochs that end inside the warm-up: their validation loss swings with the rising learning rate,
-    # so they never count towards early stopping (a run once stopped at epoch 4 keeping epoch 1's weights)
+    # so they never count towards early stopping nor stand as the best (a run once stopped at epoch 4
+    # keeping epoch 1's weights)
     warmup_epochs = math.ceil(config.warmup_share * config.epochs)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     balanced = base is not None and config.balanced_finetune
@@ -237,6 +239,8 @@ def train(
             with _autocast(device):
                 logits = tagger(x, side)
                 loss = loss_fn(logits.float(), y)
+                if teacher is not None:
+                    loss = loss + config.distill * _distillation(logits.float(), teacher, x, side, config)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -252,9 +256,12 @@ def train(
         val_loss, val_accuracy = _validate(tagger, val_set, loss_fn, device, config.batch_size * 4, balanced)
         stats = EpochStats(epoch, total_loss / seen, correct / seen, val_loss, val_accuracy, seen / seconds, seconds)
         history.append(stats)
-        improved = val_loss < best_loss - 1e-4
-        best_loss, stale = (val_loss, 0) if improved else (best_loss, stale + (epoch > warmup_epochs))
-        if improved or (config.keep == "last" and not math.isnan(val_loss)):
+        # a warm-up epoch is kept only until the warm-up ends: its weights never stand as the best of a run
+        # that goes on (a fine-tune once returned epoch 2 of 10, before the new class was learned)
+        warming = epoch <= warmup_epochs
+        improved = not warming and val_loss < best_loss - 1e-4
+        best_loss, stale = (val_loss, 0) if improved else (best_loss, stale + (not warming))
+        if improved or ((warming or config.keep == "last") and not math.isnan(val_loss)):
             best_epoch = epoch
             best_state = {k: v.detach().cpu().clone() for k, v in tagger.state_dict().items()}
         finished = stale >= config.patience or epoch == config.epochs
@@ -330,6 +337,32 @@ def _autocast(device: torch.device) -> torch.autocast:
 
 
 @torch.no_grad()
+def _teacher(base: Base | None, config: TrainConfig, device: torch.device) -> Tagger | None:
+    """The champion, frozen, whose scores a fine-tune keeps matching on its classes; None when not distilling.
+
+    A fusion tagger's side inputs widen with its labels, so the champion could not read the grown model's
+    side vectors: fusion fine-tunes rely on replay alone.
+    """
+    if base is None or config.distill == 0 or base.tagger.spec.side:
+        return None
+    teacher = copy.deepcopy(base.tagger).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.to(memory_format=torch.channels_last) if device.type == "cuda" else teacher
+
+
+def _distillation(
+    logits: torch.Tensor, teacher: Tagger, x: torch.Tensor, side: torch.Tensor | None, config: TrainConfig
+) -> torch.Tensor:
+    """KL divergence from the teacher's softened distribution over its classes to the student's on the same
+    classes (the student's first rows: extend_labels keeps old rows in place), scaled by T squared."""
+    t = config.distill_temperature
+    with torch.no_grad():
+        target = nn.functional.softmax(teacher(x, side).float() / t, dim=1)
+    known = logits[:, : target.shape[1]] / t
+    return nn.functional.kl_div(nn.functional.log_softmax(known, dim=1), target, reduction="batchmean") * t * t
+
+
 def _balanced_sampler(targets: torch.Tensor, generator: torch.Generator) -> WeightedRandomSampler:
     """An epoch's worth of draws in which every class present is equally likely (with replacement)."""
     counts = torch.bincount(targets).double()

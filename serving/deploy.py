@@ -106,7 +106,8 @@ def serve_config(
 class ServeAdmin:
     """Ray Serve's REST API on a Ray dashboard (``http://127.0.0.1:8265`` for the local head)."""
 
-    def __init__(self, dashboard_url: str, timeout: float = 30.0):
+    # a deploy's first PUT starts Serve's controller: on a busy 2-core machine that took over 30 s
+    def __init__(self, dashboard_url: str, timeout: float = 120.0):
         self.url, self.timeout = dashboard_url.rstrip("/"), timeout
 
     def _call(self, method: str, body: dict | None = None) -> dict:

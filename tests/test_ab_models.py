@@ -37,6 +37,7 @@ import torch
 from components.ingest import ingest, read_labels
 from components.predict import Predictor
 from components.predlog import PredictionLog
+from components.preprocess import Preprocessing
 from components.simulator.feed import FeedSpec, simulate
 from components.simulator.trends import NewClass
 from components.snapshot import Store
@@ -50,6 +51,8 @@ from serving.router import RequestBook, Router, Traffic
 from serving.tagging import ArmModel, PostContext
 from serving.traffic import Audience, DriveStats, Engagement, FeedPost, drive, feed_posts
 
+# the input size these tests' margins were measured with (the default [train] preprocessing is larger)
+SMALL = Preprocessing(image_size=32, resize=36)
 SEED = 21
 FEED = FeedSpec(
     seed=SEED,
@@ -61,7 +64,7 @@ FEED = FeedSpec(
     trends=[NewClass(name="meme", look="meme", start_day=0, ramp_days=0, share=0.3)],
 )
 TRAIN_DAYS, SERVED_DAYS = range(4), range(4, 6)  # the A/B test serves posts no model was trained on
-CONFIG = TrainConfig(epochs=5, patience=5, batch_size=32, keep="last", seed=0)
+CONFIG = TrainConfig(epochs=5, patience=5, batch_size=32, keep="last", seed=0, preprocessing=SMALL)
 FINETUNE = CONFIG.model_copy(update={"epochs": 2, "patience": 2})  # with the default replay: 4 old posts per meme
 # An engaged, picky audience so that a few thousand requests decide: a median viewer engages with 30% of the
 # fitting posts of average interest it is served, and with a tenth as many when the top tag is wrong.

@@ -20,18 +20,18 @@ from trendloop.cli import main
 from trendloop.demo import DemoSize, run_demo
 from trendloop.settings import load_settings
 
-SIZE = DemoSize(days=8, seed_days=4, posts_per_day=150, views_per_post=2, viewers=1200, ab_chunk=1500, ab_requests=6000)
+SIZE = DemoSize(days=7, seed_days=5, posts_per_day=200, views_per_post=2, viewers=1200, ab_chunk=1500, ab_requests=6000)
 CONFIG = """
 home = "{home}"
 [simulate]
 seed = 5
-posts_per_day = 150
-[[simulate.trends]]  # a meme format from day 5, a third of the posts from day 6
+posts_per_day = 200
+[[simulate.trends]]  # a meme format goes viral on day 5, the first after the labelled history: 30% of posts
 kind = "new_class"
 name = "meme"
 look = "meme"
 start_day = 5
-ramp_days = 1
+ramp_days = 0
 share = 0.3
 [features]
 on_ingest = false  # the image-only tagger reads no features; tests/test_features.py covers the store
@@ -60,12 +60,9 @@ def finished(label_studio: LocalLabelStudio, tmp_path_factory: pytest.TempPathFa
     home.mkdir()
     config = home / "trendloop.toml"
     ports = {k: free_port() for k in ("port", "gcs", "dashboard", "agent", "client")}
-    config.write_text(
-        CONFIG.format(
-            home=home / ".trendloop", ls_url=label_studio.url, ls_token=label_studio.credentials().token,
-            ls_dir=home.name, **ports,
-        )  # fmt: skip
-    )
+    token = label_studio.credentials().token
+    values = {"home": home / ".trendloop", "ls_url": label_studio.url, "ls_token": token, "ls_dir": home.name}
+    config.write_text(CONFIG.format(**values, **ports))
     settings = load_settings(config)
     try:
         yield settings, run_demo(settings, SIZE), config

@@ -21,6 +21,7 @@ from components.errors import DriftError
 from components.ingest import ingest, read_labels
 from components.monitor import predict_window, reference_windows
 from components.predict import Predictor
+from components.preprocess import Preprocessing
 from components.simulator.feed import FeedSpec, read_feed, simulate
 from components.simulator.trends import NewClass, PriorShift, StyleShift
 from components.snapshot import Store
@@ -34,6 +35,8 @@ from components.triggers import (
     TriggerContext,
 )
 
+# the input size these tests' margins were measured with (the default [train] preprocessing is larger)
+SMALL = Preprocessing(image_size=32, resize=36)
 TAGS = [f"#t{i}" for i in range(40)]
 WORDS = ["brunch", "goals", "sunday", "drive", "garden", "bloom", "city", "lights", "nap", "walkies"]
 
@@ -180,7 +183,7 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Traffic:
     store = Store(root / "store")
     ingest(root / "seed", store, labels=read_labels(root / "seed" / "oracle" / "labels"), workers=2)
     snapshot = store.head()
-    result = train(store, snapshot, TrainConfig(epochs=6, patience=6), root / "run")
+    result = train(store, snapshot, TrainConfig(epochs=6, patience=6, preprocessing=SMALL), root / "run")
     champion = Predictor(result.tagger)
     days, windows = {}, {}
     for name, trends in SCENARIOS.items():

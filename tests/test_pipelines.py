@@ -239,6 +239,9 @@ CONFIG = """
 [train]
 epochs = 6
 patience = 6
+[train.preprocessing]  # small inputs: these tests are about the pipelines, not accuracy
+image_size = 32
+resize = 36
 [gate]  # lenient: these tests are about the pipelines; tests/test_gate.py is about the gate
 old_class_margin = 1.0
 stability_margin = 1.0

@@ -16,12 +16,15 @@ import torch
 from components.gate import PromotionGate
 from components.ingest import ingest, read_labels
 from components.predict import Predictor
+from components.preprocess import Preprocessing
 from components.registry import CHALLENGER, CHAMPION, Registry, RegistryError
 from components.snapshot import Store
 from components.train_config import TrainConfig
 from components.workflow import Retrained, retrain, train_candidate
 
-QUICK = TrainConfig(epochs=2, patience=2, batch_size=32)
+# the input size these tests' margins were measured with (the default [train] preprocessing is larger)
+SMALL = Preprocessing(image_size=32, resize=36)
+QUICK = TrainConfig(epochs=2, patience=2, batch_size=32, preprocessing=SMALL)
 # these tests are about the registry, not the gate (tests/test_gate.py): any candidate passes
 LENIENT = PromotionGate(old_class_margin=1.0, newest_slice_gain=-1.0, stability_margin=1.0, min_stability=0.0)
 STRICT = PromotionGate(stability_margin=-1.0)  # no lower bound reaches +1: every challenger is refused

@@ -238,15 +238,15 @@ def train(
     mode: Annotated[
         str, typer.Option(help="auto (fine-tune the champion when there is one), fine-tune, or scratch.")
     ] = "auto",
-    arch: Annotated[str | None, typer.Option(help="Architecture (default from [train] arch).")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (default from [train]).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (default from [train]).")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda (default from [train]).")] = None,
+    arch: Annotated[str | None, typer.Option(help="Architecture (default from \\[train] arch).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (default from \\[train]).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default from \\[train]).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda (default from \\[train]).")] = None,
     side: Annotated[
         str | None,
         typer.Option(
             help="Stored features a fusion tagger reads beside the image, comma-separated: caption,user; "
-            "'none' for image only (default from [train] side)."
+            "'none' for image only (default from \\[train] side)."
         ),
     ] = None,
 ) -> None:
@@ -790,7 +790,7 @@ def pipeline_run(
         typer.Option(help="A pipeline parameter, e.g. --param since=2026-01-12 --param mode=fine-tune (repeatable)."),
     ] = None,
     host: Annotated[
-        str | None, typer.Option(help="A KFP API endpoint: submit there (default: [pipelines] host; unset: locally).")
+        str | None, typer.Option(help="A KFP API endpoint: submit there (default: \\[pipelines] host; unset: locally).")
     ] = None,
     cache: Annotated[
         bool, typer.Option("--cache/--no-cache", help="Reuse outputs of steps whose inputs did not change.")
@@ -831,7 +831,7 @@ def pipeline_schedule(
     name: Annotated[str, typer.Argument(help="continual_training, drift_monitor or label_sync.")],
     cron: Annotated[str, typer.Option(help="When, as KFP's cron with seconds: '0 0 6 * * *' is daily at 06:00.")],
     param: Annotated[list[str] | None, typer.Option(help="A pipeline parameter k=v (repeatable).")] = None,
-    host: Annotated[str | None, typer.Option(help="The KFP API endpoint (default: [pipelines] host).")] = None,
+    host: Annotated[str | None, typer.Option(help="The KFP API endpoint (default: \\[pipelines] host).")] = None,
 ) -> None:
     """Create a recurring run on a KFP cluster (kfp.local has no scheduler; use cron with `pipeline run`)."""
     from pipelines.runner import pipeline_arguments, schedule, step_options

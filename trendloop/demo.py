@@ -218,7 +218,8 @@ def _run(settings: Settings, size: DemoSize, log: Path) -> Outcome:
             continue
         flagged_day = day
         timeline.add(day, f"drift flagged on the traffic served: {_drift_signals(run)}")
-        labelling.join()
+        if labelling is not None:
+            labelling.join()
         challenger = _label_and_retrain(loop, day, timeline)
         break
     if flagged_day is None:
@@ -360,8 +361,12 @@ def _verdict_line(registry, version: int) -> str:
     return f"gate passed ({trend.reason})" if trend else "gate passed"
 
 
-def _start_label_studio(settings: Settings) -> threading.Thread:
-    """The embedded Label Studio's first start takes a minute or two: begin it now, in the background."""
+def _start_label_studio(settings: Settings) -> threading.Thread | None:
+    """The embedded Label Studio's first start takes a minute or two: begin it now, in the background.
+
+    None when a shared Label Studio is configured (nothing to start)."""
+    if settings.labelstudio.url is not None:
+        return None
 
     def up() -> None:
         try:
@@ -370,8 +375,7 @@ def _start_label_studio(settings: Settings) -> threading.Thread:
             logging.getLogger(__name__).warning("Label Studio did not start in the background: %s", err)
 
     thread = threading.Thread(target=up, name="label-studio", daemon=True)
-    if settings.labelstudio.url is None:
-        thread.start()
+    thread.start()
     return thread
 
 

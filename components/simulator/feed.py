@@ -46,7 +46,7 @@ def default_trends() -> list[NewClass | StyleShift | PriorShift]:
     """The default scenario: January fitness resolutions, a new meme format, a vintage filter craze."""
     return [
         PriorShift(start_day=3, ramp_days=2, weights={"fitness": 3.0}),
-        NewClass(name="meme", look="meme", start_day=8, ramp_days=4, share=0.2),
+        NewClass(name="meme", look="meme", start_day=8, ramp_days=0, share=0.3),
         StyleShift(filter="vintage", start_day=12, ramp_days=4, share=0.3),
     ]
 
