@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from components.errors import DriftError
+from components.errors import DriftError, QuietWindow
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -202,7 +202,8 @@ def detect_drift(
     config = config or DriftConfig()
     for name, window in (("reference", reference), ("current", current)):
         if len(window) < config.min_posts:
-            raise DriftError(f"the {name} window holds {len(window)} posts; a drift check needs {config.min_posts}")
+            error = QuietWindow if name == "current" else DriftError  # a small reference is a setup problem
+            raise error(f"the {name} window holds {len(window)} posts; a drift check needs {config.min_posts}")
     reference = reference.sample(config.max_reference, config.seed)
     current = current.sample(config.max_current, config.seed + 1)
     level = config.test_level

@@ -21,6 +21,10 @@ class DriftError(TrendloopError):
     """A drift check that cannot run: a window too small, no champion, no traffic logged."""
 
 
+class QuietWindow(DriftError):
+    """A window with too little traffic to test (none logged, or fewer posts than a check needs): not drift."""
+
+
 class LabelingError(TrendloopError):
     """Label Studio cannot be reached or refused a request; what was queued locally stays queued."""
 

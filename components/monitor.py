@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from components.drift import DriftConfig, DriftVerdict, Window
 from components.emerging import EmergingCluster, EmergingConfig
-from components.errors import DriftError
+from components.errors import DriftError, QuietWindow
 from components.posts import write_atomic
 from components.predlog import PredictionLog, served
 from components.registry import CHAMPION, Registry
@@ -206,7 +206,7 @@ def check_drift(
     if len(current.window) == 0:
         span = f"{since or 'the start'} to {until or 'now'}"
         what = "requests served" if traffic == "served" else "stored posts scored"
-        raise DriftError(f"no {what} by version {number} from {span}")
+        raise QuietWindow(f"no {what} by version {number} from {span}")
     reference, index = reference_windows(store, trained_on, predictor, drift.max_reference, drift.seed)
     key = json.dumps([number, snapshot.id, str(since), str(until), traffic, drift.model_dump(), emerging.model_dump()])
     check_id = f"{(since or datetime.now(UTC)):%Y%m%d}-v{number}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"

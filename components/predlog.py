@@ -52,8 +52,11 @@ SERVED, BATCH = "served", "batch"
 
 
 def served() -> pc.Expression:
-    """The records of requests the app served (files written before ``source`` existed: no post id)."""
-    return (pc.field("source") == SERVED) | (pc.field("source").is_null() & pc.field("post_id").is_null())
+    """The records of requests the app served (files written before ``source`` existed: no post id).
+
+    Never null, so ``~served()`` keeps every other record (a null would drop the old ones from both)."""
+    source = pc.field("source")
+    return pc.if_else(source.is_null(), pc.field("post_id").is_null(), source == SERVED)
 
 
 class DayLog:

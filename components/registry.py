@@ -308,7 +308,7 @@ class Registry:
         if gate != "passed" and not force:
             state = "failed its gate" if gate == "failed" else "has not been through the gate"
             raise RegistryError(
-                f"version {version} {state}; run `trendloop evaluate {version}` (or promote with --force)"
+                f"version {version} {state}: retrain through the gate (`trendloop train`) or promote with --force"
             )
         current = self.alias(CHAMPION)
         if current == version:

@@ -336,7 +336,6 @@ def _autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-@torch.no_grad()
 def _teacher(base: Base | None, config: TrainConfig, device: torch.device) -> Tagger | None:
     """The champion, frozen, whose scores a fine-tune keeps matching on its classes; None when not distilling.
 
@@ -369,13 +368,13 @@ def _balanced_sampler(targets: torch.Tensor, generator: torch.Generator) -> Weig
     return WeightedRandomSampler(1.0 / counts[targets], len(targets), replacement=True, generator=generator)
 
 
+@torch.no_grad()
 def _validate(
     tagger: Tagger, data: PostImages, loss_fn: nn.Module, device: torch.device, batch: int, balanced: bool = False
 ) -> tuple[float, float]:
     """(loss, accuracy) on ``data``; a balanced loss is the mean of each class's mean loss."""
     tagger.eval()
-    total, correct = 0.0, 0
-    losses = []
+    correct, losses = 0, []
     pre = tagger.spec.preprocessing
     for start in range(0, len(data), batch):
         x = pre.evaluation(data.images[start : start + batch].to(device))
@@ -385,13 +384,12 @@ def _validate(
             logits = tagger(_to(x, device), side).float()
         per_post = nn.functional.cross_entropy(logits, y, reduction="none", label_smoothing=loss_fn.label_smoothing)
         losses.append(per_post.cpu())
-        total += per_post.sum().item()
         correct += (logits.argmax(1) == y).sum().item()
+    per_post = torch.cat(losses)
     if balanced:
-        per_post, targets = torch.cat(losses), data.targets
-        present = torch.unique(targets)
-        return torch.stack([per_post[targets == c].mean() for c in present]).mean().item(), correct / len(data)
-    return total / len(data), correct / len(data)
+        classes = [per_post[data.targets == c].mean() for c in torch.unique(data.targets)]
+        return torch.stack(classes).mean().item(), correct / len(data)
+    return per_post.mean().item(), correct / len(data)
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:

@@ -4,6 +4,8 @@ KFP has no event triggers (kfp#651): a pipeline step, a cron job or the CLI buil
 the context and asks the policy. Each trigger says whether it fires and why; a retrain
 is due when any trigger fires and there are at least ``min_new_labels`` labels the
 newest version has not trained on (retraining on what it saw already changes nothing).
+With no champion at all, the labels alone make the first model due, whichever triggers
+are switched on.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class DriftTrigger:
 
     def should_retrain(self, context: TriggerContext) -> Decision:
         if context.drift is None:
-            return Decision(self.name, False, "no drift check has run")
+            return Decision(self.name, False, "no drift check since the newest version")
         drifted = context.drift.drifted_signals
         fire = len(drifted) >= self.min_signals
         what = ", ".join(drifted) if drifted else "no signal"
@@ -61,7 +63,7 @@ class DriftTrigger:
 
 @dataclass(frozen=True)
 class NewLabelsTrigger:
-    """Fire once ``min_labels`` posts were labelled since the champion's snapshot."""
+    """Fire once ``min_labels`` posts were labelled that the newest version has not trained on."""
 
     min_labels: int = 500
     name: str = "new_labels"
@@ -73,14 +75,14 @@ class NewLabelsTrigger:
 
 @dataclass(frozen=True)
 class ScheduleTrigger:
-    """Fire when the champion is older than ``every``; with no champion at all, always."""
+    """Fire when the champion is older than ``every`` (with none, ``RetrainPolicy.decide`` says so)."""
 
     every: timedelta = timedelta(days=7)
     name: str = "schedule"
 
     def should_retrain(self, context: TriggerContext) -> Decision:
         if context.champion_since is None:
-            return Decision(self.name, True, "there is no champion yet")
+            return Decision(self.name, False, "there is no champion to age")
         age = context.now - context.champion_since
         fire = age >= self.every
         return Decision(self.name, fire, f"champion is {_days(age)} old (fires at {_days(self.every)})")
@@ -118,6 +120,7 @@ def _days(delta: timedelta) -> str:
 
 
 LABELS = "labels"  # the floor every retrain needs, reported beside the triggers
+FIRST = "first_model"  # no champion yet: the floor is all the first model needs
 
 
 class RetrainPolicy(BaseModel):
@@ -150,7 +153,8 @@ class RetrainPolicy(BaseModel):
             context.new_labels >= self.min_new_labels,
             f"{context.new_labels} labels the newest version has not seen (a retrain needs {self.min_new_labels})",
         )
-        return [floor, *(t.should_retrain(context) for t in self.triggers())]
+        first = [Decision(FIRST, True, "there is no champion yet")] if context.champion_since is None else []
+        return [floor, *first, *(t.should_retrain(context) for t in self.triggers())]
 
     @staticmethod
     def due(decisions: list[Decision]) -> bool:

@@ -242,17 +242,18 @@ def register_candidate(
     """
     if not verdict.passed:
         raise RegistryError(f"{candidate_name(registry, run_id)} did not pass the gate: it is not registered")
-    registry.record_verdict(run_id, verdict, evaluation)
     version = registry.version_of_run(run_id)
+    if version is not None and (placed := registry.placed(version)) is not None:
+        # an earlier call registered and placed it: its verdict and aliases stay as they were
+        return Placed(version, placed, new=False)
+    registry.record_verdict(run_id, verdict, evaluation)
     if version is None:
         how = f"fine-tuned from version {base_version}" if base_version else "trained from scratch"
         version = registry.register(run_id, tagger_dir, snapshot, f"{how} on snapshot {snapshot}", verdict)
-    placed = registry.placed(version)
-    if placed is not None:
-        return Placed(version, placed, new=False)  # its aliases may have moved on since, and stay as they are
     if on_registered is not None:
         on_registered(version)
-    alias = CHAMPION if registry.alias(CHAMPION) is None else CHALLENGER
+    # a call that died after moving the alias finds the version there already: it stays where it went
+    alias = CHAMPION if registry.alias(CHAMPION) in (None, version) else CHALLENGER
     if alias == CHAMPION:
         registry.promote(version)  # the first model that passes: nothing to test it against
     else:
@@ -261,10 +262,19 @@ def register_candidate(
     return Placed(version, alias, new=True)
 
 
+def hold_candidate(registry: Registry, run_id: str, verdict: Verdict, evaluation: Evaluation) -> bool:
+    """A candidate the gate refused: its run keeps the verdict and nothing is registered. Returns False
+    (recording nothing) when the run was registered by an earlier call: the verdict that let it in stays."""
+    if registry.version_of_run(run_id) is not None:
+        return False
+    registry.record_verdict(run_id, verdict, evaluation)
+    return True
+
+
 @dataclass(frozen=True)
 class Retrained:
     candidate: Candidate
-    review: Review
+    review: Review | None  # None: an earlier call trained, gated and registered this very run
     placed: Placed | None  # None: the gate refused the candidate (its run keeps the verdict)
 
 
@@ -287,10 +297,13 @@ def retrain(
     candidate = train_candidate(
         store, snapshot, config, registry, runs_dir, fine_tunes(mode, registry), on_step, on_epoch
     )
+    earlier = registry.version_of_run(candidate.run_id)
+    if earlier is not None and (alias := registry.placed(earlier)) is not None:
+        return Retrained(candidate, None, Placed(earlier, alias, new=False))  # its verdict is on record already
     predictor = Predictor(candidate.result.tagger, side_reader=registry.side_reader)
     found = review(store, snapshot, registry, predictor, candidate_name(registry, candidate.run_id), gate)
     if not found.verdict.passed:
-        registry.record_verdict(candidate.run_id, found.verdict, found.candidate)
+        hold_candidate(registry, candidate.run_id, found.verdict, found.candidate)
         return Retrained(candidate, found, None)
     hook = (lambda version: on_registered(version, candidate)) if on_registered is not None else None
     placed = register_candidate(

@@ -281,11 +281,12 @@ def register(config: str, model: Artifact, evaluation: Artifact, verdict: Artifa
 def hold(config: str, model: Artifact, evaluation: Artifact, verdict: Artifact) -> int:
     """The model did not pass: its run keeps the verdict, nothing is registered. Returns ``NO_VERSION`` (0)."""
     from components.gate import Verdict
+    from components.workflow import hold_candidate
 
     settings = settings_for_step(config)
     decided = Verdict.from_dict(json.loads(Path(verdict.path).read_text()))
     ours, _ = _evaluations(evaluation)
-    settings.open_registry().record_verdict(_run_of(model)["run_id"], decided, ours)
+    hold_candidate(settings.open_registry(), _run_of(model)["run_id"], decided, ours)
     print("not registered: the gate refused it\n" + "\n".join(decided.reasons))
     return NO_VERSION
 
@@ -310,7 +311,7 @@ def load(config: str, version: int) -> str:
 def drift_report(config: str, since: str, until: str, report: Artifact, check: Artifact) -> bool:
     """Check the traffic the app served in ``[since, until)`` against the champion's training data; returns
     whether it drifted. ``since`` empty: the day before ``until`` (or now)."""
-    from components.errors import DriftError
+    from components.errors import QuietWindow
     from components.monitor import check_drift, log_check
     from components.predlog import PredictionLog
     from components.snapshot import Store
@@ -324,7 +325,7 @@ def drift_report(config: str, since: str, until: str, report: Artifact, check: A
             store, _head(store), registry, PredictionLog(settings.predictions_dir), settings.checks_dir, start, end,
             settings.drift, settings.emerging, traffic="served",
         )  # fmt: skip
-    except DriftError as err:  # a quiet window: too little traffic to test is not drift
+    except QuietWindow as err:  # too little traffic to test is not drift; any other DriftError fails the step
         write_atomic(Path(report.path), f"<html><title>no drift check</title><body>{err}</body></html>")
         write_atomic(Path(check.path), json.dumps({"checked": False, "reason": str(err)}))
         check.metadata.update(checked=False, reason=str(err))

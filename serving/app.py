@@ -54,10 +54,11 @@ class TaggerArm:
         )
 
     async def reconfigure(self, config: dict) -> None:
-        self.predict.set_max_batch_size(int(config.get("max_batch_size", 32)))
+        largest = int(config.get("max_batch_size", 32))
+        self.predict.set_max_batch_size(largest)
         self.predict.set_batch_wait_timeout_s(float(config.get("batch_wait_ms", 5.0)) / 1000)
-        # loading happens off the event loop: batches keep running on the old version meanwhile
-        await asyncio.to_thread(self.model.use, config.get("version"))
+        # loading and warming happen off the event loop: batches keep running on the old version meanwhile
+        await asyncio.to_thread(self.model.use, config.get("version"), largest)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def predict(self, uploads: list[bytes], contexts: list[dict]) -> list:

@@ -71,6 +71,15 @@ class Tagged:
         return self.scores[0]
 
 
+def warm(predictor: Predictor, largest_batch: int) -> None:
+    """Predict blank batches of sizes 1..``largest_batch`` (side inputs unknown for a fusion version)."""
+    pre = predictor.preprocessing
+    for n in range(1, largest_batch + 1):
+        blank = torch.zeros((n, 3, pre.resize, pre.resize), dtype=torch.uint8)
+        side = np.zeros((n, predictor.tagger.side_width), np.float32) if predictor.side else None
+        predictor.predict_base(blank, side=side)
+
+
 def pick_device(num_gpus: float) -> str:
     """``cuda`` when this replica was given a GPU (or a share of one) and CUDA works, else ``cpu``."""
     return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
@@ -99,11 +108,15 @@ class ArmModel:
     def ready(self) -> bool:
         return self._predictor is not None
 
-    def use(self, version: int | None) -> bool:
+    def use(self, version: int | None, warm_up: int = 0) -> bool:
         """Serve ``version`` from now on (None: serve nothing); returns whether anything changed.
 
-        A version that fails to load (registry down, files missing) leaves the one serving in
-        place and says why in ``load_error``: a bad rollout never takes the arm down.
+        With ``warm_up`` the new model first predicts blank batches of every size up to it (the
+        sizes dynamic batching will hand it), so its first requests do not pay for kernel
+        selection a model serving for days paid long ago: an A/B test's latency guardrail
+        compares the two arms, not a cold replica with a warm one. A version that fails to
+        load or to predict (registry down, files missing, a broken model) leaves the one
+        serving in place and says why in ``load_error``: a bad rollout never takes the arm down.
         """
         with self._swap:
             if version == self.version and (version is None or self._predictor is not None):
@@ -114,6 +127,8 @@ class ArmModel:
                     if self.side_reader is None:
                         raise ConfigError(f"it reads {', '.join(predictor.side)} features and no feature store is set")
                     self.side_reader.features  # noqa: B018 - a misconfigured store fails the load, not each request
+                if predictor is not None:
+                    warm(predictor, warm_up)
             except Exception as err:  # noqa: BLE001 - any loader failure: keep serving what we have
                 self.load_error = f"version {version}: {type(err).__name__}: {err}"
                 log.error("could not load model %s; still serving version %s", self.load_error, self.version)

@@ -59,6 +59,8 @@ def test_readme_tour_runs_as_written(capsys: pytest.CaptureFixture, in_tmp: Path
     online = outputs["trendloop features get --user u00031"]
     assert "u00031" in online and "engagement_rate_28d" in online and "None" not in online.splitlines()[1]
     assert "tagger_v1: (no stored features: image only)" in outputs["trendloop features services"]
+    assert "version 1 is the champion: the gate compares a candidate with it" in outputs["trendloop evaluate champion"]
+    assert "registered trendloop-tagger version 1 as @champion" in outputs["trendloop train --epochs 2"]
 
 
 @pytest.mark.parametrize(

@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from components.registry import CHAMPION
 from infra.labelstudio import LocalLabelStudio
 from tests.conftest import free_port
-from trendloop.cli import main
 from trendloop.demo import DemoSize, run_demo
 from trendloop.settings import load_settings
-
-# In `make test-slow` until a run is seen to promote end to end: its last run (23 minutes on 2 cores) passed the
-# gate and started the A/B test, which rolled back on a noisy latency guardrail under a rule without the main
-# job's tau; both are set below now, not yet run. Back into the default suite when the loop issue closes.
-pytestmark = pytest.mark.slow
 
 SIZE = DemoSize(days=7, seed_days=5, posts_per_day=200, views_per_post=2, viewers=1200, ab_chunk=1500, ab_requests=6000)
 CONFIG = """
@@ -45,10 +38,8 @@ on_ingest = false  # the image-only tagger reads no features; tests/test_feature
 stability_margin = 0.1
 [ab]
 min_users_per_arm = 300  # 1,200 viewers split in two
-tau = 0.3  # the lift hoped for (DemoSize.expected_lift; an [ab] section of one's own replaces the main job's)
-# a challenger replica loaded minutes ago beside a champion warm for days, on a 2-core machine running Ray,
-# Label Studio and the test: its p95 latency measured +24% from noise alone; tests/test_serving.py covers the guardrail
-max_latency_increase = 1.0
+tau = 0.3  # as the main job's (an [ab] section of one's own replaces its rule): DemoSize.expected_lift
+max_latency_increase = 0.5  # and DemoSize.max_latency_increase: the arms differ by noise alone on 2 cores
 [labelstudio]
 url = "{ls_url}"
 token = "{ls_token}"
@@ -67,7 +58,7 @@ client = {client}
 
 
 @pytest.fixture(scope="module")
-def finished(label_studio: LocalLabelStudio, tmp_path_factory: pytest.TempPathFactory):
+def finished(label_studio: LocalLabelStudio):
     home = label_studio.document_root / "main-job"
     home.mkdir()
     config = home / "trendloop.toml"
@@ -113,28 +104,7 @@ def test_serving_follows_the_promotion_without_a_restart(finished) -> None:
     assert arms["challenger"]["version"] is None and s.experiments.current() is None
 
 
-def test_the_cli_and_the_main_job_reach_the_same_first_verdict(finished, tmp_path: Path, capsys) -> None:
-    """The main job's first champion came out of continual_training; `trendloop ingest` + `trendloop train` in
-    another home on the same feed and days register the same snapshot with the same verdict."""
-    settings, _, config = finished
-    other = tmp_path / "cli.toml"
-    other.write_text(re.sub(r'home = ".*"', f'home = "{tmp_path / "home"}"', config.read_text(), count=1))
-    feed, labels = str(settings.feed_dir), str(settings.feed_dir / "oracle" / "labels")
-    until = settings.simulate.day_start(SIZE.seed_days).isoformat()
-    for args in (["ingest", feed, "--until", until, "--labels", labels], ["train"]):
-        with pytest.raises(SystemExit) as exit_:
-            main(["--config", str(other), *args])
-        assert (exit_.value.code or 0) == 0, capsys.readouterr().err
-    ours, theirs = load_settings(other).open_registry(), settings.open_registry()
-    mine = ours.client.get_model_version(ours.model_name, "1")
-    job = theirs.client.get_model_version(theirs.model_name, "1")
-    assert mine.tags["snapshot"] == job.tags["snapshot"]
-    assert (mine.tags["gate"], job.tags["gate"]) == ("passed", "passed")
-    assert mine.tags["gate_reasons"] == job.tags["gate_reasons"]
-    assert ours.alias(CHAMPION) == 1
-
-
-def test_the_run_leaves_its_reports_where_the_summary_says(finished) -> None:
+def test_the_run_leaves_its_log_and_drift_checks_on_the_traffic_it_served(finished) -> None:
     settings, outcome, _ = finished
     assert outcome.log is not None and outcome.log.exists()
     checks = list(settings.checks_dir.glob("*/drift.json"))

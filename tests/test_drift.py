@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 
 from components.drift import SIGNALS, DriftConfig, Window, auc_threshold, detect_drift, hashtag_rarity
 from components.emerging import find_emerging
-from components.errors import DriftError
+from components.errors import DriftError, QuietWindow
 from components.ingest import ingest, read_labels
 from components.monitor import predict_window, reference_windows
 from components.predict import Predictor
@@ -102,8 +102,11 @@ def test_hashtag_rarity_is_the_surprise_of_the_rarest_tag() -> None:
 
 def test_small_or_mismatched_windows_are_refused() -> None:
     rng = np.random.default_rng(0)
-    with pytest.raises(DriftError, match="current window holds 12 posts"):
+    with pytest.raises(QuietWindow, match="current window holds 12 posts"):  # too little traffic: not drift
         detect_drift(synthetic(rng, 300), synthetic(rng, 12))
+    with pytest.raises(DriftError, match="reference window holds 12 posts") as small:  # a setup problem
+        detect_drift(synthetic(rng, 12), synthetic(rng, 300))
+    assert not isinstance(small.value, QuietWindow)
     window = synthetic(rng, 40)
     with pytest.raises(DriftError, match="40 posts but 39 embeddings"):
         Window(window.posts, window.embeddings[:39])
@@ -142,7 +145,7 @@ def test_triggers_fire_on_their_own_evidence() -> None:
     assert not NewLabelsTrigger(500).should_retrain(context(new_labels=499)).fire
     assert not ScheduleTrigger(timedelta(days=7)).should_retrain(context()).fire  # 5 days old
     assert ScheduleTrigger(timedelta(days=5)).should_retrain(context()).fire
-    assert ScheduleTrigger().should_retrain(context(champion_since=None)).fire
+    assert not ScheduleTrigger().should_retrain(context(champion_since=None)).fire  # the policy's call
     drop = context(feedback_accuracy=0.74, feedback_posts=150)
     assert PerformanceTrigger(0.05, 100).should_retrain(drop).fire
     assert not PerformanceTrigger(0.07, 100).should_retrain(drop).fire

@@ -282,6 +282,14 @@ def test_stability_is_judged_against_the_champion_not_an_absolute_cut() -> None:
     )
 
 
+def test_stability_without_posts_of_the_champions_classes_compares_every_post() -> None:
+    ours, theirs = kept(a=90, b=5, c=3, d=2)
+    duel = Duel().add("meme", a=95, b=5, wrong="cat")  # a test set of the new class alone
+    verdict = PromotionGate().decide(*duel.evaluations({"crop_90": ours}, {"crop_90": theirs}, newest="class:meme"))
+    evidence = verdict.checks[2].evidence[0]
+    assert verdict.checks[2].passed and (evidence.posts, evidence.challenger, evidence.champion) == (100, 0.95, 0.93)
+
+
 def test_the_first_model_needs_only_the_stability_floor() -> None:
     challenger, _ = Duel().add("cat", a=100).evaluations({"crop_90": [True] * 85 + [False] * 15})
     first = PromotionGate().decide(challenger, None)
@@ -338,7 +346,6 @@ def test_the_verdict_keeps_its_numbers_through_json() -> None:
 
 
 def test_the_gate_settings_build_from_a_dict_and_refuse_nonsense() -> None:
-    assert PromotionGate(**{"alpha": 0.1, "stability_margin": 0.02}) == PromotionGate(alpha=0.1, stability_margin=0.02)
     assert PromotionGate() == PromotionGate(
         alpha=0.05, old_class_margin=0.05, newest_slice_gain=0.0, stability_margin=0.05, min_stability=0.8
     )

@@ -17,10 +17,10 @@ from components.gate import PromotionGate
 from components.ingest import ingest, read_labels
 from components.predict import Predictor
 from components.preprocess import Preprocessing
-from components.registry import CHALLENGER, CHAMPION, Registry, RegistryError
+from components.registry import CHALLENGER, CHAMPION, PLACED_TAG, Registry, RegistryError
 from components.snapshot import Store
 from components.train_config import TrainConfig
-from components.workflow import Retrained, retrain, train_candidate
+from components.workflow import Retrained, register_candidate, retrain, train_candidate
 
 # the input size these tests' margins were measured with (the default [train] preprocessing is larger)
 SMALL = Preprocessing(image_size=32, resize=36)
@@ -94,6 +94,15 @@ def test_the_same_retrain_after_success_returns_the_registered_version_and_adds_
     assert again.candidate.run_id == first.candidate.run_id
     assert again.candidate.result.resumed_from == QUICK.epochs
     assert [v.version for v in registry.versions()] == before
+    assert again.review is None  # not gated again: the verdict that let it in stays on its run
+    run = registry.client.get_run(first.candidate.run_id)
+    assert run.data.tags["gate_reasons"] == "\n".join(first.review.verdict.reasons)
+    # a call that died after moving the alias, before noting where the version went: the rerun leaves it there
+    registry.client.delete_model_version_tag(registry.model_name, str(first.placed.version), PLACED_TAG)
+    c, verdict = first.candidate, first.review.verdict
+    redo = register_candidate(registry, c.run_id, c.tagger_dir, c.snapshot, None, verdict, first.review.candidate)
+    assert (redo.version, redo.alias, redo.new) == (first.placed.version, CHAMPION, True)
+    assert registry.alias(CHAMPION) == first.placed.version and registry.alias(CHALLENGER) is None
 
 
 def test_a_refused_candidate_keeps_its_run_and_verdict_and_is_never_a_version(

@@ -57,6 +57,10 @@ def test_a_retrain_is_due_when_a_trigger_fires_and_there_are_enough_new_labels()
         decisions = policy.decide(found)
         assert decisions[0].trigger == LABELS and decisions[0].fire == (found.new_labels >= 20)
         assert policy.due(decisions) is due, (found, decisions)
+    # every trigger switched off: labels still make the first model, and nothing after it
+    quiet = RetrainPolicy(min_new_labels=20, drift_signals=0, new_labels=0, every_days=0, max_accuracy_drop=0)
+    assert quiet.due(quiet.decide(context(new_labels=30, champion_since=None)))
+    assert not quiet.due(quiet.decide(context(new_labels=30, drift=verdict(True))))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from scipy import stats
 
 from components.model import TaggerSpec, build_tagger
 from components.predict import Predictor
-from components.predlog import PREDICTION_SCHEMA, PredictionLog
+from components.predlog import PREDICTION_SCHEMA, PredictionLog, served
 from components.preprocess import Preprocessing
 from components.validate import Rejection
 from serving import control
@@ -110,6 +110,22 @@ def test_files_without_the_experiment_column_read_back_with_nulls(tmp_path: Path
     pq.write_table(old.drop_columns(["experiment"]), tmp_path / "day=2026-01-02" / "batch-v1.parquet")
     found = PredictionLog(tmp_path).read(since=datetime(2026, 1, 1, tzinfo=UTC))
     assert found.column("experiment").to_pylist() == [None] and found.column("request_id").to_pylist() == ["r1"]
+
+
+def test_records_written_before_the_source_column_count_as_served_or_batch_by_their_post_id(tmp_path: Path) -> None:
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    when = datetime(2026, 1, 2, tzinfo=UTC)
+    request, scored = record(1, when), record(2, when) | {"post_id": "p2", "experiment": None}
+    old = pa.Table.from_pylist([request, scored], schema=PREDICTION_SCHEMA).drop_columns(["source"])
+    (tmp_path / "day=2026-01-02").mkdir()
+    pq.write_table(old, tmp_path / "day=2026-01-02" / "old.parquet")
+    new = [record(3, when) | {"source": "served"}, record(4, when) | {"post_id": "p4", "source": "batch"}]
+    PredictionLog(tmp_path).write(pa.Table.from_pylist(new, schema=PREDICTION_SCHEMA), "new")
+    log, since = PredictionLog(tmp_path), datetime(2026, 1, 1, tzinfo=UTC)
+    assert sorted(log.read(since=since, where=served()).column("request_id").to_pylist()) == ["r1", "r3"]
+    assert sorted(log.read(since=since, where=~served()).column("request_id").to_pylist()) == ["r2", "r4"]
 
 
 def png(color: tuple[int, int, int]) -> bytes:
@@ -305,6 +321,26 @@ def test_a_failed_load_keeps_the_old_version_serving() -> None:
     assert arm.use(1)
     assert not arm.use(2) and arm.version == 1 and "registry unreachable" in (arm.load_error or "")
     assert arm.predict([png((5, 5, 5))])[0].model_version == 1
+
+
+def test_a_new_version_is_warmed_on_every_batch_size_and_one_that_cannot_predict_is_not_swapped_in() -> None:
+    tagger = build_tagger(TaggerSpec("resnet18", ("a", "b"), Preprocessing(image_size=32, resize=36)))
+    seen: list[int] = []
+
+    class Counting(Predictor):
+        def predict_base(self, base, posts=None, side=None):
+            seen.append(len(base))
+            return super().predict_base(base, posts, side)
+
+    class Broken(Predictor):
+        def predict_base(self, base, posts=None, side=None):
+            raise RuntimeError("weights do not fit the architecture")
+
+    arm = ArmModel(lambda v: Counting(tagger) if v == 1 else Broken(tagger))
+    assert arm.use(1, warm_up=4) and seen == [1, 2, 3, 4]
+    assert not arm.use(2, warm_up=4) and arm.version == 1
+    assert "RuntimeError: weights do not fit" in (arm.load_error or "")
+    assert arm.predict([png((5, 5, 5))])[0].model_version == 1 and seen[-1] == 1
 
 
 def test_an_arm_on_the_wrong_version_or_failing_is_kept_out_of_the_test(tmp_path: Path, model: ArmModel) -> None:

@@ -278,6 +278,13 @@ def train(
             ),
         )  # fmt: skip
     render.console.print(render.training_table(done.candidate.result))
+    if done.review is None:
+        assert done.placed is not None
+        render.console.print(
+            f"nothing new to train on: these settings already made version {done.placed.version} of snapshot "
+            f"{snap.id[:12]} (registered as @{done.placed.alias}); next: ingest or label more posts"
+        )
+        return
     render.console.print(render.evaluation_table(done.review.candidate, done.review.champion))
     render.console.print(render.verdict_text(done.review.verdict))
     if done.placed is None:
@@ -314,6 +321,9 @@ def evaluate(
         settings.gate,
     )  # fmt: skip
     render.console.print(render.evaluation_table(found.candidate, found.champion))
+    if registry.alias("champion") == number:
+        render.console.print(f"version {number} is the champion: the gate compares a candidate with it")
+        return
     render.console.print(render.verdict_text(found.verdict))
 
 
@@ -330,7 +340,7 @@ def model_promote(
     version: Annotated[str, typer.Argument(help="Version number, or challenger.")],
     force: Annotated[bool, typer.Option(help="Promote even without a passed gate.")] = False,
 ) -> None:
-    """Make a version the champion (it must have passed `trendloop evaluate`)."""
+    """Make a version the champion (it must have passed the gate when it was registered)."""
     registry = _settings(ctx).open_registry()
     number = registry.version_of(version)
     previous = registry.promote(number, force=force)

@@ -229,7 +229,7 @@ class Settings(BaseSettings):
 
     @property
     def predictions_dir(self) -> Path:
-        """The prediction log: batch predictions now, served requests later."""
+        """The prediction log: requests the app served, and stored posts scored in batches."""
         return self.home / "predictions"
 
     @property
