@@ -72,11 +72,10 @@ def predict_window(predictor: Predictor, posts: pd.DataFrame) -> Window:
 
 @dataclass(frozen=True)
 class Current:
-    """The window of traffic a check tests, and what of it could not be tested."""
+    """The window of traffic a check tests, and how many logged predictions it came from."""
 
     window: Window
     requests: int  # logged predictions in the window
-    unknown: int  # predictions of posts the snapshot does not hold (no hashtags or caption to test)
 
 
 def current_window(
@@ -103,7 +102,6 @@ def current_window(
         _, first = np.unique(ids, return_index=True)
         keep[first] = True
         keep &= np.isin(ids, manifest.index.to_numpy())
-    unknown = len(set(ids.tolist()) - set(manifest.index)) if traffic == "served" else 0
     if traffic == "stored" and len(ids) > keep.sum():
         raise DriftError(f"{len(ids) - keep.sum()} logged posts are not in snapshot {snapshot.id}; check a newer one")
     records = records.filter(keep)
@@ -115,7 +113,7 @@ def current_window(
     )
     dim = len(records.column("embedding")[0]) if len(records) else 0
     embeddings = np.asarray(records.column("embedding").to_pylist(), np.float32).reshape(len(records), dim)
-    return Current(Window(frame.reset_index(drop=True), embeddings), requests, unknown)
+    return Current(Window(frame.reset_index(drop=True), embeddings), requests)
 
 
 def _manifest(snapshot: Snapshot) -> pd.DataFrame:

@@ -214,10 +214,6 @@ class DriveStats:
         n = judged[truth] if truth else sum(judged.values())
         return (fitted[truth] if truth else sum(fitted.values())) / n if n else float("nan")
 
-    def engagement_rate(self, arm: str) -> float:
-        """Clicks and likes recorded per post ``arm`` served."""
-        return self.engagements.get(arm, 0) / self.arms[arm] if self.arms.get(arm) else float("nan")
-
 
 async def drive(
     url: str,

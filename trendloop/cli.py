@@ -870,7 +870,7 @@ def demo(
         int, typer.Option(min=1, help="Most A/B test requests before the job stops waiting for a verdict.")
     ] = 9000,
 ) -> None:
-    """The main job: the loop's pipelines and serving app through a few simulated weeks, until a trend is learned.
+    """The main job: the pipelines and serving app through twelve simulated days, until a trend is learned.
 
     Labelled history -> first champion (continual_training) -> served to simulated viewers
     (Ray Serve) -> a new trend flagged in the served traffic (drift_monitor) -> annotators

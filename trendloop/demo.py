@@ -1,4 +1,4 @@
-"""The main job: a few weeks of a platform's life, run through the loop's pipelines and its serving app.
+"""The main job: twelve simulated days of a platform's life, through the loop's pipelines and serving app.
 
 The first ``seed_days`` of the simulated feed arrive labelled, standing in for the
 history a platform starts from: ``continual_training`` makes the first champion, and
@@ -96,7 +96,6 @@ class Outcome:
     ab_traffic: DriveStats | None
     labels_committed: int = 0
     trend: str | None = None  # the new class of the scenario, if any
-    trend_start: int | None = None
     log: Path | None = None
 
 
@@ -178,7 +177,8 @@ def _run(settings: Settings, size: DemoSize, log: Path) -> Outcome:
     console.print(render.simulation_table(spec, results))
     trend = next((t for t in spec.trends if isinstance(t, NewClass)), None)
     for t in spec.trends:
-        console.print(f"  scenario: {t.describe()}")
+        if t.start_day < size.days:  # a scenario of later weeks does not happen in these days
+            console.print(f"  scenario: {t.describe()}")
     labelling = _start_label_studio(settings)
 
     console.rule(f"[bold]2. the labelled history (days 0-{size.seed_days - 1}) makes the first champion")
@@ -302,7 +302,7 @@ def _finish(loop: Loop, timeline: Timeline, outcome: Outcome) -> Outcome:
 
     settings, console = loop.settings, render.console
     trend = next((t for t in loop.spec.trends if isinstance(t, NewClass)), None)
-    outcome.trend, outcome.trend_start = (trend.name, trend.start_day) if trend else (None, None)
+    outcome.trend = trend.name if trend else None
     outcome.labels_committed = settings.label_queue().counts()["committed"]
     console.rule("[bold]6. what happened")
     console.print(render.timeline_table(timeline.events))
