@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 from components.registry import CHAMPION
 from infra.labelstudio import LocalLabelStudio
 from tests.conftest import free_port
+from trendloop.cli import main
 from trendloop.demo import DemoSize, run_demo
 from trendloop.settings import load_settings
 
@@ -102,6 +104,28 @@ def test_serving_follows_the_promotion_without_a_restart(finished) -> None:
     arms = {d["name"]: d["user_config"] for d in deployed["applications"][0]["deployments"]}
     assert arms["champion"]["version"] == outcome.champion == 2
     assert arms["challenger"]["version"] is None and s.experiments.current() is None
+
+
+@pytest.mark.slow  # a second first-champion training (about 5 minutes): `make test-slow`
+def test_the_cli_and_the_main_job_reach_the_same_first_verdict(finished, tmp_path: Path, capsys) -> None:
+    """The main job's first champion came out of continual_training; `trendloop ingest` + `trendloop train` in
+    another home on the same feed and days register the same snapshot with the same verdict."""
+    settings, _, config = finished
+    other = tmp_path / "cli.toml"
+    other.write_text(re.sub(r'home = ".*"', f'home = "{tmp_path / "home"}"', config.read_text(), count=1))
+    feed, labels = str(settings.feed_dir), str(settings.feed_dir / "oracle" / "labels")
+    until = settings.simulate.day_start(SIZE.seed_days).isoformat()
+    for args in (["ingest", feed, "--until", until, "--labels", labels], ["train"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--config", str(other), *args])
+        assert (exit_.value.code or 0) == 0, capsys.readouterr().err
+    ours, theirs = load_settings(other).open_registry(), settings.open_registry()
+    mine = ours.client.get_model_version(ours.model_name, "1")
+    job = theirs.client.get_model_version(theirs.model_name, "1")
+    assert mine.tags["snapshot"] == job.tags["snapshot"]
+    assert (mine.tags["gate"], job.tags["gate"]) == ("passed", "passed")
+    assert mine.tags["gate_reasons"] == job.tags["gate_reasons"]
+    assert ours.alias(CHAMPION) == 1
 
 
 def test_the_run_leaves_its_log_and_drift_checks_on_the_traffic_it_served(finished) -> None:
