@@ -17,7 +17,7 @@ from components.registry import CHAMPION
 from infra.labelstudio import LocalLabelStudio
 from tests.conftest import free_port
 from trendloop.cli import main
-from trendloop.demo import DemoSize, run_demo
+from trendloop.demo import DemoSize, job_settings, run_demo
 from trendloop.settings import load_settings
 
 SIZE = DemoSize(days=7, seed_days=5, posts_per_day=200, views_per_post=2, viewers=1200, ab_chunk=1500, ab_requests=6000)
@@ -134,3 +134,17 @@ def test_the_run_leaves_its_log_and_drift_checks_on_the_traffic_it_served(finish
     checks = list(settings.checks_dir.glob("*/drift.json"))
     flagged = [json.loads(p.read_text()) for p in checks if json.loads(p.read_text())["verdict"]["drifted"]]
     assert flagged and all(c["traffic"] == "served" for c in flagged)
+
+
+def test_the_main_job_writes_features_only_for_a_tagger_that_reads_them(tmp_path: Path) -> None:
+    def job(toml: str):
+        config = tmp_path / "trendloop.toml"
+        config.write_text(f'home = "{tmp_path / "home"}"\n{toml}')
+        return job_settings(load_settings(config), DemoSize())
+
+    image_only = job("")
+    assert image_only.features.on_ingest is False
+    assert (image_only.ab.tau, image_only.ab.max_latency_increase) == (0.3, 0.5)
+    assert job('[train]\nside = ["caption"]\n').features.on_ingest is True  # a fusion recipe reads them
+    kept = job("[features]\non_ingest = true\n[ab]\ntau = 0.1\n")  # what you set wins
+    assert kept.features.on_ingest is True and kept.ab.tau == 0.1

@@ -141,7 +141,10 @@ class Loop:
         """Viewers open ``posts`` through the app; returns what they saw (their feedback is logged by the app)."""
         from serving.traffic import drive
 
-        stats = asyncio.run(drive(self.settings.serving.url, posts, audience, requests, concurrency=8, seed=seed))
+        stats = asyncio.run(
+            # impressions are not sent: the analysis counts exposures in the prediction log, and the calls cost time
+            drive(self.settings.serving.url, posts, audience, requests, concurrency=8, seed=seed, impressions=False)
+        )
         time.sleep(2 * self.settings.serving.flush_every_s)  # the router's last records reach the logs
         if stats.ok == 0:
             raise TrendloopError(f"the serving app answered none of {stats.sent} requests: {stats.failed}")
@@ -156,18 +159,35 @@ def run_demo(settings: Settings, size: DemoSize = DemoSize()) -> Outcome:
         return _run(settings, size, log)
 
 
+def job_settings(settings: Settings, size: DemoSize) -> Settings:
+    """The main job's own choices where ``settings`` leave them open.
+
+    The A/B rule's tau and latency guardrail are ``size``'s (an ``[ab]`` section of yours wins).
+    Features are not written on ingest when the tagger reads none (image only): caption
+    embeddings, profiles and labels pushed online cost ~30 s a pipeline run and serve nobody
+    here; a fusion recipe (``[train] side``), or an ``on_ingest`` of yours, keeps them.
+    """
+    if "ab" not in settings.model_fields_set:
+        rule = replace(settings.ab, tau=size.expected_lift, max_latency_increase=size.max_latency_increase)
+        settings = settings.model_copy(update={"ab": rule})
+    features = settings.features
+    if features.on_ingest and not settings.train.side and "on_ingest" not in features.model_fields_set:
+        settings = settings.model_copy(update={"features": features.model_copy(update={"on_ingest": False})})
+    return settings
+
+
 def _run(settings: Settings, size: DemoSize, log: Path) -> Outcome:
     from components.simulator.feed import simulate
     from components.simulator.trends import NewClass
     from serving.traffic import Audience
 
     spec = settings.simulate.model_copy(update={"posts_per_day": size.posts_per_day})
-    if "ab" not in settings.model_fields_set:  # the rule each test declares; an [ab] section of yours wins
-        rule = replace(settings.ab, tau=size.expected_lift, max_latency_increase=size.max_latency_increase)
-        settings = settings.model_copy(update={"ab": rule})
+    settings = job_settings(settings, size)
     loop, timeline = Loop(settings, spec, log), Timeline()
     console = render.console
     console.print(f"trendloop main job: {size.days} simulated days; state in {settings.home}, log {log}")
+    if not settings.features.on_ingest and not settings.train.side:
+        console.print("features: the image-only tagger reads none; ingest skips Feast (`trendloop features sync`)")
 
     console.rule(f"[bold]1. simulate {size.days} days x {size.posts_per_day} posts")
     with render.progress_bar("simulating", total=size.days * size.posts_per_day) as bar:

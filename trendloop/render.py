@@ -469,10 +469,10 @@ def pipeline_line(name: str, what: str, steps: list[str], outcome: str | None, s
 
 
 def traffic_line(day: int, stats: DriveStats) -> str:
-    refused = sum(stats.failed.values())
+    refused, engaged = sum(stats.failed.values()), sum(stats.engagements.values())
     fit = stats.fit_rate("champion")
     return (
-        f"day {day}: {stats.ok} views served, {stats.feedback} feedback events, {refused} uploads refused; "
+        f"day {day}: {stats.ok} views served, {engaged} clicks and likes, {refused} uploads refused; "
         f"the champion's top tag was right on {fit:.0%} of them"
     )
 
