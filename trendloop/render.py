@@ -472,7 +472,7 @@ def traffic_line(day: int, stats: DriveStats) -> str:
     refused, engaged = sum(stats.failed.values()), sum(stats.engagements.values())
     fit = stats.fit_rate("champion")
     return (
-        f"day {day}: {stats.ok} views served, {engaged} clicks and likes, {refused} uploads refused; "
+        f"day {day}: {stats.ok} views served, {engaged} clicks and likes, broken uploads refused: {refused}; "
         f"the champion's top tag was right on {fit:.0%} of them"
     )
 
