@@ -293,11 +293,11 @@ def hold(config: str, model: Artifact, evaluation: Artifact, verdict: Artifact) 
 
 def load(config: str, version: int) -> str:
     """Ask serving to serve the registry's aliases (the new challenger among them); returns what happened."""
-    from serving import control
-
     settings = settings_for_step(config)
     if not settings.serve_admin().reachable():  # before building the rest: nothing to follow
         return f"serving is not running: version {version} waits in the registry (`trendloop serve up` loads it)"
+    from serving import control
+
     s = settings.serving_control()
     experiment = control.follow(s, note=f"pipeline registered version {version}")
     if experiment is None:

@@ -20,15 +20,19 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from components import captions
 from components.errors import ConfigError
-from components.predict import Predictor
 from components.side import SideReader
 from components.validate import ImageLimits, Rejection, decode_image
+
+if TYPE_CHECKING:  # torch loads where a model does (the router and `trendloop serve` import this module)
+    import torch
+
+    from components.predict import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,8 @@ class Tagged:
 
 def warm(predictor: Predictor, largest_batch: int) -> None:
     """Predict blank batches of sizes 1..``largest_batch`` (side inputs unknown for a fusion version)."""
+    import torch  # noqa: PLC0415
+
     pre = predictor.preprocessing
     for n in range(1, largest_batch + 1):
         blank = torch.zeros((n, 3, pre.resize, pre.resize), dtype=torch.uint8)
@@ -82,6 +88,8 @@ def warm(predictor: Predictor, largest_batch: int) -> None:
 
 def pick_device(num_gpus: float) -> str:
     """``cuda`` when this replica was given a GPU (or a share of one) and CUDA works, else ``cpu``."""
+    import torch  # noqa: PLC0415
+
     return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
@@ -141,6 +149,8 @@ class ArmModel:
         self, uploads: Sequence[bytes], contexts: Sequence[PostContext] | None = None
     ) -> list[Tagged | Rejection]:
         """One result per upload; ``contexts[i]`` describes upload i (needed by fusion versions only)."""
+        import torch  # noqa: PLC0415
+
         predictor, version = self._predictor, self.version  # the pair a concurrent swap cannot split
         if predictor is None or version is None:
             raise ModelNotLoaded("this arm has no model version loaded")

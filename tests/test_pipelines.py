@@ -38,7 +38,7 @@ from pipelines import steps
 from pipelines.components import StepOptions, configure
 from pipelines.runner import LocalRun, PipelineError, compile_all, pipeline_arguments, run_local
 from pipelines.steps import READS
-from tests.conftest import SMALL_FEED
+from tests.conftest import SMALL_FEED, free_port
 from trendloop.cli import main
 from trendloop.settings import Settings, load_settings, settings_for_step
 
@@ -160,6 +160,23 @@ def test_a_step_that_touches_no_model_imports_none_of_the_heavy_libraries(tmp_pa
     passed, loaded = json.loads(out.strip().splitlines()[-1])
     assert passed is True and loaded == []
     assert json.loads((tmp_path / "verdict.json").read_text())["passed"] is True
+
+
+def test_the_load_step_and_serving_control_load_no_model(tmp_path: Path):
+    """Following the registry is REST calls and a registry read: no step pays for torch to ask serving."""
+    settings = Settings(home=tmp_path, serving={"ray_ports": {"dashboard": free_port()}})  # no Ray: nothing to follow
+    config = configure_outputs_from(settings.for_pipeline())["load"]
+    run = (
+        "import sys, json\n"
+        "from pipelines import steps\n"
+        f"said = steps.load({config!r}, 3)\n"
+        "import serving.control\n"
+        "print(json.dumps([said, [m for m in ('torch', 'torchvision', 'mlflow', 'feast') if m in sys.modules]]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, check=True).stdout
+    said, loaded = json.loads(out.strip().splitlines()[-1])
+    assert said.startswith("serving is not running: version 3 waits in the registry")
+    assert loaded == []
 
 
 def configure_outputs_from(config: str) -> dict[str, str]:
