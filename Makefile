@@ -44,8 +44,11 @@ browser:
 
 sync: .venv/.synced
 
+# The install also readies the embedded Label Studio (its own environment and an empty migrated
+# database, kept under ~/.cache/trendloop): a first start then takes seconds, not a minute of CPU
 .venv/.synced: pyproject.toml uv.lock Makefile | $(UV)
 	$(UV) sync --frozen
+	$(RUN) trendloop services prepare
 	touch $@
 
 $(CURDIR)/.tools/bin/uv:

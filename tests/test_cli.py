@@ -115,3 +115,18 @@ def test_failures_exit_non_zero_with_one_line(capsys: pytest.CaptureFixture, arg
 def test_example_config_lists_the_defaults() -> None:
     example = tomllib.loads((ROOT / "trendloop.example.toml").read_text())
     assert Settings(**example).model_dump() == Settings().model_dump()
+
+
+def test_services_prepare_names_the_database_new_label_studios_copy(
+    capsys: pytest.CaptureFixture, in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(in_tmp / "cache"))
+    version = Settings().labelstudio.version
+    template = in_tmp / "cache" / "trendloop" / f"label-studio-{version}" / "label_studio.sqlite3"
+    (in_tmp / "trendloop.toml").write_text('[labelstudio]\nurl = "http://labels.example:8080"\n')
+    code, out, _ = run(capsys, "services", "prepare")  # a shared server: nothing is installed or built
+    assert code == 0 and "shared server http://labels.example:8080 (not managed here)" in out and not template.exists()
+    (in_tmp / "trendloop.toml").unlink()
+    code, out, _ = run(capsys, "services", "prepare")
+    assert code == 0 and out.startswith(f"label-studio {version}: new state folders start")
+    assert template.stat().st_size > 1_000_000  # Label Studio's schema: ~1.4 MB of empty tables

@@ -306,3 +306,31 @@ def test_server_status_credentials_and_restart(label_studio: LocalLabelStudio, t
         LabelingProject(label_studio.url, label_studio.credentials().token, "survives a restart").ensure(["food"])
         == made
     )
+
+
+def test_a_new_state_folder_starts_from_the_migrated_template(label_studio: LocalLabelStudio, tmp_path: Path):
+    """No server migrates its own database: each copies the template, then makes its own admin and token."""
+    template = label_studio.template.read_bytes()
+    assert "Initializing database" not in label_studio.log_path.read_text()
+    other = LocalLabelStudio(tmp_path / "state", free_port(), label_studio.version, tmp_path)
+    try:
+        assert other.up(timeout=300).running
+        assert "Initializing database" not in other.log_path.read_text()
+        own, session = other.credentials().token, label_studio.credentials().token
+        assert own != session
+        assert LabelingProject(other.url, own, "only on the other server").ensure(["food"]) == 1
+        with pytest.raises(LabelingError, match=r"HTTP 401"):  # the session server's token means nothing here
+            LabelingProject(other.url, session, "only on the other server").ensure(["food"])
+    finally:
+        other.down()
+    assert label_studio.template.read_bytes() == template  # a server writes to its copy, never to the template
+
+
+def test_a_template_that_fails_to_build_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    server = LocalLabelStudio(tmp_path / "state", free_port(), "0.0.0", tmp_path, template_dir=tmp_path / "cache")
+    monkeypatch.setattr(server, "command", lambda: ["sh", "-c", "echo 'no such release' >&2; exit 3"])
+    with pytest.raises(LabelingError, match=r"could not build its database \(exit 3\): no such release"):
+        server.up(timeout=30)
+    assert not server.template.exists() and list(server.template.parent.iterdir()) == []
+    assert not (server.state_dir / "data" / "label_studio.sqlite3").exists()
+    assert not server.status().running

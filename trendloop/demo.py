@@ -390,7 +390,7 @@ def _verdict_line(registry, version: int) -> str:
 
 
 def _start_label_studio(settings: Settings) -> threading.Thread | None:
-    """The embedded Label Studio's first start takes a minute or two: begin it now, in the background.
+    """The embedded Label Studio takes 10-15 s to start (a minute more without a prepared database): begin it now.
 
     None when a shared Label Studio is configured (nothing to start)."""
     if settings.labelstudio.url is not None:

@@ -89,7 +89,7 @@ class LabelStudioSettings(BaseModel):
     overlap: int = Field(default=1, ge=1)  # annotations per task; a majority of them decides
     min_agreement: float = Field(default=0.0, ge=0, le=1)  # least share of a post's votes its label needs to train on
     timeout: float = Field(default=30.0, gt=0)  # seconds per request
-    start_timeout: float = Field(default=600.0, gt=0)  # seconds the first start may take (it migrates a database)
+    start_timeout: float = Field(default=600.0, gt=0)  # seconds a start may take (unprepared, it migrates)
 
     @property
     def min_votes(self) -> int:
