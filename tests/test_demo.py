@@ -8,16 +8,17 @@ days and posts, a trend that starts sooner and grows faster), with a fixed seed.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
 
-from components.registry import CHAMPION
+from components.registry import CHAMPION, Registry
 from infra.labelstudio import LocalLabelStudio
 from tests.conftest import free_port
 from trendloop.cli import main
-from trendloop.demo import DemoSize, job_settings, run_demo
+from trendloop.demo import DemoSize, _logging_to, job_settings, run_demo
 from trendloop.settings import load_settings
 
 SIZE = DemoSize(days=7, seed_days=5, posts_per_day=200, views_per_post=2, viewers=1200, ab_chunk=1500, ab_requests=6000)
@@ -148,3 +149,28 @@ def test_the_main_job_writes_features_only_for_a_tagger_that_reads_them(tmp_path
     assert job('[train]\nside = ["caption"]\n').features.on_ingest is True  # a fusion recipe reads them
     kept = job("[features]\non_ingest = true\n[ab]\ntau = 0.1\n")  # what you set wins
     assert kept.features.on_ingest is True and kept.ab.tau == 0.1
+
+
+def test_the_main_job_draws_no_mlflow_download_bars(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """The gate's verdict is read back from MLflow during the job: its tqdm bar must not reach the terminal."""
+    import mlflow.artifacts  # noqa: PLC0415 - only this test needs it
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registry = Registry(uri, artifact_location=(tmp_path / "art").as_uri(), cache_dir=tmp_path / "models")
+    run_id = registry.start_run("a run", {}, {})
+    (tmp_path / "gate.json").write_text("{}")
+    registry.client.log_artifact(run_id, str(tmp_path / "gate.json"))
+    registry.finish_run(run_id)
+
+    def download(into: str) -> None:
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="gate.json", dst_path=str(tmp_path / into), tracking_uri=uri
+        )
+
+    capfd.readouterr()
+    download("outside")  # MLflow draws its bar by default: the assertion below could fail
+    assert "Downloading artifacts" in capfd.readouterr().err
+    with _logging_to(tmp_path / "job.log"):
+        download("during the job")
+    assert capfd.readouterr().err == ""
+    assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # the job's choice ends with the job

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -409,7 +410,10 @@ def _start_label_studio(settings: Settings) -> threading.Thread | None:
 
 @contextlib.contextmanager
 def _logging_to(path: Path) -> Iterator[Path]:
-    """While the job runs, library warnings and log records go to ``path``, not the terminal."""
+    """While the job runs, library warnings and log records go to ``path``, not the terminal.
+
+    MLflow's artifact download bars are off (unless MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR is set):
+    a bar cannot go to a log file, and the job shows its own progress."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -418,9 +422,15 @@ def _logging_to(path: Path) -> Iterator[Path]:
     root.addHandler(handler)  # with a handler in place, Python's last-resort printing to stderr stays quiet
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)
+    bars = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    ours = bars not in os.environ
+    if ours:
+        os.environ[bars] = "false"
     try:
         yield path
     finally:
+        if ours:
+            os.environ.pop(bars, None)
         logging.captureWarnings(False)
         root.removeHandler(handler)
         root.setLevel(level)
