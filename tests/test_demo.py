@@ -21,7 +21,10 @@ from trendloop.cli import main
 from trendloop.demo import DemoSize, _logging_to, job_settings, run_demo
 from trendloop.settings import load_settings
 
-SIZE = DemoSize(days=7, seed_days=5, posts_per_day=200, views_per_post=2, viewers=1200, ab_chunk=1500, ab_requests=6000)
+# 200 labels, as the gate's margins below were set for (the main job buys 300)
+SIZE = DemoSize(
+    days=7, seed_days=5, posts_per_day=200, views_per_post=2, viewers=1200, ab_chunk=1500, ab_requests=6000, labels=200
+)
 CONFIG = """
 home = "{home}"
 [simulate]
@@ -137,7 +140,7 @@ def test_the_run_leaves_its_log_and_drift_checks_on_the_traffic_it_served(finish
     assert flagged and all(c["traffic"] == "served" for c in flagged)
 
 
-def test_the_main_job_writes_features_only_for_a_tagger_that_reads_them(tmp_path: Path) -> None:
+def test_the_main_job_s_own_choices_give_way_to_yours(tmp_path: Path) -> None:
     def job(toml: str):
         config = tmp_path / "trendloop.toml"
         config.write_text(f'home = "{tmp_path / "home"}"\n{toml}')
@@ -146,9 +149,12 @@ def test_the_main_job_writes_features_only_for_a_tagger_that_reads_them(tmp_path
     image_only = job("")
     assert image_only.features.on_ingest is False
     assert (image_only.ab.tau, image_only.ab.max_latency_increase) == (0.3, 0.5)
+    assert image_only.active_learning.batch_size == DemoSize().labels == 300
     assert job('[train]\nside = ["caption"]\n').features.on_ingest is True  # a fusion recipe reads them
-    kept = job("[features]\non_ingest = true\n[ab]\ntau = 0.1\n")  # what you set wins
-    assert kept.features.on_ingest is True and kept.ab.tau == 0.1
+    kept = job("[features]\non_ingest = true\n[ab]\ntau = 0.1\n[active_learning]\nbatch_size = 80\n")  # yours win
+    assert kept.features.on_ingest is True and kept.ab.tau == 0.1 and kept.active_learning.batch_size == 80
+    strategy_only = job('[active_learning]\nstrategy = "margin"\n')  # a section without a batch size: the job's
+    assert (strategy_only.active_learning.strategy, strategy_only.active_learning.batch_size) == ("margin", 300)
 
 
 def test_the_main_job_draws_no_mlflow_download_bars(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:

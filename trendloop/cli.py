@@ -884,6 +884,9 @@ def demo(
     posts_per_day: Annotated[int, typer.Option(min=1)] = 200,
     views_per_post: Annotated[int, typer.Option(min=1, help="Requests a day's post gets from viewers.")] = 2,
     viewers: Annotated[int, typer.Option(min=10, help="Simulated viewers (the A/B rule needs enough per arm).")] = 2000,
+    labels: Annotated[
+        int, typer.Option(min=1, help="Posts sent to annotators when drift flags a trend ([active_learning] wins).")
+    ] = 300,
     ab_requests: Annotated[
         int, typer.Option(min=1, help="Most A/B test requests before the job stops waiting for a verdict.")
     ] = 9000,
@@ -896,7 +899,7 @@ def demo(
     """
     from trendloop.demo import DemoSize, run_demo
 
-    size = DemoSize(days, seed_days, posts_per_day, views_per_post, viewers, ab_requests=ab_requests)
+    size = DemoSize(days, seed_days, posts_per_day, views_per_post, viewers, ab_requests=ab_requests, labels=labels)
     outcome = run_demo(_settings(ctx), size)
     if outcome.verdict is None:
         raise TrendloopError("the loop did not close: no A/B test ran (the timeline above says where it stopped)")
