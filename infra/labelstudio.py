@@ -184,16 +184,21 @@ class LocalLabelStudio:
             )
         return ServerStatus(False, self.url, None, "stopped")
 
+    def check_port(self) -> None:
+        """Raise unless the port is free or held by the server this state folder started."""
+        record = self._record()
+        if not (record and alive(record["pid"])) and self.healthy():
+            raise LabelingError(
+                f"something else answers on port {self.port}; set labelstudio.port to a free port "
+                "(or labelstudio.url to use that server)"
+            )
+
     def up(self, timeout: float = 600.0) -> ServerStatus:
         """Start the server unless it runs, and wait until it answers (a first start migrates its database)."""
         record = self._record()
         if record and alive(record["pid"]):
             return self._wait(record["pid"], None, timeout)
-        if self.healthy():
-            raise LabelingError(
-                f"something else answers on port {self.port}; set labelstudio.port to a free port "
-                "(or labelstudio.url to use that server)"
-            )
+        self.check_port()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "data").mkdir(exist_ok=True)
         self._seed_database(timeout)

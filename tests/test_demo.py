@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from components.errors import LabelingError
 from components.registry import CHAMPION, Registry
 from infra.labelstudio import LocalLabelStudio
 from tests.conftest import free_port
@@ -180,3 +181,16 @@ def test_the_main_job_draws_no_mlflow_download_bars(tmp_path: Path, capfd: pytes
         download("during the job")
     assert capfd.readouterr().err == ""
     assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # the job's choice ends with the job
+
+
+def test_a_label_studio_port_held_by_another_server_stops_the_job_before_it_starts(
+    label_studio: LocalLabelStudio, tmp_path: Path
+) -> None:
+    """Another checkout's Label Studio on the port: the job says so at once, not at the push minutes later."""
+    config = tmp_path / "trendloop.toml"
+    config.write_text(f'home = "{tmp_path / "home"}"\n[labelstudio]\nport = {label_studio.port}\n')
+    settings = load_settings(config)
+    with pytest.raises(LabelingError, match=rf"something else answers on port {label_studio.port}"):
+        run_demo(settings, SIZE)
+    assert not settings.feed_dir.exists() and not (settings.home / "mlflow.db").exists()  # nothing simulated
+    assert label_studio.status().running  # and the other server was left alone

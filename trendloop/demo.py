@@ -198,6 +198,8 @@ def _run(settings: Settings, size: DemoSize, log: Path) -> Outcome:
     if not settings.features.on_ingest and not settings.train.side:
         console.print("features: the image-only tagger reads none; ingest skips Feast (`trendloop features sync`)")
 
+    labelling = _start_label_studio(settings)
+
     console.rule(f"[bold]1. simulate {size.days} days x {size.posts_per_day} posts")
     with render.progress_bar("simulating", total=size.days * size.posts_per_day) as bar:
         results = simulate(
@@ -208,7 +210,6 @@ def _run(settings: Settings, size: DemoSize, log: Path) -> Outcome:
     for t in spec.trends:
         if t.start_day < size.days:  # a scenario of later weeks does not happen in these days
             console.print(f"  scenario: {t.describe()}")
-    labelling = _start_label_studio(settings)
 
     console.rule(f"[bold]2. the labelled history (days 0-{size.seed_days - 1}) makes the first champion")
     first = loop.pipeline(
@@ -401,13 +402,16 @@ def _verdict_line(registry, version: int) -> str:
 def _start_label_studio(settings: Settings) -> threading.Thread | None:
     """The embedded Label Studio takes 10-15 s to start (a minute more without a prepared database): begin it now.
 
-    None when a shared Label Studio is configured (nothing to start)."""
+    A port held by another server fails the job here, not at the push minutes later. None when a
+    shared Label Studio is configured (nothing to start)."""
     if settings.labelstudio.url is not None:
         return None
+    server = settings.label_studio_server()
+    server.check_port()
 
     def up() -> None:
         try:
-            settings.label_studio_server().up(settings.labelstudio.start_timeout)
+            server.up(settings.labelstudio.start_timeout)
         except TrendloopError as err:  # the push step starts it again and fails with the reason
             logging.getLogger(__name__).warning("Label Studio did not start in the background: %s", err)
 
