@@ -141,7 +141,7 @@ class LocalLabelStudio:
                     ) from err
             database = Path(building) / DATABASE
             if done.returncode != 0 or not database.exists():
-                tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:]) or "no output"
+                tail = _tail(log) or "no output"
                 raise LabelingError(
                     f"Label Studio {self.version} could not build its database (exit {done.returncode}): {tail}"
                 )
@@ -194,7 +194,7 @@ class LocalLabelStudio:
             )
 
     def up(self, timeout: float = 600.0) -> ServerStatus:
-        """Start the server unless it runs, and wait until it answers (a first start migrates its database)."""
+        """Start the server unless it runs, and wait until it answers (a new state folder copies ``template``)."""
         record = self._record()
         if record and alive(record["pid"]):
             return self._wait(record["pid"], None, timeout)
@@ -246,11 +246,15 @@ class LocalLabelStudio:
         (self.state_dir / "server.json").unlink(missing_ok=True)
         return stopped
 
-    def _log_tail(self, lines: int = 5) -> str:
+    def _log_tail(self) -> str:
         if not self.log_path.exists():
             return "no log"
-        tail = self.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
-        return " | ".join(line.strip() for line in tail) + f" (full log: {self.log_path})"
+        return _tail(self.log_path) + f" (full log: {self.log_path})"
+
+
+def _tail(log: Path, lines: int = 5) -> str:
+    """A log's last lines on one line, for an error message."""
+    return " | ".join(line.strip() for line in log.read_text(errors="replace").strip().splitlines()[-lines:])
 
 
 def _signal_group(pid: int, sig: int) -> None:
