@@ -21,16 +21,16 @@ import numpy as np
 from active_learning.consensus import Agreement, agreement, decide_all
 from active_learning.queue import LabelQueue, QueuedPost
 from active_learning.strategies import SelectionConfig, heuristic, select_batch
+from components.data.snapshot import Snapshot, Store
 from components.errors import LabelingError
-from components.snapshot import Snapshot, Store
 
 if TYPE_CHECKING:  # the model, pandas and the Label Studio client load in the steps that use them
     import pandas as pd
 
     from active_learning.labelstudio import LabelingProject
-    from components.ingest import RelabelReport
-    from components.predict import Predictor
-    from components.registry import Registry
+    from components.data.ingest import RelabelReport
+    from components.model.predict import Predictor
+    from components.model.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def unlabelled_pool(
 
 def labelled_embeddings(store: Store, posts: pd.DataFrame, predictor: Predictor, limit: int, seed: int) -> np.ndarray:
     """Embeddings of up to ``limit`` of the manifest's labelled posts (sampled): what the model has been taught."""
-    from components.data import decode_images  # noqa: PLC0415
+    from components.model.datasets import decode_images  # noqa: PLC0415
 
     posts = posts[posts.label.notna()]
     if limit == 0 or posts.empty:
@@ -153,7 +153,7 @@ class PushReport:
 def known_labels(store: Store, registry: Registry) -> tuple[str, ...]:
     """The labels the loop knows: the champion's, or HEAD's before there is one. An annotator's answer
     outside them names a new class."""
-    from components.registry import CHAMPION  # noqa: PLC0415
+    from components.model.registry import CHAMPION  # noqa: PLC0415
 
     if registry.alias(CHAMPION) is not None:
         return registry.load_predictor(CHAMPION).labels
@@ -324,7 +324,7 @@ def commit_labels(store: Store, queue: LabelQueue, labels: dict[str, str] | None
     ``labels`` (post id -> label) narrows the commit to labels that passed checks; by
     default every uncommitted decided label goes in.
     """
-    from components.ingest import RelabelReport, relabel  # noqa: PLC0415
+    from components.data.ingest import RelabelReport, relabel  # noqa: PLC0415
 
     uncommitted = queue.uncommitted()
     labels = uncommitted if labels is None else {p: v for p, v in labels.items() if uncommitted.get(p) == v}

@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 
 from active_learning.strategies import Heuristic
-from components.data import decode_images
-from components.predict import Predictions, Predictor
+from components.model.datasets import decode_images
+from components.model.predict import Predictions, Predictor
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,10 @@ from torch import nn
 
 from active_learning.pool import mc_dropout_probabilities
 from active_learning.strategies import SelectionConfig, heuristic, select_batch
-from components.data import decode_images, targets_for
-from components.model import Tagger, TaggerSpec, build_tagger
-from components.predict import Predictor
-from components.preprocess import Preprocessing
+from components.model.datasets import decode_images, targets_for
+from components.model.predict import Predictor
+from components.model.preprocess import Preprocessing
+from components.model.tagger import Tagger, TaggerSpec, build_tagger
 from components.simulator.feed import FeedSpec, read_feed, simulate
 from components.simulator.trends import NewClass
 

@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.drift import DriftConfig, Window, detect_drift
-from components.ingest import ingest, read_labels
-from components.monitor import predict_window, reference_windows
-from components.predict import Predictor
+from components.data.ingest import ingest, read_labels
+from components.data.snapshot import Store
+from components.model.predict import Predictor
+from components.model.train import TrainConfig, train
+from components.monitor.checks import predict_window, reference_windows
+from components.monitor.drift import DriftConfig, Window, detect_drift
 from components.simulator.feed import FeedSpec, read_feed, simulate
 from components.simulator.trends import NewClass, PriorShift, StyleShift
-from components.snapshot import Store
-from components.train import TrainConfig, train
 
 SEED_DAYS, TREND_DAY, LAST_DAY = 4, 5, 7
 

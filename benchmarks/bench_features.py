@@ -40,9 +40,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from components import captions
-from components.features import SOURCE_SCHEMAS, Features, engagement_rate
-from components.posts import TIMESTAMP
+from components.data.posts import TIMESTAMP
+from components.features import captions
+from components.features.engineering import engagement_rate
+from components.features.store import SOURCE_SCHEMAS, Features
 
 DAY0 = datetime(2026, 1, 5, tzinfo=UTC)
 IMAGE_DIM = 64

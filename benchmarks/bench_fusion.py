@@ -26,17 +26,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.data import decode_images, labelled_posts
-from components.evaluate import evaluate
-from components.features import Features, sync
-from components.ingest import ingest, read_labels
-from components.predict import Predictor
-from components.predlog import PredictionLog, log_batch_predictions
-from components.preprocess import Preprocessing
-from components.side import SideReader
+from components.data.ingest import ingest, read_labels
+from components.data.predlog import PredictionLog
+from components.data.snapshot import Store
+from components.features.side import SideReader
+from components.features.store import Features
+from components.features.sync import sync
+from components.model.datasets import decode_images, labelled_posts
+from components.model.evaluate import evaluate
+from components.model.predict import Predictor
+from components.model.preprocess import Preprocessing
+from components.model.train import TrainConfig, train
+from components.monitor.batch import log_batch_predictions
 from components.simulator.feed import FeedSpec, simulate
-from components.snapshot import Store
-from components.train import TrainConfig, train
 
 VARIANTS = {"image": (), "caption": ("caption",), "user": ("user",), "fusion": ("caption", "user")}
 

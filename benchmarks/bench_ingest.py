@@ -23,11 +23,11 @@ import numpy as np
 import skimage.data  # a development dependency: real photos shipped in the package
 from PIL import Image
 
-from components.ingest import ingest
+from components.data.ingest import ingest
+from components.data.snapshot import Store
+from components.data.validate import ImageLimits
 from components.simulator.feed import FeedSpec, simulate
 from components.simulator.uploads import phone_exif
-from components.snapshot import Store
-from components.validate import ImageLimits
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "immunohistochemistry", "camera")
 

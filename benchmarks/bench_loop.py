@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from components.data import decode_images
+from components.data.validate import ImageLimits, Rejection, decode_image
+from components.model.datasets import decode_images
 from components.simulator.feed import read_feed, simulate
-from components.validate import ImageLimits, Rejection, decode_image
 from infra.labelstudio import LocalLabelStudio
-from trendloop import render
+from trendloop import render, wiring
 from trendloop.demo import DemoSize, run_demo
 from trendloop.settings import Settings
 
@@ -42,7 +42,7 @@ def fresh_accuracy(settings: Settings, days: range, versions: dict[str, int], tr
     feed = Path(tempfile.mkdtemp(prefix="fresh-", dir=settings.home))
     simulate(settings.simulate, feed, days, workers=2)
     posts = read_feed(feed, days)
-    registry = settings.open_registry()
+    registry = wiring.open_registry(settings)
     out = {}
     for name, version in versions.items():
         predictor = registry.load_predictor(version)
@@ -86,11 +86,11 @@ def one_seed(seed: int, size: DemoSize, server: LocalLabelStudio) -> dict:
     try:
         outcome = run_demo(settings, size)
     finally:
-        admin = settings.serve_admin()
+        admin = wiring.serve_admin(settings)
         if admin.reachable():
             admin.shutdown()
             admin.wait_gone()
-        settings.local_ray().down()
+        wiring.local_ray(settings).down()
     total = time.perf_counter() - started
     trend = outcome.timeline.first("the trend starts")
     promoted = outcome.timeline.first("promoted version")

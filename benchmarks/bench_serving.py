@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from components.model import TaggerSpec, build_tagger, save_tagger
-from components.predict import Predictor
-from components.predlog import PredictionLog
-from components.preprocess import Preprocessing
+from components.data.predlog import PredictionLog
+from components.model.predict import Predictor
+from components.model.preprocess import Preprocessing
+from components.model.tagger import TaggerSpec, build_tagger, save_tagger
 from infra.ray import LocalRay, RayPorts
 from serving.deploy import ArmSpec, ServeAdmin, serve_config
 from serving.eventlog import EventWriter, FeedbackLog

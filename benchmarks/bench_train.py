@@ -2,7 +2,7 @@
 
     uv run python benchmarks/bench_train.py [--posts 2000] [--epochs 3] [--arch resnet18] [--image-size 32]
 
-The platform loop is ``components.train.train`` on a real snapshot: batched
+The platform loop is ``components.model.train.train`` on a real snapshot: batched
 augmentation, per-step metrics, a validation pass and a checkpoint each epoch (the
 figure counts the training steps only, as ``EpochStats.images_per_second`` does).
 The bare loop trains the same tagger on the same decoded images, already
@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from components.data import decode_images, labelled_posts, targets_for
-from components.ingest import ingest, read_labels
-from components.model import TaggerSpec, build_tagger
-from components.preprocess import Preprocessing
+from components.data.ingest import ingest, read_labels
+from components.data.snapshot import Snapshot, Store
+from components.model.datasets import decode_images, labelled_posts, targets_for
+from components.model.preprocess import Preprocessing
+from components.model.tagger import TaggerSpec, build_tagger
+from components.model.train import TrainConfig, pick_device, train
 from components.simulator.feed import FeedSpec, simulate
-from components.snapshot import Snapshot, Store
-from components.train import TrainConfig, pick_device, train
 
 
 def make_snapshot(root: Path, posts: int) -> tuple[Store, Snapshot]:

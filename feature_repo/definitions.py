@@ -1,7 +1,7 @@
 """Entities, sources and feature views of the loop.
 
 Every batch source is a folder of Parquet files under the repo path: trendloop
-writes one file per batch, whole and atomically (``components.features``), and Feast
+writes one file per batch, whole and atomically (``components.features.store``), and Feast
 reads the folder. Event timestamps say when a value became known:
 
 - ``post_meta_fv``: caption, hashtag and engagement features, known when the post

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from components.errors import ConfigError, LabelingError
-from components.posts import write_atomic
+from components.files import write_atomic
 from infra.processes import alive
 
 ADMIN = "admin@trendloop.local"

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from components.errors import TrendloopError
-from components.posts import write_atomic
+from components.files import write_atomic
 from infra.processes import alive
 
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from components.data.sources import fingerprint
 from components.errors import ConfigError, TrendloopError
-from components.sources import fingerprint
 from pipelines.components import StepOptions
 from pipelines.definitions import pipelines
 from trendloop.settings import Settings

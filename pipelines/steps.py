@@ -1,7 +1,7 @@
 """What each pipeline step does, as plain functions: the KFP components in ``pipelines.components`` only call these.
 
-Each step is one use-case of the loop, or one piece of one (``components.workflow`` for
-retraining, ``components.monitor`` for drift and the retrain policy,
+Each step is one use-case of the loop, or one piece of one (``components.model.retrain`` for
+retraining, ``components.monitor.checks`` for drift and the retrain policy,
 ``active_learning.loop`` for labels, ``serving.control`` for serving): the CLI and the
 main job call the same functions. A step takes its own ``config`` (the settings sections
 it reads, as JSON: ``configure`` cuts them from the run's settings, so changing a setting
@@ -25,15 +25,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from components.errors import ConfigError, SnapshotError
-from components.posts import parse_time, write_atomic
+from components.files import write_atomic
+from trendloop import wiring
+from trendloop.arguments import parse_time
 from trendloop.settings import Settings, settings_for_step
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from active_learning.labelstudio import LabelingProject
-    from components.evaluate import Evaluation
-    from components.snapshot import Snapshot, Store
+    from components.data.snapshot import Snapshot, Store
+    from components.model.evaluate import Evaluation
 
 NO_VERSION = 0  # what a retrain returns when nothing was registered (the gate refused, or none was due)
 RUN_FILE = "trendloop-run.json"  # inside a Model artifact: the training run it came from
@@ -81,8 +83,8 @@ def configure(config: str) -> tuple[str, ...]:
 
 def ingest(config: str, source: str, since: str, until: str, posts: Artifact) -> int:
     """Read what ``source`` offers in ``[since, until)`` into ``posts``; returns how many records."""
-    from components.batches import write_batch
-    from components.sources import Candidate, read_source
+    from components.data.batches import write_batch
+    from components.data.sources import Candidate, read_source
 
     settings_for_step(config)  # a bad config fails here, at the first step
     offered = read_source(Path(source), since=parse_time(since, "since"), until=parse_time(until, "until"))
@@ -94,10 +96,10 @@ def ingest(config: str, source: str, since: str, until: str, posts: Artifact) ->
 
 def validate(config: str, posts: Artifact, checked: Artifact, metrics: MetricsArtifact) -> int:
     """Validate and normalise each image, storing the good ones; returns how many passed."""
-    from components.batches import read_batch, write_batch
-    from components.ingest import Checked, check_source
-    from components.snapshot import Store
-    from components.validate import Rejection
+    from components.data.batches import read_batch, write_batch
+    from components.data.ingest import Checked, check_source
+    from components.data.snapshot import Store
+    from components.data.validate import Rejection
 
     settings = settings_for_step(config)
     source, _ = read_batch(Path(posts.path))
@@ -118,7 +120,7 @@ def head_state(config: str) -> str:
     Never cached itself; passed to the snapshot step so that step is reused only while
     the batch and HEAD are unchanged.
     """
-    from components.snapshot import Store
+    from components.data.snapshot import Store
 
     head = Store(settings_for_step(config).store_dir).head()
     return head.id if head else "none"
@@ -132,9 +134,9 @@ def snapshot(config: str, checked: Artifact, labels: str, head: str, snapshot: A
     ``head_state``) only keys the step's cache. Annotators' labels reach snapshots
     through ``label_sync``, whose checks they must pass.
     """
-    from components.batches import read_batch
-    from components.ingest import commit_checked, read_labels
-    from components.snapshot import Store
+    from components.data.batches import read_batch
+    from components.data.ingest import commit_checked, read_labels
+    from components.data.snapshot import Store
 
     settings = settings_for_step(config)
     source, outcomes = read_batch(Path(checked.path))
@@ -147,7 +149,7 @@ def snapshot(config: str, checked: Artifact, labels: str, head: str, snapshot: A
     if head is None:
         raise SnapshotError(f"{source.uri} offered no usable posts and there is no snapshot yet")
     if settings.features.on_ingest and report.new_snapshot:
-        settings.sync_features(head)
+        wiring.sync_features(settings, head)
     summary = {
         "accepted": report.accepted,
         "duplicates": report.duplicates,
@@ -164,16 +166,18 @@ def plan(config: str, snapshot: Artifact, decision: Artifact) -> bool:
 
     Never cached: it reads the registry and the latest drift checks as they are now.
     """
-    from components.monitor import retrain_plan
-    from components.predlog import PredictionLog
-    from components.snapshot import Store
+    from components.data.predlog import PredictionLog
+    from components.data.snapshot import Store
+    from components.monitor.checks import retrain_plan
 
     settings = settings_for_step(config)
     store = Store(settings.store_dir)
-    found = retrain_plan(
-        store, store.load(_snapshot_id(snapshot)), settings.open_registry(), PredictionLog(settings.predictions_dir),
-        settings.checks_dir, settings.retrain,
-    )  # fmt: skip
+    head, registry, log = (
+        store.load(_snapshot_id(snapshot)),
+        wiring.open_registry(settings),
+        PredictionLog(settings.predictions_dir),
+    )
+    found = retrain_plan(store, head, registry, log, settings.checks_dir, settings.retrain)
     record = {"due": found.due, "reason": found.reason, "new_labels": found.new_labels}
     record["decisions"] = [vars(d) for d in found.decisions]
     write_atomic(Path(decision.path), json.dumps(record, indent=2))
@@ -193,12 +197,12 @@ def train(
     metrics: MetricsArtifact,
 ) -> str:  # fmt: skip
     """Train (or fine-tune the champion) on the snapshot and log the run; returns the MLflow run id."""
-    from components.model import save_tagger
-    from components.snapshot import Store
-    from components.workflow import fine_tunes, train_candidate
+    from components.data.snapshot import Store
+    from components.model.retrain import fine_tunes, train_candidate
+    from components.model.tagger import save_tagger
 
     settings = settings_for_step(config)
-    store, registry = Store(settings.store_dir), settings.open_registry()
+    store, registry = Store(settings.store_dir), wiring.open_registry(settings)
     snap = store.load(_snapshot_id(snapshot))
     tags = {"kfp_run_id": kfp_run_id, "kfp_run_name": kfp_run_name}
     run = train_candidate(
@@ -220,12 +224,12 @@ def evaluate(
     report: Artifact,
 ) -> float:  # fmt: skip
     """Score the new model and the champion on the snapshot's test split; returns the new model's accuracy."""
-    from components.predict import Predictor
-    from components.snapshot import Store
-    from components.workflow import candidate_name, compare
+    from components.data.snapshot import Store
+    from components.model.predict import Predictor
+    from components.model.retrain import candidate_name, compare
 
     settings = settings_for_step(config)
-    store, registry = Store(settings.store_dir), settings.open_registry()
+    store, registry = Store(settings.store_dir), wiring.open_registry(settings)
     snap = store.load(_snapshot_id(snapshot))
     run = _run_of(model)
     candidate = Predictor.from_folder(Path(model.path), "cpu", registry.side_reader)
@@ -255,20 +259,20 @@ def register(config: str, model: Artifact, evaluation: Artifact, verdict: Artifa
     Safe to repeat: a training run registers one version, and its aliases are set once (a
     version that lost its A/B test does not come back because a schedule fired again).
     """
-    from components.gate import Verdict
-    from components.predict import Predictor
-    from components.side import side_refs
-    from components.workflow import register_candidate
+    from components.features.side import side_refs
+    from components.model.gate import Verdict
+    from components.model.predict import Predictor
+    from components.model.retrain import register_candidate
 
     settings = settings_for_step(config)
-    registry = settings.open_registry()
+    registry = wiring.open_registry(settings)
     run = _run_of(model)
     decided = Verdict.from_dict(json.loads(Path(verdict.path).read_text()))
     ours, _ = _evaluations(evaluation)
     refs = side_refs(Predictor.from_folder(Path(model.path), "cpu").tagger.spec.side)
 
     def feature_service(version: int) -> None:
-        settings.open_features().register_model(version, run["snapshot"], refs)
+        wiring.open_features(settings).register_model(version, run["snapshot"], refs)
 
     placed = register_candidate(
         registry, run["run_id"], Path(model.path), run["snapshot"], run["base_version"], decided, ours,
@@ -280,13 +284,13 @@ def register(config: str, model: Artifact, evaluation: Artifact, verdict: Artifa
 
 def hold(config: str, model: Artifact, evaluation: Artifact, verdict: Artifact) -> int:
     """The model did not pass: its run keeps the verdict, nothing is registered. Returns ``NO_VERSION`` (0)."""
-    from components.gate import Verdict
-    from components.workflow import hold_candidate
+    from components.model.gate import Verdict
+    from components.model.retrain import hold_candidate
 
     settings = settings_for_step(config)
     decided = Verdict.from_dict(json.loads(Path(verdict.path).read_text()))
     ours, _ = _evaluations(evaluation)
-    hold_candidate(settings.open_registry(), _run_of(model)["run_id"], decided, ours)
+    hold_candidate(wiring.open_registry(settings), _run_of(model)["run_id"], decided, ours)
     print("not registered: the gate refused it\n" + "\n".join(decided.reasons))
     return NO_VERSION
 
@@ -294,11 +298,11 @@ def hold(config: str, model: Artifact, evaluation: Artifact, verdict: Artifact) 
 def load(config: str, version: int) -> str:
     """Ask serving to serve the registry's aliases (the new challenger among them); returns what happened."""
     settings = settings_for_step(config)
-    if not settings.serve_admin().reachable():  # before building the rest: nothing to follow
+    if not wiring.serve_admin(settings).reachable():  # before building the rest: nothing to follow
         return f"serving is not running: version {version} waits in the registry (`trendloop serve up` loads it)"
     from serving import control
 
-    s = settings.serving_control()
+    s = wiring.serving_control(settings)
     experiment = control.follow(s, note=f"pipeline registered version {version}")
     if experiment is None:
         return f"serving follows the registry: version {version} serves as champion"
@@ -311,13 +315,13 @@ def load(config: str, version: int) -> str:
 def drift_report(config: str, since: str, until: str, report: Artifact, check: Artifact) -> bool:
     """Check the traffic the app served in ``[since, until)`` against the champion's training data; returns
     whether it drifted. ``since`` empty: the day before ``until`` (or now)."""
+    from components.data.predlog import PredictionLog
+    from components.data.snapshot import Store
     from components.errors import QuietWindow
-    from components.monitor import check_drift, log_check
-    from components.predlog import PredictionLog
-    from components.snapshot import Store
+    from components.monitor.checks import check_drift, log_check
 
     settings = settings_for_step(config)
-    store, registry = Store(settings.store_dir), settings.open_registry()
+    store, registry = Store(settings.store_dir), wiring.open_registry(settings)
     end = parse_time(until, "until")
     start = parse_time(since, "since") or _day_before(end)
     try:
@@ -346,15 +350,15 @@ def select(config: str, batch: Artifact) -> int:
     import pandas as pd
 
     from active_learning.loop import select_posts
-    from components.monitor import newest_days
-    from components.registry import CHAMPION
-    from components.snapshot import Store
+    from components.data.snapshot import Store
+    from components.model.registry import CHAMPION
+    from components.monitor.checks import newest_days
 
     settings = settings_for_step(config)
-    store, registry = Store(settings.store_dir), settings.open_registry()
+    store, registry = Store(settings.store_dir), wiring.open_registry(settings)
     head = _head(store)
     version = registry.version_of(CHAMPION)
-    queue = settings.label_queue()
+    queue = wiring.label_queue(settings)
     start = newest_days(head, settings.active_learning.pool_days)
     picked = select_posts(
         store, head, registry.load_predictor(version), str(version), queue, settings.active_learning, since=start
@@ -374,15 +378,15 @@ def push(config: str, batch: Artifact) -> int:
     Studio does not take stays queued, and the step fails saying so.
     """
     from active_learning.loop import known_labels, offered_labels, push_queued
-    from components.snapshot import Store
+    from components.data.snapshot import Store
 
     settings = settings_for_step(config)
     project = _labeling_project(settings)
     store = Store(settings.store_dir)
     ls = settings.labelstudio
-    labels = offered_labels(store, known_labels(store, settings.open_registry()))
+    labels = offered_labels(store, known_labels(store, wiring.open_registry(settings)))
     pushed = push_queued(
-        settings.label_queue(), project, labels, image_url=ls.image_url, overlap=ls.overlap,
+        wiring.label_queue(settings), project, labels, image_url=ls.image_url, overlap=ls.overlap,
         local_files=settings.local_files(),
     )  # fmt: skip
     print(f"{pushed.pushed} tasks created, {pushed.found} already in Label Studio, {pushed.pending} still queued")
@@ -397,11 +401,11 @@ def pull(config: str, annotations: Artifact, metrics: MetricsArtifact) -> int:
     import pandas as pd
 
     from active_learning.loop import known_labels, pull_labels
-    from components.snapshot import Store
+    from components.data.snapshot import Store
 
     settings = settings_for_step(config)
-    queue = settings.label_queue()
-    known = known_labels(Store(settings.store_dir), settings.open_registry())
+    queue = wiring.label_queue(settings)
+    known = known_labels(Store(settings.store_dir), wiring.open_registry(settings))
     pulled = pull_labels(queue, _labeling_project(settings), known, settings.labelstudio.min_votes)
     decisions = pd.DataFrame([vars(d) for d in queue.decisions()])
     _write_frame(decisions, annotations)
@@ -419,10 +423,12 @@ def check_labels(config: str, annotations: Artifact, labels: Artifact) -> int:
     import pandas as pd
 
     from active_learning.loop import check_labels as checked_labels
-    from components.snapshot import Store
+    from components.data.snapshot import Store
 
     settings = settings_for_step(config)
-    found = checked_labels(settings.label_queue(), _head(Store(settings.store_dir)), settings.labelstudio.min_agreement)
+    found = checked_labels(
+        wiring.label_queue(settings), _head(Store(settings.store_dir)), settings.labelstudio.min_agreement
+    )
     frame = pd.DataFrame({"post_id": list(found.passed), "label": list(found.passed.values())})
     _write_frame(frame, labels)
     labels.metadata.update(passed=len(found.passed), dropped=found.dropped)
@@ -435,15 +441,15 @@ def commit(config: str, labels: Artifact, snapshot: Artifact) -> int:
     import pandas as pd
 
     from active_learning.loop import commit_labels
-    from components.snapshot import Store
+    from components.data.snapshot import Store
 
     settings = settings_for_step(config)
     store = Store(settings.store_dir)
     checked = pd.read_parquet(labels.path)
-    report = commit_labels(store, settings.label_queue(), dict(zip(checked.post_id, checked.label, strict=True)))
+    report = commit_labels(store, wiring.label_queue(settings), dict(zip(checked.post_id, checked.label, strict=True)))
     head = _head(store)
     if report.relabelled and settings.features.on_ingest:
-        settings.sync_features(head)
+        wiring.sync_features(settings, head)
     _write_snapshot(snapshot, head, {"labels_committed": len(report.relabelled), "missing": len(report.missing)})
     return len(report.relabelled)
 
@@ -488,7 +494,7 @@ def _run_of(model: Artifact) -> dict:
 
 
 def _evaluations(evaluation: Artifact) -> tuple[Evaluation, Evaluation | None]:
-    from components.evaluate import Evaluation
+    from components.model.evaluate import Evaluation
 
     raw = json.loads(Path(evaluation.path).read_text())
     champion = Evaluation.from_dict(raw["champion"]) if raw["champion"] else None
@@ -498,7 +504,7 @@ def _evaluations(evaluation: Artifact) -> tuple[Evaluation, Evaluation | None]:
 def _write_frame(frame: pd.DataFrame, artifact: Artifact) -> None:
     import pyarrow as pa
 
-    from components.posts import write_table
+    from components.files import write_table
 
     write_table(pa.Table.from_pandas(frame, preserve_index=False), Path(artifact.path))
 
@@ -527,5 +533,5 @@ def _evaluation_html(ours: Evaluation, theirs: Evaluation | None) -> str:
 def _labeling_project(settings: Settings) -> LabelingProject:
     """The configured Label Studio project; the embedded server is started first when it is the one."""
     if settings.labelstudio.url is None:
-        settings.label_studio_server().up(settings.labelstudio.start_timeout)
-    return settings.labeling_project()
+        wiring.label_studio_server(settings).up(settings.labelstudio.start_timeout)
+    return wiring.labeling_project(settings)

@@ -21,13 +21,13 @@ import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from components.data.predlog import PredictionLog
+from components.data.validate import ImageLimits
 from components.errors import ConfigError
-from components.features import Features
-from components.predict import Predictor
-from components.predlog import PredictionLog
-from components.registry import Registry
-from components.side import SideReader
-from components.validate import ImageLimits
+from components.features.side import SideReader
+from components.features.store import Features
+from components.model.predict import Predictor
+from components.model.registry import Registry
 from serving.api import build_api
 from serving.eventlog import EventWriter, FeedbackLog
 from serving.experiment import CHALLENGER, CHAMPION, Experiments

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from components.predlog import PredictionLog
-from components.registry import Registry
+from components.data.predlog import PredictionLog
+from components.model.registry import Registry
 from serving.abtest import DecisionRule
 from serving.deploy import ServeAdmin, ServingError, with_user_config
 from serving.eventlog import FeedbackLog

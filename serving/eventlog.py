@@ -1,7 +1,7 @@
 """The serving side of the logs: feedback records, and a writer that never holds up a request.
 
 Served predictions go to the prediction log the drift checks read
-(``components.predlog``); feedback goes to a log of the same layout::
+(``components.data.predlog``); feedback goes to a log of the same layout::
 
     <feedback root>/day=YYYY-MM-DD/<writer>-<seq>.parquet    FEEDBACK_SCHEMA rows
 
@@ -23,15 +23,15 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from components.posts import TIMESTAMP
-from components.predlog import DayLog
+from components.data.posts import TIMESTAMP
+from components.data.predlog import DayLog
 
 log = logging.getLogger(__name__)
 
 EVENTS = ("impression", "click", "like", "report")
 ENGAGEMENTS = ("click", "like")  # what counts towards the engagement rate
 
-# A feedback record (DESIGN.md, Data contracts), with the request's user, arm and version copied
+# A feedback record (docs/architecture.md, Data contracts), with the request's user, arm and version copied
 # in so the A/B analysis reads one log.
 FEEDBACK_SCHEMA = pa.schema(
     [

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from components.errors import TrendloopError
-from components.posts import write_atomic
+from components.files import write_atomic
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 ARMS = (CHAMPION, CHALLENGER)

@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
+from components.data.predlog import PredictionLog, served
 from components.errors import ConfigError
-from components.features import Features, split_ref
-from components.predlog import PredictionLog, served
+from components.features.store import Features, split_ref
 from serving.abtest import DecisionRule, analyse
 from serving.eventlog import ENGAGEMENTS, FeedbackLog
 from serving.experiment import ARMS, Experiment, Experiments, assign_arm

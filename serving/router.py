@@ -18,9 +18,9 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow.compute as pc
 
-from components import predlog
-from components.predlog import SERVED, PredictionLog
-from components.validate import Rejection
+from components.data import predlog
+from components.data.predlog import SERVED, PredictionLog
+from components.data.validate import Rejection
 from serving.eventlog import EVENTS, EventWriter
 from serving.experiment import ARMS, CHALLENGER, CHAMPION, assign_arm
 from serving.tagging import ModelNotLoaded, Tagged

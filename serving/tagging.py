@@ -6,7 +6,7 @@ the batch is predicted as usual. Swapping the model version loads the new
 predictor first and replaces the old one in one assignment, so requests in flight
 finish on the old model and none is refused in between.
 
-A fusion version (one reading side inputs, see ``components.side``) also gets each
+A fusion version (one reading side inputs, see ``components.features.side``) also gets each
 upload's ``PostContext``: the arm reads the poster's profile from the online store
 and encodes the caption the request carries (or reads a stored post's). When the
 feature store does not answer, the batch is still tagged, with every side input
@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from components import captions
+from components.data.validate import ImageLimits, Rejection, decode_image
 from components.errors import ConfigError
-from components.side import SideReader
-from components.validate import ImageLimits, Rejection, decode_image
+from components.features import captions
+from components.features.side import SideReader
 
 if TYPE_CHECKING:  # torch loads where a model does (the router and `trendloop serve` import this module)
     import torch
 
-    from components.predict import Predictor
+    from components.model.predict import Predictor
 
 log = logging.getLogger(__name__)
 

@@ -102,8 +102,8 @@ def feed_posts(out: Path, days: range | None = None, readable_only: bool = False
     the broken uploads the simulator makes on purpose); kept, the app refuses them with a 4xx,
     which ``drive`` counts in ``failed``.
     """
+    from components.data.validate import ImageLimits, Rejection, decode_image  # noqa: PLC0415
     from components.simulator.feed import read_feed  # noqa: PLC0415 - pandas and pyarrow: only with a feed
-    from components.validate import ImageLimits, Rejection, decode_image  # noqa: PLC0415
 
     posts = [
         FeedPost(row.post_id, Path(row.path).read_bytes(), row.caption, tuple(row.hashtags), row.label)

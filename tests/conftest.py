@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from components.data.snapshot import Store
 from components.simulator.feed import FeedSpec, simulate
 from components.simulator.trends import NewClass, PriorShift, StyleShift
-from components.snapshot import Store
 from infra.labelstudio import LocalLabelStudio
 from trendloop.settings import LabelStudioSettings
 

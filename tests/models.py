@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from components.model import TaggerSpec, build_tagger, save_tagger
-from components.preprocess import Preprocessing
-from components.registry import Registry
+from components.model.preprocess import Preprocessing
+from components.model.registry import Registry
+from components.model.tagger import TaggerSpec, build_tagger, save_tagger
 
 LABELS = ("food", "pets", "fitness", "travel")
 

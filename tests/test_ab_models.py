@@ -34,14 +34,14 @@ import numpy as np
 import pytest
 import torch
 
-from components.ingest import ingest, read_labels
-from components.predict import Predictor
-from components.predlog import PredictionLog
-from components.preprocess import Preprocessing
+from components.data.ingest import ingest, read_labels
+from components.data.predlog import PredictionLog
+from components.data.snapshot import Store
+from components.model.predict import Predictor
+from components.model.preprocess import Preprocessing
+from components.model.train import Base, TrainConfig, train
 from components.simulator.feed import FeedSpec, simulate
 from components.simulator.trends import NewClass
-from components.snapshot import Store
-from components.train import Base, TrainConfig, train
 from serving.abtest import DecisionRule
 from serving.api import build_api
 from serving.eventlog import EventWriter, FeedbackLog

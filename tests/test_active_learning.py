@@ -30,13 +30,13 @@ from active_learning.strategies import (
     select_batch,
     stream_scores,
 )
-from components.data import labelled_posts
+from components.data.ingest import ingest, read_labels, relabel
+from components.data.snapshot import Store
 from components.errors import SnapshotError
-from components.ingest import ingest, read_labels, relabel
-from components.model import TaggerSpec, build_tagger
-from components.predict import Predictor
-from components.preprocess import Preprocessing
-from components.snapshot import Store
+from components.model.datasets import labelled_posts
+from components.model.predict import Predictor
+from components.model.preprocess import Preprocessing
+from components.model.tagger import TaggerSpec, build_tagger
 
 # Five posts over three labels, made so the heuristics disagree on the order.
 PROBS = np.array(

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from components.errors import LabelingError
-from components.registry import CHAMPION, Registry
+from components.model.registry import CHAMPION, Registry
 from infra.labelstudio import LocalLabelStudio
 from tests.conftest import free_port
+from trendloop import wiring
 from trendloop.cli import main
 from trendloop.demo import DemoSize, _logging_to, job_settings, run_demo
 from trendloop.settings import load_settings
@@ -77,15 +78,15 @@ def finished(label_studio: LocalLabelStudio):
     try:
         yield settings, run_demo(settings, SIZE), config
     finally:
-        settings.serve_admin().shutdown() if settings.serve_admin().reachable() else None
-        settings.local_ray().down()
+        wiring.serve_admin(settings).shutdown() if wiring.serve_admin(settings).reachable() else None
+        wiring.local_ray(settings).down()
 
 
 def test_the_main_job_promotes_a_challenger_that_learned_the_new_trend(finished) -> None:
     settings, outcome, _ = finished
     assert outcome.verdict == "promote"
     assert outcome.action == f"promoted version {outcome.challenger} to @champion"
-    registry = settings.open_registry()
+    registry = wiring.open_registry(settings)
     assert registry.alias(CHAMPION) == outcome.champion == outcome.challenger == 2
     assert "meme" in registry.load_predictor(CHAMPION).labels
     # the timeline: a drift flag after the trend started, labels, a challenger, the verdict
@@ -104,7 +105,7 @@ def test_the_main_job_promotes_a_challenger_that_learned_the_new_trend(finished)
 
 def test_serving_follows_the_promotion_without_a_restart(finished) -> None:
     settings, outcome, _ = finished
-    s = settings.serving_control()
+    s = wiring.serving_control(settings)
     deployed = s.admin.config()
     arms = {d["name"]: d["user_config"] for d in deployed["applications"][0]["deployments"]}
     assert arms["champion"]["version"] == outcome.champion == 2
@@ -124,7 +125,7 @@ def test_the_cli_and_the_main_job_reach_the_same_first_verdict(finished, tmp_pat
         with pytest.raises(SystemExit) as exit_:
             main(["--config", str(other), *args])
         assert (exit_.value.code or 0) == 0, capsys.readouterr().err
-    ours, theirs = load_settings(other).open_registry(), settings.open_registry()
+    ours, theirs = wiring.open_registry(load_settings(other)), wiring.open_registry(settings)
     mine = ours.client.get_model_version(ours.model_name, "1")
     job = theirs.client.get_model_version(theirs.model_name, "1")
     assert mine.tags["snapshot"] == job.tags["snapshot"]

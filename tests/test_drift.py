@@ -15,18 +15,16 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from components.drift import SIGNALS, DriftConfig, Window, auc_threshold, detect_drift, hashtag_rarity
-from components.emerging import find_emerging
+from components.data.ingest import ingest, read_labels
+from components.data.snapshot import Store
 from components.errors import DriftError, QuietWindow
-from components.ingest import ingest, read_labels
-from components.monitor import predict_window, reference_windows
-from components.predict import Predictor
-from components.preprocess import Preprocessing
-from components.simulator.feed import FeedSpec, read_feed, simulate
-from components.simulator.trends import NewClass, PriorShift, StyleShift
-from components.snapshot import Store
-from components.train import TrainConfig, train
-from components.triggers import (
+from components.model.predict import Predictor
+from components.model.preprocess import Preprocessing
+from components.model.train import TrainConfig, train
+from components.monitor.checks import predict_window, reference_windows
+from components.monitor.drift import SIGNALS, DriftConfig, Window, auc_threshold, detect_drift, hashtag_rarity
+from components.monitor.emerging import find_emerging
+from components.monitor.triggers import (
     DriftTrigger,
     NewLabelsTrigger,
     PerformanceTrigger,
@@ -34,6 +32,8 @@ from components.triggers import (
     ScheduleTrigger,
     TriggerContext,
 )
+from components.simulator.feed import FeedSpec, read_feed, simulate
+from components.simulator.trends import NewClass, PriorShift, StyleShift
 
 # the input size these tests' margins were measured with (the default [train] preprocessing is larger)
 SMALL = Preprocessing(image_size=32, resize=36)

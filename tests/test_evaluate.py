@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from components.errors import ConfigError
-from components.evaluate import (
+from components.model.evaluate import (
     PERTURBATIONS,
     Evaluation,
     Outcomes,
@@ -21,7 +21,7 @@ from components.evaluate import (
     stability,
     trend_slices,
 )
-from components.predict import Predictions
+from components.model.predict import Predictions
 
 
 def test_score_counts_the_confusion_and_per_class_figures() -> None:

@@ -12,11 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from components.data.ingest import ingest, read_labels
+from components.data.predlog import PredictionLog
+from components.data.snapshot import Store
 from components.errors import ConfigError, FeatureError
-from components.features import SOURCE_SCHEMAS, Features, sync
-from components.ingest import ingest, read_labels
-from components.predlog import PredictionLog
-from components.snapshot import Store
+from components.features.store import SOURCE_SCHEMAS, Features
+from components.features.sync import sync
 
 DAY0 = datetime(2026, 1, 5, tzinfo=UTC)
 PROFILE = ["user_profile_fv:posts_7d", "user_profile_fv:engagement_rate_28d"]

@@ -14,17 +14,18 @@ import torch
 from PIL import Image
 from torch import nn
 
-from components import captions
+from components.data.ingest import ingest, read_labels
+from components.data.predlog import PredictionLog
+from components.data.snapshot import Store
 from components.errors import ConfigError
-from components.features import Features, sync
-from components.ingest import ingest, read_labels
-from components.model import TaggerSpec, build_tagger, extend_labels, load_tagger, save_tagger
-from components.predict import Predictor
-from components.predlog import PredictionLog
-from components.preprocess import Preprocessing
-from components.side import SideReader, encode, group_slices, side_columns, side_refs
-from components.snapshot import Store
-from components.train import Base, TrainConfig, train
+from components.features import captions
+from components.features.side import SideReader, encode, group_slices, side_columns, side_refs
+from components.features.store import Features
+from components.features.sync import sync
+from components.model.predict import Predictor
+from components.model.preprocess import Preprocessing
+from components.model.tagger import TaggerSpec, build_tagger, extend_labels, load_tagger, save_tagger
+from components.model.train import Base, TrainConfig, train
 from serving.report import StoredFeature, covariate_from
 from serving.tagging import ArmModel, PostContext
 from tests.test_features import profiles
@@ -170,7 +171,7 @@ def test_training_reads_side_inputs_as_of_each_post_and_serves_them_online(
         train(store, head, config, tmp_path / "mismatch", Base(image_only.tagger, head), side_reader=reader)
 
     # the champion scores the feed: its tags become the users' interests, as in the loop
-    from components.predlog import log_batch_predictions  # noqa: PLC0415
+    from components.monitor.batch import log_batch_predictions  # noqa: PLC0415
 
     log_batch_predictions(store, head, Predictor(image_only.tagger), 1, log)
     sync(features, head, log)

@@ -16,8 +16,8 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.weightstats import DescrStatsW
 
 from components.errors import ConfigError
-from components.evaluate import Evaluation, Outcomes, score, stability
-from components.gate import PromotionGate, Verdict, agresti_min_interval, mcnemar_exact_p
+from components.model.evaluate import Evaluation, Outcomes, score, stability
+from components.model.gate import PromotionGate, Verdict, agresti_min_interval, mcnemar_exact_p
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = ["cat", "dog"]  # the champion's labels
@@ -355,6 +355,6 @@ def test_the_gate_settings_build_from_a_dict_and_refuse_nonsense() -> None:
 
 def test_the_gate_imports_no_model_or_data_framework() -> None:
     heavy = ("torch", "torchvision", "scipy", "pandas", "mlflow")
-    code = f"import sys, components.gate; print([m for m in {heavy!r} if m in sys.modules])"
+    code = f"import sys, components.model.gate; print([m for m in {heavy!r} if m in sys.modules])"
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert found.stdout.strip() == "[]"

@@ -13,11 +13,11 @@ import pytest
 from conftest import SMALL_FEED
 from PIL import Image
 
-from components import ingest as ingest_module
-from components import snapshot as snapshot_module
+from components.data import ingest as ingest_module
+from components.data import snapshot as snapshot_module
+from components.data.ingest import ingest, read_labels
+from components.data.snapshot import Store
 from components.errors import SourceError
-from components.ingest import ingest, read_labels
-from components.snapshot import Store
 
 
 def write(path: Path, data: bytes) -> Path:

@@ -20,12 +20,12 @@ from active_learning.labelstudio import LabelingProject, config_labels
 from active_learning.loop import commit_labels, offered_labels, pull_labels, push_queued, select_posts
 from active_learning.queue import LabelQueue
 from active_learning.strategies import SelectionConfig
+from components.data.ingest import ingest, read_labels
+from components.data.snapshot import Store
 from components.errors import LabelingError
-from components.ingest import ingest, read_labels
-from components.model import TaggerSpec, build_tagger
-from components.predict import Predictor
-from components.preprocess import Preprocessing
-from components.snapshot import Store
+from components.model.predict import Predictor
+from components.model.preprocess import Preprocessing
+from components.model.tagger import TaggerSpec, build_tagger
 from infra.labelstudio import LocalLabelStudio
 from tests.conftest import SMALL_FEED, free_port
 

@@ -11,11 +11,11 @@ import torch
 import torchvision
 from PIL import Image
 
-from components.data import SplitShares, reservoir_sample
 from components.errors import ConfigError
-from components.model import TaggerSpec, build_tagger, extend_labels, load_tagger, save_tagger
-from components.predict import Predictor
-from components.preprocess import Preprocessing
+from components.model.datasets import SplitShares, reservoir_sample
+from components.model.predict import Predictor
+from components.model.preprocess import Preprocessing
+from components.model.tagger import TaggerSpec, build_tagger, extend_labels, load_tagger, save_tagger
 
 SMALL = Preprocessing(image_size=32, resize=36)
 LABELS = ("cars", "food", "pets")

@@ -24,21 +24,22 @@ import psutil
 import pytest
 import yaml
 
-from components.batches import read_batch, write_batch
+from components.data.batches import read_batch, write_batch
+from components.data.ingest import check_source, commit_checked, ingest, read_labels
+from components.data.snapshot import Snapshot, Store
+from components.data.sources import read_source
 from components.errors import ConfigError
-from components.evaluate import Evaluation, Outcomes, score, stability
-from components.gate import PromotionGate
-from components.ingest import check_source, commit_checked, ingest, read_labels
-from components.registry import CHALLENGER, CHAMPION
+from components.model.evaluate import Evaluation, Outcomes, score, stability
+from components.model.gate import PromotionGate
+from components.model.registry import CHALLENGER, CHAMPION
 from components.simulator.feed import FeedSpec, simulate
 from components.simulator.trends import NewClass
-from components.snapshot import Snapshot, Store
-from components.sources import read_source
 from pipelines import steps
 from pipelines.components import StepOptions, configure
 from pipelines.runner import LocalRun, PipelineError, compile_all, pipeline_arguments, run_local
 from pipelines.steps import READS
 from tests.conftest import SMALL_FEED, free_port
+from trendloop import wiring
 from trendloop.cli import main
 from trendloop.settings import Settings, load_settings, settings_for_step
 
@@ -338,7 +339,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Story:
     finally:
         stop.set()
         killer.join()
-    registry = loop.settings.open_registry()
+    registry = wiring.open_registry(loop.settings)
     after_kill = {
         "head": loop.store.head(),
         "ingests": len(list((loop.store.root / "ingests").glob("*.json"))),
@@ -374,7 +375,7 @@ def test_a_step_killed_midway_leaves_nothing_half_written_and_the_rerun_reuses_f
     # the snapshot step's input, HEAD, moved when it committed: it ran again and found nothing new
     assert story.seed_head.id == head.id
     assert again.output == 1
-    registry = loop.settings.open_registry()
+    registry = wiring.open_registry(loop.settings)
     version = registry.client.get_model_version(registry.model_name, "1")
     assert version.run_id == killed_run  # training resumed the interrupted run rather than starting over
     run = registry.client.get_run(killed_run)
@@ -398,7 +399,7 @@ def test_an_unlabelled_day_is_ingested_and_no_retrain_is_due(story: Story):
 
 def test_labels_for_that_day_make_a_retrain_due_and_register_a_challenger(story: Story):
     run, before, loop = story.labelled, story.before_labels, story.loop
-    registry = loop.settings.open_registry()
+    registry = wiring.open_registry(loop.settings)
     assert run.output == 2 and registry.placed(2) == CHALLENGER
     head = loop.store.load(registry.snapshot_of(2))
     assert head.parent == before.id and head.posts == before.posts and head.labelled > before.labelled + 30
@@ -419,7 +420,7 @@ def test_labels_for_that_day_make_a_retrain_due_and_register_a_challenger(story:
 def test_a_refused_candidate_keeps_its_run_and_verdict_and_is_never_registered_or_aliased(story: Story):
     run, loop = story.refused, story.loop
     assert run.output == 0 and "hold" in run.tasks and "register" not in run.tasks
-    registry = loop.settings.open_registry()
+    registry = wiring.open_registry(loop.settings)
     assert [v.version for v in registry.versions()] == [2, 1]
     assert (registry.alias(CHAMPION), registry.alias(CHALLENGER)) == (1, 2)
     [refused] = registry.client.search_runs([registry.experiment_id()], "tags.gate = 'failed'")
@@ -448,8 +449,8 @@ def test_the_cli_reaches_the_same_verdicts_and_aliases_as_the_pipelines_on_the_s
     cli("ingest", feed, "--since", loop.day(SEED_DAYS), "--until", loop.day(SEED_DAYS + 1))
     cli("ingest", feed, "--since", loop.day(SEED_DAYS), "--until", loop.day(SEED_DAYS + 1), "--labels", labels)
     cli("train")
-    ours = load_settings(config).open_registry()
-    theirs = loop.settings.open_registry()
+    ours = wiring.open_registry(load_settings(config))
+    theirs = wiring.open_registry(loop.settings)
     assert Store(load_settings(config).store_dir).head().id == theirs.snapshot_of(2)  # the same inputs
     for version in ("1", "2"):
         mine = ours.client.get_model_version(ours.model_name, version)

@@ -1,6 +1,6 @@
 """MLflow for real (SQLite tracking and registry in a temporary folder): runs, verdicts, versions, aliases, loading.
 
-The retrain use-case (``components.workflow.retrain``) end to end: a candidate is a run
+The retrain use-case (``components.model.retrain.retrain``) end to end: a candidate is a run
 until the gate passes it; the first that passes is the champion, later ones challengers;
 a refused one keeps its run and verdict and never becomes a version.
 """
@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from components.gate import PromotionGate
-from components.ingest import ingest, read_labels
-from components.predict import Predictor
-from components.preprocess import Preprocessing
-from components.registry import CHALLENGER, CHAMPION, PLACED_TAG, Registry, RegistryError
-from components.snapshot import Store
-from components.train_config import TrainConfig
-from components.workflow import Retrained, register_candidate, retrain, train_candidate
+from components.data.ingest import ingest, read_labels
+from components.data.snapshot import Store
+from components.model.gate import PromotionGate
+from components.model.predict import Predictor
+from components.model.preprocess import Preprocessing
+from components.model.registry import CHALLENGER, CHAMPION, PLACED_TAG, Registry, RegistryError
+from components.model.retrain import Retrained, register_candidate, retrain, train_candidate
+from components.model.train_config import TrainConfig
 
 # the input size these tests' margins were measured with (the default [train] preprocessing is larger)
 SMALL = Preprocessing(image_size=32, resize=36)

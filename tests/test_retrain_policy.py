@@ -15,15 +15,15 @@ import torch
 
 from active_learning.loop import check_labels, commit_labels
 from active_learning.queue import Decision, LabelQueue
-from components.drift import DriftVerdict, Signal
-from components.ingest import ingest, read_labels, relabel
-from components.model import TaggerSpec, build_tagger, save_tagger
-from components.monitor import retrain_plan
-from components.predlog import PredictionLog
-from components.preprocess import Preprocessing
-from components.registry import CHALLENGER, CHAMPION, Registry
-from components.snapshot import Store
-from components.triggers import LABELS, RetrainPolicy, TriggerContext
+from components.data.ingest import ingest, read_labels, relabel
+from components.data.predlog import PredictionLog
+from components.data.snapshot import Store
+from components.model.preprocess import Preprocessing
+from components.model.registry import CHALLENGER, CHAMPION, Registry
+from components.model.tagger import TaggerSpec, build_tagger, save_tagger
+from components.monitor.checks import retrain_plan
+from components.monitor.drift import DriftVerdict, Signal
+from components.monitor.triggers import LABELS, RetrainPolicy, TriggerContext
 from tests.conftest import SMALL_FEED
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
-from components.predlog import PredictionLog
+from components.data.predlog import PredictionLog
 from serving import control
 from serving.control import Serving
 from serving.eventlog import FeedbackLog
@@ -28,6 +28,7 @@ from serving.experiment import CHALLENGER, CHAMPION, assign_arm
 from serving.traffic import Audience, drive, plain_posts
 from tests.conftest import free_port
 from tests.models import register_untrained
+from trendloop import wiring
 from trendloop.settings import Settings
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -58,11 +59,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings,
         },
         ab={"min_users_per_arm": 20},
     )
-    s = settings.serving_control()
+    s = wiring.serving_control(settings)
     champion = register_untrained(s.registry, seed=1)
     s.registry.promote(champion)
     s.registry.set_challenger(register_untrained(s.registry, seed=2))
-    ray = settings.local_ray()
+    ray = wiring.local_ray(settings)
     ray.up()
     try:
         control.up(s, timeout=600)

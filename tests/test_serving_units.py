@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from components.model import TaggerSpec, build_tagger
-from components.predict import Predictor
-from components.predlog import PREDICTION_SCHEMA, PredictionLog, served
-from components.preprocess import Preprocessing
-from components.validate import Rejection
+from components.data.predlog import PREDICTION_SCHEMA, PredictionLog, served
+from components.data.validate import Rejection
+from components.model.predict import Predictor
+from components.model.preprocess import Preprocessing
+from components.model.tagger import TaggerSpec, build_tagger
 from serving import control
 from serving.control import Serving
 from serving.deploy import ServingError
@@ -39,6 +39,7 @@ from serving.router import Refused, RequestBook, Router, Traffic
 from serving.tagging import ArmModel, ModelNotLoaded, PostContext
 from tests.conftest import free_port
 from tests.models import register_untrained
+from trendloop import wiring
 from trendloop.settings import Settings
 
 USERS = [f"u{i}" for i in range(20_000)]
@@ -290,7 +291,7 @@ def test_decide_applies_the_declared_rule_to_the_registry(
     tmp_path: Path, lift: float, verdict: str, champion_after: str
 ) -> None:
     settings = Settings(home=tmp_path, serving={"ray_ports": {"dashboard": free_port()}})  # no Ray: nothing to follow
-    s = settings.serving_control()
+    s = wiring.serving_control(settings)
     champion, challenger = register_untrained(s.registry, 1), register_untrained(s.registry, 2)
     s.registry.promote(champion)
     s.registry.set_challenger(challenger)
@@ -361,7 +362,7 @@ def test_an_arm_on_the_wrong_version_or_failing_is_kept_out_of_the_test(tmp_path
 
 def test_repeated_feedback_on_one_request_counts_once(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, serving={"ray_ports": {"dashboard": free_port()}})
-    s = settings.serving_control()
+    s = wiring.serving_control(settings)
     s.registry.promote(register_untrained(s.registry, 1))
     s.registry.set_challenger(register_untrained(s.registry, 2))
     experiment = control.align_experiment(s)

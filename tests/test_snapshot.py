@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from components.data.ingest import ingest
+from components.data.posts import SNAPSHOT_SCHEMA
+from components.data.snapshot import Store, content_id
 from components.errors import SnapshotError
-from components.ingest import ingest
-from components.posts import SNAPSHOT_SCHEMA
-from components.snapshot import Store, content_id
 
 
 def post(post_id: str, label: str | None = None, sha: str = "ab" * 32) -> dict:

@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.evaluate import OLD_CLASSES, Evaluation
-from components.gate import PromotionGate
-from components.ingest import ingest, read_labels
-from components.predict import Predictor
-from components.preprocess import Preprocessing
+from components.data.ingest import ingest, read_labels
+from components.data.snapshot import Snapshot, Store
+from components.model.evaluate import OLD_CLASSES, Evaluation
+from components.model.gate import PromotionGate
+from components.model.predict import Predictor
+from components.model.preprocess import Preprocessing
+from components.model.retrain import EvaluationSet, evaluate_model
+from components.model.train import Base, TrainConfig, train
 from components.simulator.feed import FeedSpec, simulate
 from components.simulator.trends import NewClass
-from components.snapshot import Snapshot, Store
-from components.train import Base, TrainConfig, train
-from components.workflow import EvaluationSet, evaluate_model
 
 # the input size these tests' margins were measured with (the default [train] preprocessing is larger)
 SMALL = Preprocessing(image_size=32, resize=36)

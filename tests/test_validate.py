@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from components.validate import CleanImage, ImageLimits, Rejection, pixel_hash, validate_image
+from components.data.validate import CleanImage, ImageLimits, Rejection, pixel_hash, validate_image
 
 
 def clean(data: bytes, **limits) -> CleanImage:

@@ -14,8 +14,8 @@ import typer
 from rich.markup import escape
 
 from components.errors import ConfigError, LabelingError, SnapshotError, TrendloopError
-from components.posts import parse_time
-from trendloop import render
+from trendloop import render, wiring
+from trendloop.arguments import parse_time
 from trendloop.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -147,9 +147,9 @@ def ingest(
     workers: Annotated[int | None, typer.Option(min=1, help="Validation processes (default: settings).")] = None,
 ) -> None:
     """Validate, normalise and deduplicate posts, quarantine bad files, and commit a snapshot."""
-    from components.ingest import ingest as ingest_source
-    from components.ingest import read_labels
-    from components.snapshot import Store
+    from components.data.ingest import ingest as ingest_source
+    from components.data.ingest import read_labels
+    from components.data.snapshot import Store
 
     settings = _settings(ctx)
     window = parse_time(since, "--since"), parse_time(until, "--until")
@@ -174,20 +174,20 @@ def ingest(
 
 def _sync_features(settings: Settings) -> None:
     """Write the offline feature store from HEAD and the champion's batch predictions."""
-    from components.snapshot import Store
+    from components.data.snapshot import Store
 
     head = Store(settings.store_dir).head()
     if head is None:
         return
     with render.console.status("writing features (Feast offline store)"):
-        report = settings.sync_features(head)
+        report = wiring.sync_features(settings, head)
     render.console.print(f"features: {render.sync_text(report)}")
 
 
 @snapshot_app.command("list")
 def snapshot_list(ctx: typer.Context) -> None:
     """Every snapshot, oldest first; HEAD is marked."""
-    from components.snapshot import Store
+    from components.data.snapshot import Store
 
     store = Store(_settings(ctx).store_dir)
     head = store.head()
@@ -199,7 +199,7 @@ def snapshot_show(
     ctx: typer.Context, ref: Annotated[str, typer.Argument(help="HEAD, HEAD~N, an id or id prefix.")] = "HEAD"
 ) -> None:
     """One snapshot: parent, sources, label counts, manifest path."""
-    from components.snapshot import Store
+    from components.data.snapshot import Store
 
     render.console.print(render.snapshot_table(Store(_settings(ctx).store_dir).resolve(ref)))
 
@@ -207,7 +207,7 @@ def snapshot_show(
 @snapshot_app.command("diff")
 def snapshot_diff(ctx: typer.Context, old: str = typer.Argument("HEAD~1"), new: str = typer.Argument("HEAD")) -> None:
     """What changed between two snapshots: posts added and removed, labels changed."""
-    from components.snapshot import Store
+    from components.data.snapshot import Store
 
     store = Store(_settings(ctx).store_dir)
     render.console.print(render.diff_table(store.diff(store.resolve(old), store.resolve(new))))
@@ -220,7 +220,7 @@ def snapshot_verify(
     images: Annotated[bool, typer.Option(help="Also re-hash every image (slower).")] = True,
 ) -> None:
     """Check a snapshot still matches its content hash and every image its pixel hash."""
-    from components.snapshot import Store
+    from components.data.snapshot import Store
 
     store = Store(_settings(ctx).store_dir)
     snap = store.resolve(ref)
@@ -259,9 +259,9 @@ def train(
     fusion tagger (--side) reads its features from the feature store, as they were when
     each post was made; run `trendloop features sync` first if ingest does not.
     """
-    from components.snapshot import Store
-    from components.train_config import TrainConfig
-    from components.workflow import retrain
+    from components.data.snapshot import Store
+    from components.model.retrain import retrain
+    from components.model.train_config import TrainConfig
 
     settings = _settings(ctx)
     groups = None if side is None else [g.strip() for g in side.split(",") if g.strip() and g.strip() != "none"]
@@ -270,11 +270,11 @@ def train(
     config = TrainConfig.model_validate(settings.train.model_dump() | overrides)  # validates the overrides
     store = Store(settings.store_dir)
     snap = store.resolve(snapshot)
-    registry = settings.open_registry()
+    registry = wiring.open_registry(settings)
     with render.training_progress(config.epochs) as progress:
         done = retrain(
             store, snap, config, settings.gate, registry, settings.runs_dir, mode, progress.step, progress.epoch,
-            lambda version, candidate: settings.open_features().register_model(
+            lambda version, candidate: wiring.open_features(settings).register_model(
                 version, snap.id, candidate.feature_refs
             ),
         )  # fmt: skip
@@ -310,12 +310,12 @@ def evaluate(
     A report only: registered versions passed the gate when they were registered, and
     nothing here moves an alias.
     """
-    from components.snapshot import Store
-    from components.workflow import review
+    from components.data.snapshot import Store
+    from components.model.retrain import review
 
     settings = _settings(ctx)
     store = Store(settings.store_dir)
-    registry = settings.open_registry()
+    registry = wiring.open_registry(settings)
     number = registry.version_of(version)
     found = review(
         store, store.resolve(snapshot), registry, registry.load_predictor(number), f"{registry.model_name}/{number}",
@@ -331,7 +331,7 @@ def evaluate(
 @model_app.command("list")
 def model_list(ctx: typer.Context) -> None:
     """Every version, newest first, with its aliases, snapshot, labels and gate verdict."""
-    registry = _settings(ctx).open_registry()
+    registry = wiring.open_registry(_settings(ctx))
     render.console.print(render.versions_table(registry.model_name, registry.versions()))
 
 
@@ -342,7 +342,7 @@ def model_promote(
     force: Annotated[bool, typer.Option(help="Promote even without a passed gate.")] = False,
 ) -> None:
     """Make a version the champion (it must have passed the gate when it was registered)."""
-    registry = _settings(ctx).open_registry()
+    registry = wiring.open_registry(_settings(ctx))
     number = registry.version_of(version)
     previous = registry.promote(number, force=force)
     was = f" (was version {previous})" if previous is not None and previous != number else ""
@@ -352,7 +352,7 @@ def model_promote(
 @model_app.command("rollback")
 def model_rollback(ctx: typer.Context) -> None:
     """Give @champion back to the previous champion."""
-    registry = _settings(ctx).open_registry()
+    registry = wiring.open_registry(_settings(ctx))
     current, previous = registry.rollback()
     render.console.print(f"{registry.model_name}@champion is version {previous} again (was version {current})")
 
@@ -383,9 +383,9 @@ def drift_check(
     """
     from datetime import UTC, datetime, timedelta
 
-    from components.monitor import check_drift, log_check, newest_days, retrain_plan
-    from components.predlog import PredictionLog
-    from components.snapshot import Store
+    from components.data.predlog import PredictionLog
+    from components.data.snapshot import Store
+    from components.monitor.checks import check_drift, log_check, newest_days, retrain_plan
 
     settings = _settings(ctx)
     store = Store(settings.store_dir)
@@ -393,7 +393,7 @@ def drift_check(
     end = parse_time(until, "--until")
     default = (end or datetime.now(UTC)) - timedelta(days=days) if served else newest_days(snap, days)
     start = parse_time(since, "--since") or default
-    registry, log = settings.open_registry(), PredictionLog(settings.predictions_dir)
+    registry, log = wiring.open_registry(settings), PredictionLog(settings.predictions_dir)
     with render.console.status("checking drift"):
         check = check_drift(
             store, snap, registry, log, settings.checks_dir, start, end, settings.drift, settings.emerging, version,
@@ -415,7 +415,7 @@ def services_up(ctx: typer.Context) -> None:
     settings = _settings(ctx)
     if settings.labelstudio.url is not None:
         raise ConfigError(f"labelstudio.url is set: trendloop uses {settings.labelstudio.url} and starts nothing")
-    server = settings.label_studio_server()
+    server = wiring.label_studio_server(settings)
     with render.console.status(f"starting Label Studio {server.version} on {server.url}"):
         status = server.up(settings.labelstudio.start_timeout)
     render.console.print(render.service_line("label-studio", status, server))
@@ -436,7 +436,7 @@ def services_prepare(ctx: typer.Context) -> None:
 @services_app.command("down")
 def services_down(ctx: typer.Context) -> None:
     """Stop the embedded Label Studio; its data stays under <home>/services."""
-    server = _settings(ctx).label_studio_server()
+    server = wiring.label_studio_server(_settings(ctx))
     render.console.print("label-studio stopped" if server.down() else "label-studio was not running")
 
 
@@ -453,7 +453,7 @@ def _embedded_label_studio(settings: Settings) -> LocalLabelStudio | None:
     if settings.labelstudio.url is not None:
         render.console.print(f"label-studio: shared server {settings.labelstudio.url} (not managed here)")
         return None
-    return settings.label_studio_server()
+    return wiring.label_studio_server(settings)
 
 
 @serve_app.command("up")
@@ -462,9 +462,9 @@ def serve_up(ctx: typer.Context) -> None:
     from serving import control
 
     settings = _settings(ctx)
-    s = settings.serving_control()
+    s = wiring.serving_control(settings)
     with render.console.status("starting Ray on 127.0.0.1 unless serving.ray_dashboard names a cluster"):
-        settings.ensure_ray()
+        wiring.ensure_ray(settings)
     with render.console.status("deploying the serving app (replicas load their models)"):
         experiment = control.up(s, settings.serving.start_timeout)
     url = settings.serving.url
@@ -476,14 +476,14 @@ def serve_up(ctx: typer.Context) -> None:
 def serve_down(ctx: typer.Context) -> None:
     """Stop the serving app (replicas finish their requests and write their logs), then the local Ray head."""
     settings = _settings(ctx)
-    admin = settings.serve_admin()
+    admin = wiring.serve_admin(settings)
     if admin.reachable():
         with render.console.status("stopping the serving app"):
             admin.shutdown()
             admin.wait_gone()
         render.console.print("serving app stopped")
     if settings.serving.ray_dashboard is None:
-        render.console.print("local Ray stopped" if settings.local_ray().down() else "local Ray was not running")
+        render.console.print("local Ray stopped" if wiring.local_ray(settings).down() else "local Ray was not running")
 
 
 @serve_app.command("status")
@@ -492,7 +492,7 @@ def serve_status(ctx: typer.Context) -> None:
     from serving.experiment import Experiments
 
     settings = _settings(ctx)
-    admin = settings.serve_admin()
+    admin = wiring.serve_admin(settings)
     if not admin.reachable():
         render.console.print(f"serving: stopped (no Ray dashboard at {admin.url})")
         return
@@ -508,7 +508,7 @@ def serve_config_cmd(
     """The Serve config for the current aliases: what `serve up` applies, and a RayService's serveConfigV2."""
     from serving import control
 
-    s = _settings(ctx).serving_control()
+    s = wiring.serving_control(_settings(ctx))
     wanted = control.versions(s.registry)
     config = s.config_for(wanted, control.traffic_of(s.experiments.current(), wanted["champion"]))
     text = json.dumps(config, indent=2)
@@ -524,7 +524,7 @@ def ab_status(ctx: typer.Context) -> None:
     """The running test in plain words: verdict, arms, lift with its interval, SRM and guardrails."""
     from serving import control
 
-    s = _settings(ctx).serving_control()
+    s = wiring.serving_control(_settings(ctx))
     render.console.print(render.ab_summary(control.report(s)))
 
 
@@ -537,7 +537,7 @@ def ab_report_cmd(
     from serving import control
     from serving.dashboard import render_dashboard
 
-    s = _settings(ctx).serving_control()
+    s = wiring.serving_control(_settings(ctx))
     found = control.report(s)
     print(json.dumps(found, indent=2))
     if html is not None:
@@ -552,7 +552,7 @@ def ab_decide(
     """Apply the decision rule the test declared when it started; with --apply, act on it."""
     from serving import control
 
-    s = _settings(ctx).serving_control()
+    s = wiring.serving_control(_settings(ctx))
     outcome = control.decide(s, apply)
     render.console.print(render.ab_summary(outcome.report))
     if apply:
@@ -567,7 +567,7 @@ def ab_split(
     """Change the challenger's share of users, live. A new test phase starts (same salt: users only move one way)."""
     from serving import control
 
-    s = _settings(ctx).serving_control()
+    s = wiring.serving_control(_settings(ctx))
     experiment = control.follow(s, split=share, note=f"split changed to {share}")
     render.console.print(render.experiment_line(experiment))
 
@@ -579,7 +579,7 @@ def ab_promote(
     """Make the challenger the champion now, whatever the test says; serving follows without a restart."""
     from serving import control
 
-    version, experiment = control.promote(_settings(ctx).serving_control(), force)
+    version, experiment = control.promote(wiring.serving_control(_settings(ctx)), force)
     render.console.print(f"@champion is version {version}")
     render.console.print(render.experiment_line(experiment))
 
@@ -589,17 +589,17 @@ def ab_rollback(ctx: typer.Context) -> None:
     """Give @champion back to the previous champion; serving follows without a restart."""
     from serving import control
 
-    current, previous, experiment = control.rollback(_settings(ctx).serving_control())
+    current, previous, experiment = control.rollback(wiring.serving_control(_settings(ctx)))
     render.console.print(f"@champion is version {previous} again (was version {current})")
     render.console.print(render.experiment_line(experiment))
 
 
 def _labeling(settings: Settings) -> tuple[LabelingProject, LabelQueue]:
-    if settings.labelstudio.url is None and not settings.label_studio_server().status().running:
+    if settings.labelstudio.url is None and not wiring.label_studio_server(settings).status().running:
         raise LabelingError(
             "the embedded Label Studio is not running: start it with `trendloop services up` (queued posts stay queued)"
         )
-    return settings.labeling_project(), settings.label_queue()
+    return wiring.labeling_project(settings), wiring.label_queue(settings)
 
 
 @label_app.command("select")
@@ -618,15 +618,15 @@ def label_select(
     """Score HEAD's unlabelled posts with the model and queue the most informative for annotators."""
     from active_learning.loop import select_posts
     from active_learning.strategies import SelectionConfig
-    from components.snapshot import Store
+    from components.data.snapshot import Store
 
     settings = _settings(ctx)
     config = settings.active_learning
     if strategy is not None:
         config = SelectionConfig.model_validate({**config.model_dump(), "strategy": strategy})
-    store, registry = Store(settings.store_dir), settings.open_registry()
+    store, registry = Store(settings.store_dir), wiring.open_registry(settings)
     number = registry.version_of(version)
-    queue = settings.label_queue()
+    queue = wiring.label_queue(settings)
     with render.console.status("scoring unlabelled posts"):
         report = select_posts(
             store,
@@ -646,13 +646,13 @@ def label_select(
 def label_push(ctx: typer.Context) -> None:
     """Send queued posts to Label Studio as pre-annotated tasks; what fails stays queued."""
     from active_learning.loop import known_labels, offered_labels, push_queued
-    from components.snapshot import Store
+    from components.data.snapshot import Store
 
     settings = _settings(ctx)
     project, queue = _labeling(settings)
     ls = settings.labelstudio
     store = Store(settings.store_dir)
-    labels = offered_labels(store, known_labels(store, settings.open_registry()))
+    labels = offered_labels(store, known_labels(store, wiring.open_registry(settings)))
     report = push_queued(
         queue, project, labels, image_url=ls.image_url, overlap=ls.overlap, local_files=settings.local_files()
     )
@@ -668,7 +668,7 @@ def label_annotate(
 ) -> None:
     """Simulated annotators label the open tasks in Label Studio from the simulator's ground truth."""
     from active_learning.annotators import annotate as annotate_tasks
-    from components.ingest import read_labels
+    from components.data.ingest import read_labels
 
     settings = _settings(ctx)
     truth = read_labels((feed or settings.feed_dir) / "oracle" / "labels")
@@ -691,12 +691,14 @@ def label_pull(
     HEAD, and the annotators agreed at least `[labelstudio] min_agreement`.
     """
     from active_learning.loop import check_labels, commit_labels, known_labels, pull_labels
-    from components.snapshot import Store
+    from components.data.snapshot import Store
 
     settings = _settings(ctx)
     project, queue = _labeling(settings)
     store = Store(settings.store_dir)
-    report = pull_labels(queue, project, known_labels(store, settings.open_registry()), settings.labelstudio.min_votes)
+    report = pull_labels(
+        queue, project, known_labels(store, wiring.open_registry(settings)), settings.labelstudio.min_votes
+    )
     render.console.print(render.pull_table(report))
     if commit:
         head = store.head()
@@ -714,7 +716,7 @@ def label_pull(
 def features_apply(ctx: typer.Context) -> None:
     """Register the feature repository's entities and views (model versions' services are kept)."""
     settings = _settings(ctx)
-    features = settings.open_features()
+    features = wiring.open_features(settings)
     views = sorted(v.name for v in features.store.list_feature_views())
     render.console.print(f"applied {len(views)} feature views to {settings.features_dir}: {', '.join(views)}")
 
@@ -732,7 +734,7 @@ def features_materialize(
     view: Annotated[list[str] | None, typer.Option(help="Only this feature view (repeatable).")] = None,
 ) -> None:
     """Fill the online store from the offline one, each view from where its last run stopped."""
-    features = _settings(ctx).open_features()
+    features = wiring.open_features(_settings(ctx))
     done = features.materialize(parse_time(end, "--end"), view)
     render.console.print(f"materialized {', '.join(done)}")
 
@@ -748,20 +750,20 @@ def features_get(
     service: Annotated[str | None, typer.Option(help="A feature service instead, e.g. tagger_v3.")] = None,
 ) -> None:
     """Read features from the online store, as serving does."""
-    from components.features import SUMMARY_FEATURES
+    from components.features.store import SUMMARY_FEATURES
 
     rows = {k: v for k, v in {"post_id": post or [], "user_id": user or []}.items() if v}
     if not rows:
         raise ConfigError("name at least one --post or --user")
     wanted = service or feature or [f for key in rows for f in SUMMARY_FEATURES[key]]
-    table = _settings(ctx).open_features().online(wanted, rows)
+    table = wiring.open_features(_settings(ctx)).online(wanted, rows)
     render.console.print(table.to_string(index=False))
 
 
 @features_app.command("services")
 def features_services(ctx: typer.Context) -> None:
     """The feature services: one per model version, naming the features it was trained with."""
-    features = _settings(ctx).open_features()
+    features = wiring.open_features(_settings(ctx))
     for name in features.services():
         refs = features.service_features(name) or []
         render.console.print(f"{name}: {', '.join(refs) if refs else '(no stored features: image only)'}")
@@ -770,7 +772,7 @@ def features_services(ctx: typer.Context) -> None:
 @label_app.command("status")
 def label_status(ctx: typer.Context) -> None:
     """How many posts are queued, in Label Studio, annotated, decided and committed."""
-    queue = _settings(ctx).label_queue()
+    queue = wiring.label_queue(_settings(ctx))
     render.console.print(render.queue_table(queue.counts()))
 
 
@@ -783,7 +785,7 @@ def mlflow_ui(
     settings = _settings(ctx)
     if settings.registry.tracking_uri is not None:
         raise ConfigError(f"the tracking server is remote: open {settings.registry.tracking_uri}")
-    settings.open_registry().experiment_id()  # creates the database and experiment on a fresh home
+    wiring.open_registry(settings).experiment_id()  # creates the database and experiment on a fresh home
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     render.err_console.print(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)")

@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from components.errors import ConfigError, TrendloopError
-from trendloop import render
+from trendloop import render, wiring
 
 if TYPE_CHECKING:
-    from components.gate import Verdict
+    from components.model.gate import Verdict
     from components.simulator.feed import FeedSpec
     from pipelines.runner import LocalRun
     from serving.control import Serving
@@ -108,7 +108,7 @@ class Loop:
     """The main job's handles: settings, the feed, the pipelines and the serving app."""
 
     def __init__(self, settings: Settings, spec: FeedSpec, log: Path):
-        from components.snapshot import Store
+        from components.data.snapshot import Store
 
         self.settings, self.spec, self.log = settings, spec, log
         self.feed = settings.feed_dir
@@ -140,7 +140,7 @@ class Loop:
         return run
 
     def serving(self) -> Serving:
-        return self.settings.serving_control()
+        return wiring.serving_control(self.settings)
 
     def views(self, posts: list[FeedPost], audience: Audience, requests: int, seed: int) -> DriveStats:
         """Viewers open ``posts`` through the app; returns what they saw (their feedback is logged by the app)."""
@@ -229,7 +229,7 @@ def _run(settings: Settings, size: DemoSize, log: Path) -> Outcome:
     from serving import control
 
     with console.status("starting Ray on 127.0.0.1 unless serving.ray_dashboard names a cluster"):
-        settings.ensure_ray()
+        wiring.ensure_ray(settings)
     with console.status("deploying the serving app (replicas load their models)"):
         control.up(s, settings.serving.start_timeout)
     console.print(f"serving on {settings.serving.url}; the A/B dashboard at {settings.serving.url}/ab")
@@ -303,11 +303,11 @@ def _run(settings: Settings, size: DemoSize, log: Path) -> Outcome:
 def _label_and_retrain(loop: Loop, day: int, timeline: Timeline) -> int | None:
     """Annotators label the batch in Label Studio; label_sync commits and retrains. Returns the new challenger."""
     from active_learning.annotators import annotate
-    from components.ingest import read_labels
+    from components.data.ingest import read_labels
 
     settings = loop.settings
     render.console.rule(f"[bold]day {day}: annotators label in Label Studio; label_sync commits and retrains")
-    project = settings.labeling_project()
+    project = wiring.labeling_project(settings)
     with render.console.status("simulated annotators at work in Label Studio"):
         done = annotate(project, read_labels(loop.feed / "oracle" / "labels"), settings.annotators)
     timeline.add(
@@ -315,13 +315,13 @@ def _label_and_retrain(loop: Loop, day: int, timeline: Timeline) -> int | None:
         f"{done.wrong} wrong on purpose)",
     )  # fmt: skip
     run = loop.pipeline("label_sync", f"day {day}'s annotations")
-    counts = settings.label_queue().counts()
+    counts = wiring.label_queue(settings).counts()
     timeline.add(day, f"{counts['committed']} labels committed as a snapshot")
     if not run.output:
         if "gate" in run.tasks:
             render.console.print(render.verdict_text(_verdict(run)))
         return None
-    registry = settings.open_registry()
+    registry = wiring.open_registry(settings)
     timeline.add(day, f"version {run.output} registered as @challenger: {_verdict_line(registry, run.output)}")
     return int(run.output)
 
@@ -333,11 +333,11 @@ def _finish(loop: Loop, timeline: Timeline, outcome: Outcome) -> Outcome:
     settings, console = loop.settings, render.console
     trend = next((t for t in loop.spec.trends if isinstance(t, NewClass)), None)
     outcome.trend = trend.name if trend else None
-    outcome.labels_committed = settings.label_queue().counts()["committed"]
+    outcome.labels_committed = wiring.label_queue(settings).counts()["committed"]
     console.rule("[bold]6. what happened")
     console.print(render.timeline_table(timeline.events))
     if outcome.challenger is not None:
-        registry = settings.open_registry()
+        registry = wiring.open_registry(settings)
         console.print(render.comparison_table(registry.verdict_of(outcome.challenger), outcome.ab_traffic, trend))
     if outcome.report is not None:
         lift = outcome.report.get("lift") or {}
@@ -377,7 +377,7 @@ def _merged(seen: DriveStats | None, stats: DriveStats) -> DriveStats:
 
 def _verdict(run: LocalRun) -> Verdict:
     """The gate's verdict in a run of a pipeline that retrained."""
-    from components.gate import Verdict
+    from components.model.gate import Verdict
 
     return Verdict.from_dict(json.loads((run.folder / "gate" / "verdict").read_text()))
 
@@ -406,7 +406,7 @@ def _start_label_studio(settings: Settings) -> threading.Thread | None:
     shared Label Studio is configured (nothing to start)."""
     if settings.labelstudio.url is not None:
         return None
-    server = settings.label_studio_server()
+    server = wiring.label_studio_server(settings)
     server.check_port()
 
     def up() -> None:

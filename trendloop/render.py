@@ -24,18 +24,18 @@ from rich.table import Table
 if TYPE_CHECKING:  # what the tables show; imported by the code that makes it (the CLI's help stays light)
     from active_learning.labelstudio import LabelingProject
     from active_learning.loop import PullReport, PushReport, SelectReport
-    from components.drift import DriftVerdict
-    from components.emerging import EmergingCluster
-    from components.evaluate import Evaluation
-    from components.features import SyncReport
-    from components.gate import Verdict
-    from components.ingest import IngestReport, RelabelReport
-    from components.registry import VersionInfo
+    from components.data.ingest import IngestReport, RelabelReport
+    from components.data.snapshot import Snapshot, SnapshotDiff
+    from components.features.sync import SyncReport
+    from components.model.evaluate import Evaluation
+    from components.model.gate import Verdict
+    from components.model.registry import VersionInfo
+    from components.model.train import EpochStats, Step, TrainResult
+    from components.monitor.drift import DriftVerdict
+    from components.monitor.emerging import EmergingCluster
+    from components.monitor.triggers import Decision
     from components.simulator.feed import DayResult, FeedSpec
     from components.simulator.trends import NewClass
-    from components.snapshot import Snapshot, SnapshotDiff
-    from components.train import EpochStats, Step, TrainResult
-    from components.triggers import Decision
     from infra.labelstudio import LocalLabelStudio, ServerStatus
     from serving.experiment import Experiment
     from serving.traffic import DriveStats

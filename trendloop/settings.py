@@ -5,45 +5,36 @@ environment variables (``TRENDLOOP_HOME``, ``TRENDLOOP_INGEST__WORKERS=2``: a do
 underscore steps into a section), the config file, the defaults below. The file is
 ``--config PATH``, else ``$TRENDLOOP_CONFIG``, else ``./trendloop.toml`` if present;
 the embedded default needs none.
+
+This module is the schema: what can be configured, its defaults and its validation.
+What the settings open (the registry, the feature store, Label Studio, the serving app)
+is built in ``trendloop.wiring``.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from active_learning.annotators import AnnotatorsConfig
-from active_learning.queue import LabelQueue
 from active_learning.strategies import SelectionConfig
-from components.drift import DriftConfig
-from components.emerging import EmergingConfig
+from components.data.validate import ImageLimits
 from components.errors import ConfigError
-from components.gate import PromotionGate
+from components.model.gate import PromotionGate
+from components.model.train_config import TrainConfig
+from components.monitor.drift import DriftConfig
+from components.monitor.emerging import EmergingConfig
+from components.monitor.triggers import RetrainPolicy
 from components.simulator.feed import FeedSpec
-from components.train_config import TrainConfig
-from components.triggers import RetrainPolicy
-from components.validate import ImageLimits
-from infra.labelstudio import LocalLabelStudio
-from infra.ray import LocalRay, RayPorts
+from infra.ray import RayPorts
 from serving.abtest import DecisionRule
 from serving.deploy import ArmSpec, RouterSpec
-
-if TYPE_CHECKING:  # what the service builders return; imported where they are built (start-up stays light)
-    from collections.abc import Iterable
-
-    from active_learning.labelstudio import LabelingProject
-    from components.features import Features, SyncReport
-    from components.registry import Registry
-    from components.side import SideReader
-    from components.snapshot import Snapshot
-    from serving.control import Serving
-    from serving.deploy import ServeAdmin
-    from serving.router import Traffic
 
 DEFAULT_CONFIG = Path("trendloop.toml")
 
@@ -208,20 +199,6 @@ class Settings(BaseSettings):
         """Feast's repo path: where feature sources (and, embedded, its registry and online store) live."""
         return self.features.data_dir or self.home / "features"
 
-    def open_features(self) -> Features:
-        """The feature store, its definitions applied."""
-        from components.features import Features
-
-        features = Features.open(self.features_dir, self.features.config)
-        features.apply()
-        return features
-
-    def side_reader(self) -> SideReader:
-        """Side inputs of fusion taggers, from this feature store (opened on first use only)."""
-        from components.side import SideReader
-
-        return SideReader(self.open_features, self.features.device)
-
     @property
     def runs_dir(self) -> Path:
         """Training runs' checkpoints, keyed by what decides their result."""
@@ -242,26 +219,6 @@ class Settings(BaseSettings):
         """The labelling queue (queue.db): selected, pushed, annotated and decided posts."""
         return self.home / "labeling"
 
-    def label_queue(self) -> LabelQueue:
-        return LabelQueue(self.labeling_dir / "queue.db")
-
-    def label_studio_server(self) -> LocalLabelStudio:
-        """The embedded Label Studio: its state under <home>/services, images read from the store."""
-        ls = self.labelstudio
-        return LocalLabelStudio(self.home / "services" / "labelstudio", ls.port, ls.version, self.store_dir)
-
-    def labeling_project(self) -> LabelingProject:
-        """The Label Studio project of these settings: the shared server's, or the embedded one's."""
-        from active_learning.labelstudio import LabelingProject
-
-        ls = self.labelstudio
-        if ls.url is not None:
-            if ls.token is None:
-                raise ConfigError("labelstudio.url is set but labelstudio.token is not (TRENDLOOP_LABELSTUDIO__TOKEN)")
-            return LabelingProject(ls.url, ls.token, ls.project, ls.timeout)
-        server = self.label_studio_server()
-        return LabelingProject(server.url, server.credentials().token, ls.project, ls.timeout)
-
     def local_files(self) -> Path | None:
         """The folder Label Studio reads task images from, when it serves them from the store."""
         return (self.store_dir / "images").resolve() if self.labelstudio.serve_store else None
@@ -270,99 +227,10 @@ class Settings(BaseSettings):
     def tracking_uri(self) -> str:
         return self.registry.tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
 
-    def open_registry(self) -> Registry:
-        self.home.mkdir(parents=True, exist_ok=True)
-        from components.registry import Registry
-
-        embedded = self.registry.tracking_uri is None
-        return Registry(
-            tracking_uri=self.tracking_uri,
-            registry_uri=self.registry.registry_uri,
-            experiment=self.registry.experiment,
-            artifact_location=self.registry.artifact_location
-            or ((self.home / "mlartifacts").resolve().as_uri() if embedded else None),
-            model_name=self.registry.model_name,
-            cache_dir=self.home / "models",
-            side_reader=self.side_reader(),
-        )
-
     @property
     def serving_dir(self) -> Path:
         """Feedback log, experiment records and the local Ray head's state."""
         return self.home / "serving"
-
-    def local_ray(self) -> LocalRay:
-        sv = self.serving
-        return LocalRay(self.serving_dir / "ray", sv.ray_ports, sv.ray_cpus, sv.ray_gpus)
-
-    def ensure_ray(self) -> bool:
-        """Start the local Ray head unless one runs or a cluster is configured; returns whether it started."""
-        return self.serving.ray_dashboard is None and self.local_ray().up()
-
-    def serve_args(self) -> dict:
-        """The serving app's ``args``: where replicas find models and write logs (absolute paths)."""
-        reg = self.open_registry()
-        return {
-            "models": {
-                "registry": {
-                    "tracking_uri": reg.tracking_uri,
-                    "registry_uri": reg.registry_uri,
-                    "experiment": reg.experiment,
-                    "artifact_location": reg.artifact_location,
-                    "model_name": reg.model_name,
-                    "cache_dir": str(reg.cache_dir.resolve()),
-                }
-            },
-            "logs": {
-                "predictions": str(self.predictions_dir.resolve()),
-                "feedback": str((self.serving_dir / "feedback").resolve()),
-                "experiments": str((self.serving_dir / "experiments").resolve()),
-            },
-            "top_k": self.serving.top_k,
-            "threads": self.serving.threads,
-            "limits": {"max_bytes": self.serving.max_upload_bytes, "max_pixels": self.ingest.max_pixels},
-            "max_upload_bytes": self.serving.max_upload_bytes,
-            "flush_every_s": self.serving.flush_every_s,
-            "pre_days": self.serving.pre_days,
-            "features": {"data_dir": str(self.features_dir.resolve()), "config": self.features.config},
-            "cuped_covariate": self.serving.cuped_covariate,
-        }
-
-    def serve_admin(self) -> ServeAdmin:
-        """Ray Serve's REST API: the cluster's (serving.ray_dashboard) or the local head's."""
-        from serving.deploy import ServeAdmin
-
-        return ServeAdmin(self.serving.ray_dashboard or self.local_ray().dashboard_url)
-
-    def serving_control(self) -> Serving:
-        """The serving app of these settings: the cluster's (serving.ray_dashboard) or the local head's."""
-        from components.predlog import PredictionLog
-        from serving.control import Serving
-        from serving.deploy import serve_config
-        from serving.eventlog import FeedbackLog
-        from serving.experiment import Experiments
-        from serving.report import covariate_from
-
-        sv = self.serving
-        args = self.serve_args()
-        arms = {"champion": sv.champion, "challenger": sv.challenger}
-
-        def config_for(versions: dict[str, int | None], traffic: Traffic) -> dict:
-            return serve_config(args, versions, traffic, arms, sv.router, sv.host, sv.port, sv.route_prefix)
-
-        predictions, feedback = PredictionLog(self.predictions_dir), FeedbackLog(self.serving_dir / "feedback")
-        return Serving(
-            admin=self.serve_admin(),
-            registry=self.open_registry(),
-            experiments=Experiments(self.serving_dir / "experiments"),
-            config_for=config_for,
-            split=sv.split,
-            rule=self.ab,
-            predictions=predictions,
-            feedback=feedback,
-            pre_days=sv.pre_days,
-            covariate=covariate_from(sv.cuped_covariate, predictions, feedback, sv.pre_days, self.open_features),
-        )
 
     @property
     def pipeline_root(self) -> str:
@@ -392,13 +260,6 @@ class Settings(BaseSettings):
         if unknown:
             raise ConfigError(f"no settings section {sorted(unknown)[0]!r}")
         return self.model_dump_json(include={"home", *reads})
-
-    def sync_features(self, head: Snapshot) -> SyncReport:
-        """Write what the offline feature store lacks from ``head`` and the champion's logged predictions."""
-        from components.features import sync
-        from components.predlog import PredictionLog
-
-        return sync(self.open_features(), head, PredictionLog(self.predictions_dir), self.features.device)
 
     def pipeline_secrets(self) -> dict[str, str]:
         """The environment a local pipeline's steps need beside ``for_pipeline()``: the token, if one is set."""

@@ -31,8 +31,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from components.data.posts import ORACLE_SCHEMA, POST_SCHEMA
 from components.errors import ConfigError
-from components.posts import ORACLE_SCHEMA, POST_SCHEMA, write_atomic, write_rows, write_table
+from components.files import write_atomic, write_rows, write_table
 from components.simulator import scenes, social, trends, uploads
 from components.simulator.trends import NewClass, PriorShift, StyleShift, Trend
 

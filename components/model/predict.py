@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 from components.errors import ConfigError
-from components.model import Tagger, load_tagger
-from components.preprocess import Preprocessing
-from components.side import SideReader
+from components.features.side import SideReader
+from components.model.preprocess import Preprocessing
+from components.model.tagger import Tagger, load_tagger
 
 
 @dataclass(frozen=True)

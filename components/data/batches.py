@@ -2,7 +2,7 @@
 
 A pipeline passes this file from step to step: the ingest step writes the records a
 source offers, the validate step adds each image's outcome, the snapshot step
-commits them (``components.ingest.commit_checked``). The source's kind, URI and
+commits them (``components.data.ingest.commit_checked``). The source's kind, URI and
 skipped count travel in the file's schema metadata.
 """
 
@@ -14,11 +14,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from components.data.ingest import Checked, Outcome
+from components.data.posts import TIMESTAMP
+from components.data.sources import BadRecord, Candidate, Source
+from components.data.validate import Rejection
 from components.errors import SourceError
-from components.ingest import Checked, Outcome
-from components.posts import TIMESTAMP, write_table
-from components.sources import BadRecord, Candidate, Source
-from components.validate import Rejection
+from components.files import write_table
 
 RECORD_FIELDS = [
     ("post_id", pa.string()),  # a candidate's post id, or a bad record's position ("where")

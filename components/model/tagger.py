@@ -10,7 +10,7 @@ Every architecture exposes the penultimate layer as its embedding: the last
 ``nn.Linear`` of the torchvision model becomes the head, and everything before it
 is the backbone.
 
-A fusion tagger (``spec.side`` names feature groups, see ``components.side``) also
+A fusion tagger (``spec.side`` names feature groups, see ``components.features.side``) also
 reads a side vector of stored features. It goes through a small projection and is
 concatenated with the image embedding (late fusion); the head scores the
 concatenation, which is then the tagger's embedding::
@@ -33,9 +33,9 @@ import torchvision
 from torch import nn
 
 from components.errors import ConfigError
-from components.posts import write_atomic
-from components.preprocess import Preprocessing
-from components.side import check_side, side_columns
+from components.features.side import check_side, side_columns
+from components.files import write_atomic
+from components.model.preprocess import Preprocessing
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet18": torchvision.models.resnet18,
@@ -54,7 +54,7 @@ class TaggerSpec:
     arch: str
     labels: tuple[str, ...]  # head row i scores labels[i]
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
-    side: tuple[str, ...] = ()  # side input groups (components.side); () for an image-only tagger
+    side: tuple[str, ...] = ()  # side input groups (components.features.side); () for an image-only tagger
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -20,19 +20,19 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pyarrow.compute as pc
 
-from components.drift import DriftConfig, DriftVerdict, Window
-from components.emerging import EmergingCluster, EmergingConfig
+from components.data.predlog import PredictionLog, served
+from components.data.snapshot import Snapshot, Store
 from components.errors import DriftError, QuietWindow
-from components.posts import write_atomic
-from components.predlog import PredictionLog, served
-from components.registry import CHAMPION, Registry
-from components.snapshot import Snapshot, Store
-from components.triggers import LABELS, Decision, RetrainPolicy, TriggerContext
+from components.files import write_atomic
+from components.model.registry import CHAMPION, Registry
+from components.monitor.drift import DriftConfig, DriftVerdict, Window
+from components.monitor.emerging import EmergingCluster, EmergingConfig
+from components.monitor.triggers import LABELS, Decision, RetrainPolicy, TriggerContext
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from components.predict import Predictor
+    from components.model.predict import Predictor
 
 Traffic = Literal["served", "stored"]  # what a check reads: the app's requests, or stored posts scored offline
 
@@ -47,7 +47,7 @@ def reference_windows(
     so a reference of training posts would make every later window look drifted. The
     trained-on posts are what novelty is measured against, for reference and traffic alike.
     """
-    from components.data import labelled_posts  # noqa: PLC0415 - torch loads only where images are
+    from components.model.datasets import labelled_posts  # noqa: PLC0415 - torch loads only where images are
 
     posts = labelled_posts(store, snapshot)
     manifest = _manifest(snapshot)  # read once for both windows
@@ -63,7 +63,7 @@ def reference_windows(
 
 def predict_window(predictor: Predictor, posts: pd.DataFrame) -> Window:
     """Predict ``posts`` (post_id, user_id, created_at, hashtags, caption, path to the image) into a window."""
-    from components.data import decode_images  # noqa: PLC0415
+    from components.model.datasets import decode_images  # noqa: PLC0415
 
     out = predictor.predict_base(decode_images(posts.path.tolist(), predictor.preprocessing), posts)
     frame = posts.drop(columns="path").reset_index(drop=True).assign(predicted=out.predicted, confidence=out.confidence)
@@ -190,9 +190,9 @@ def check_drift(
     times of the requests); ``"stored"`` scores the snapshot's posts created in the window
     that the version has not predicted yet, logs them, and reads those.
     """
-    from components.drift import detect_drift  # noqa: PLC0415 - Evidently and scikit-learn load on use
-    from components.emerging import find_emerging  # noqa: PLC0415
-    from components.predlog import log_batch_predictions  # noqa: PLC0415
+    from components.monitor.batch import log_batch_predictions  # noqa: PLC0415
+    from components.monitor.drift import detect_drift  # noqa: PLC0415 - Evidently and scikit-learn load on use
+    from components.monitor.emerging import find_emerging  # noqa: PLC0415
 
     drift, emerging = drift or DriftConfig(), emerging or EmergingConfig()
     number = registry.version_of(version)

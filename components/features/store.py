@@ -26,22 +26,19 @@ import hashlib
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from components import captions
+from components.data.posts import TIMESTAMP
 from components.errors import ConfigError, FeatureError
-from components.posts import TIMESTAMP, write_table
-from components.predlog import PredictionLog
-from components.snapshot import Snapshot
+from components.files import write_table
 
 ROW = "__trendloop_row"  # the caller's row number, carried through Feast's join
 WINDOWS = (7, 28)  # days of the user profile's trailing windows
@@ -380,175 +377,3 @@ def _unset_variables(raw: object) -> list[str]:
     if isinstance(raw, str) and "${" in raw:
         return [raw[raw.index("${") + 2 : raw.index("}", raw.index("${"))]]
     return []
-
-
-# -- computing feature tables from the loop's data ----------------------------------------
-
-
-def engagement_rate(engaged: np.ndarray, views: np.ndarray) -> np.ndarray:
-    """(likes + comments + shares) / views, 0 where nothing was viewed."""
-    views = np.asarray(views, np.float64)
-    return np.where(views > 0, np.asarray(engaged, np.float64) / np.maximum(views, 1), 0.0).astype(np.float32)
-
-
-def post_meta(posts: pa.Table, ingested_at: datetime, device: str = "cpu") -> pa.Table:
-    """Caption, hashtag and engagement features of ``posts`` (snapshot or source rows)."""
-    frame = posts.select(["post_id", "created_at", "caption", "hashtags", "views", "likes", "comments", "shares"])
-    captions_ = frame.column("caption").to_pylist()
-    hashtags = frame.column("hashtags").to_pylist()
-    texts = [captions.caption_text(c, h) for c, h in zip(captions_, hashtags, strict=True)]
-    counts = {name: pc.fill_null(frame.column(name), 0) for name in ("views", "likes", "comments", "shares")}
-    engaged = pc.add(pc.add(counts["likes"], counts["comments"]), counts["shares"])
-    rate = engagement_rate(engaged.to_numpy(), counts["views"].to_numpy())
-    return pa.table(
-        {
-            "post_id": frame.column("post_id"),
-            "created_at": frame.column("created_at"),
-            "ingested_at": pa.array([ingested_at] * len(frame), TIMESTAMP),
-            "caption_length": pa.array([len(c or "") for c in captions_], pa.int64()),
-            "hashtag_count": pa.array([len(h or []) for h in hashtags], pa.int64()),
-            "hashtags": pa.array([list(h or []) for h in hashtags], pa.list_(pa.string())),
-            "caption_embedding": pa.array(list(captions.encode(texts, device)), pa.list_(pa.float32())),
-            **{name: counts[name] for name in ("views", "likes", "comments", "shares")},
-            "engagement_rate": pa.array(rate, pa.float32()),
-        }
-    )
-
-
-def user_profiles(posts: pd.DataFrame, days: Sequence[datetime], computed_at: datetime) -> pa.Table:
-    """Each user's profile as of each midnight in ``days``, from the posts created before it.
-
-    ``posts`` has user_id, created_at, views, likes, comments, shares and predicted_tag
-    (the champion's tag; null when none scored the post). Users with no post in the
-    longest window get no row that day.
-    """
-    longest = timedelta(days=max(WINDOWS))
-    engaged = posts[["likes", "comments", "shares"]].fillna(0).sum(axis=1)
-    frame = posts.assign(engaged=engaged, views=posts["views"].fillna(0))
-    parts = []
-    for as_of in days:
-        recent = frame[(frame["created_at"] < as_of) & (frame["created_at"] >= as_of - longest)]
-        if recent.empty:
-            continue
-        out = pd.DataFrame(index=pd.Index(sorted(recent["user_id"].unique()), name="user_id"))
-        for w in WINDOWS:
-            win = recent[recent["created_at"] >= as_of - timedelta(days=w)].groupby("user_id")
-            out[f"posts_{w}d"] = win.size().reindex(out.index).fillna(0).astype("int64")
-            sums = win[["engaged", "views"]].sum().reindex(out.index).fillna(0)
-            out[f"engagement_rate_{w}d"] = engagement_rate(sums["engaged"].to_numpy(), sums["views"].to_numpy())
-        tags, shares = _interests(recent)
-        out["interest_tags"] = tags.reindex(out.index)
-        out["interest_shares"] = shares.reindex(out.index)
-        parts.append(out.reset_index().assign(as_of=as_of))
-    schema = SOURCE_SCHEMAS["user_profile"]
-    if not parts:
-        return schema.empty_table()
-    table = pd.concat(parts, ignore_index=True).assign(computed_at=computed_at)
-    for column in ("interest_tags", "interest_shares"):
-        table[column] = [v if isinstance(v, list) else [] for v in table[column]]
-    return pa.Table.from_pandas(table[schema.names], schema=schema, preserve_index=False)
-
-
-def _interests(recent: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    tagged = recent.dropna(subset=["predicted_tag"])
-    if tagged.empty:
-        empty = pd.Series(dtype=object)
-        return empty, empty
-    counts = tagged.groupby(["user_id", "predicted_tag"]).size().rename("n").reset_index()
-    counts["share"] = counts["n"] / counts.groupby("user_id")["n"].transform("sum")
-    top = counts.sort_values(["user_id", "n", "predicted_tag"], ascending=[True, False, True])
-    top = top.groupby("user_id").head(INTEREST_TAGS).groupby("user_id")
-    return top["predicted_tag"].agg(list), top["share"].agg(lambda s: [float(x) for x in s])
-
-
-# -- keeping the offline store in step with the loop ---------------------------------------
-
-
-@dataclass(frozen=True)
-class SyncReport:
-    post_batches: int  # ingest batches written to post_meta
-    posts: int
-    image_files: int  # prediction-log files written to post_image
-    scored: int
-    profile_days: int
-    labels: int  # labels recorded and pushed
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-def sync(features: Features, snapshot: Snapshot, log: PredictionLog, device: str = "cpu") -> SyncReport:
-    """Write what the offline store lacks from ``snapshot`` and the champion's batch predictions.
-
-    Post features go per ingest batch (a batch already written is skipped); the
-    champion's scores per prediction-log file newer than its feature file; user
-    profiles for every day from the first changed one to the day after the last post;
-    labels the store does not hold yet, pushed online as well.
-    """
-    now = datetime.now(UTC)
-    manifest = snapshot.manifest()
-    done = {p.stem for p in features.source_dir("post_meta").glob("*.parquet")}
-    batches = pc.fill_null(manifest.column("source"), "unknown")
-    changed: list[datetime] = []
-    posts_written = batches_written = 0
-    for batch in sorted(set(batches.to_pylist()) - done):
-        part = manifest.filter(pc.equal(batches, batch))
-        posts_written += features.write("post_meta", post_meta(part, now, device), batch)
-        batches_written += 1
-        changed.append(pc.min(part.column("created_at")).as_py())
-
-    image_files = scored = 0
-    for log_file in sorted(log.root.glob("day=*/batch-v*.parquet")):
-        name = f"{log_file.parent.name.removeprefix('day=')}-{log_file.stem}"
-        target = features.source_dir("post_image") / f"{name}.parquet"
-        if target.exists() and target.stat().st_mtime >= log_file.stat().st_mtime:
-            continue
-        wanted = ["post_id", "model_version", "predicted", "confidence", "embedding", "time"]
-        records = pq.read_table(log_file, columns=wanted)
-        table = pa.table(
-            {
-                "post_id": records.column("post_id"),
-                "created_at": records.column("time"),
-                "scored_at": pa.array([now] * len(records), TIMESTAMP),
-                "image_embedding": records.column("embedding"),
-                "predicted_tag": records.column("predicted"),
-                "confidence": records.column("confidence"),
-                "model_version": records.column("model_version"),
-            }
-        )
-        scored += features.write("post_image", table, name)
-        image_files += 1
-        changed.append(pc.min(records.column("time")).as_py())
-
-    profile_days = 0
-    if changed and len(manifest):
-        profile_days = _write_profiles(features, manifest, min(changed), now)
-
-    labels = _new_labels(features, manifest)
-    pushed = 0
-    for source, group in labels.groupby("label_source", dropna=False):
-        pushed += features.push_labels(group, str(source) if pd.notna(source) else "unknown", now)
-    return SyncReport(batches_written, posts_written, image_files, scored, profile_days, pushed)
-
-
-def _write_profiles(features: Features, manifest: pa.Table, first_changed: datetime, now: datetime) -> int:
-    posts = manifest.select(["post_id", "user_id", "created_at", "views", "likes", "comments", "shares"]).to_pandas()
-    scores = features.read("post_image", ["post_id", "predicted_tag", "scored_at"]).to_pandas()
-    latest = scores.sort_values("scored_at").drop_duplicates("post_id", keep="last").set_index("post_id")
-    posts["predicted_tag"] = posts["post_id"].map(latest["predicted_tag"])
-    posts["created_at"] = pd.to_datetime(posts["created_at"], utc=True)
-    start = pd.Timestamp(first_changed).tz_convert(UTC).normalize() + timedelta(days=1)
-    end = posts["created_at"].max().normalize() + timedelta(days=1)
-    days = list(pd.date_range(start, end, freq="D", tz=UTC))
-    for day in days:
-        table = user_profiles(posts, [day], now)
-        features.write("user_profile", table, f"as_of={day:%Y-%m-%d}")
-    return len(days)
-
-
-def _new_labels(features: Features, manifest: pa.Table) -> pd.DataFrame:
-    """Labels in the snapshot that differ from the newest recorded label of their post."""
-    given = manifest.select(["post_id", "label", "label_source"]).to_pandas().dropna(subset=["label"])
-    recorded = features.read("post_label", ["post_id", "label", "labelled_at"]).to_pandas()
-    last = recorded.sort_values("labelled_at").drop_duplicates("post_id", keep="last").set_index("post_id")["label"]
-    return given[given["post_id"].map(last) != given["label"]].reset_index(drop=True)

@@ -4,33 +4,26 @@ Layout under the log root::
 
     day=YYYY-MM-DD/<batch>.parquet    PREDICTION_SCHEMA rows whose ``time`` falls on that day
 
-Serving appends request batches; before serving exists, ``log_batch_predictions``
-writes the champion's predictions over the stored posts of each day (``time`` is
-the post's creation time, so a window of days is a window of traffic). A batch
-file is written whole and atomically and rewriting one with the same name
-replaces it, so running a batch again never duplicates a record.
+Serving appends request batches; before serving exists, the monitor's batch scoring
+(``components.monitor.batch``) writes the champion's predictions over the stored posts
+of each day. A batch file is written whole and atomically and rewriting one with the
+same name replaces it, so running a batch again never duplicates a record.
 """
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from components.posts import TIMESTAMP, write_table
+from components.data.posts import TIMESTAMP
+from components.files import write_table
 
-if TYPE_CHECKING:
-    from components.predict import Predictor
-    from components.snapshot import Snapshot, Store
-
-# A prediction record (DESIGN.md, Data contracts).
+# A prediction record (docs/architecture.md, Data contracts).
 PREDICTION_SCHEMA = pa.schema(
     [
         pa.field("request_id", pa.string(), nullable=False),
@@ -127,62 +120,3 @@ class PredictionLog(DayLog):
         if not path.exists():
             return set()
         return set(pq.read_table(path, columns=["post_id"]).column("post_id").to_pylist())
-
-
-def log_batch_predictions(
-    store: Store,
-    snapshot: Snapshot,
-    predictor: Predictor,
-    version: int,
-    log: PredictionLog,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    arm: str = "champion",
-) -> int:
-    """Predict the snapshot's posts created in ``[since, until)`` with ``predictor`` and log them.
-
-    Days already logged for this version with the same posts are skipped. Returns the
-    number of records written.
-    """
-    from components.data import decode_images  # noqa: PLC0415 - the log itself is read where no model is
-
-    posts = snapshot.manifest().select(["post_id", "user_id", "created_at", "image"])
-    all_days = pc.strftime(posts.column("created_at"), format="%Y-%m-%d")
-    created = posts.column("created_at")
-    in_window = pa.array(np.ones(len(posts), bool))
-    if since is not None:
-        in_window = pc.and_(in_window, pc.greater_equal(created, pa.scalar(since, TIMESTAMP)))
-    if until is not None:
-        in_window = pc.and_(in_window, pc.less(created, pa.scalar(until, TIMESTAMP)))
-    batch = f"batch-v{version}"
-    written = 0
-    for day in sorted(pc.unique(all_days.filter(in_window)).to_pylist()):
-        part = posts.filter(pc.equal(all_days, day))  # the whole day: its file is rewritten whole
-        ids = part.column("post_id").to_pylist()
-        if set(ids) <= log.batch_posts(day, batch):
-            continue
-        start = time.perf_counter()
-        paths = [str(store.root / ref) for ref in part.column("image").to_pylist()]
-        images = decode_images(paths, predictor.preprocessing)
-        out = predictor.predict_base(images, part.select(["post_id", "user_id", "created_at"]).to_pandas())
-        latency = 1000 * (time.perf_counter() - start) / max(len(ids), 1)
-        records = pa.table(
-            {
-                "request_id": [f"{batch}-{p}" for p in ids],
-                "post_id": ids,
-                "user_id": part.column("user_id"),
-                "arm": [arm] * len(ids),
-                "model_version": [version] * len(ids),
-                "predicted": out.predicted,
-                "confidence": out.confidence.astype(np.float32),
-                "probabilities": list(out.probabilities.astype(np.float32)),
-                "embedding": list(out.embeddings.astype(np.float32)),
-                "latency_ms": [latency] * len(ids),
-                "time": part.column("created_at"),
-                "experiment": pa.nulls(len(ids), pa.string()),
-                "source": [BATCH] * len(ids),
-            },
-            schema=PREDICTION_SCHEMA,
-        )
-        written += log.write(records, batch)
-    return written

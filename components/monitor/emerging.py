@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from components.drift import Window
+from components.monitor.drift import Window
 
 CANDIDATE_QUANTILE = 0.9  # novelty above the reference's 90th percentile, or confidence below its 10th
 RARE_HASHTAG = 0.01  # or a hashtag on fewer than 1% of reference posts

@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from components.data.snapshot import Snapshot, Store
 from components.errors import SnapshotError
-from components.preprocess import Preprocessing
-from components.snapshot import Snapshot, Store
+from components.model.preprocess import Preprocessing
 
 SplitName = Literal["train", "val", "test"]
 T = TypeVar("T")

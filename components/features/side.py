@@ -4,7 +4,7 @@ A fusion tagger (``TaggerSpec.side``) scores an image together with a vector of
 features from the feature store: the post's caption embedding, the poster's recent
 activity and interests. The vector's layout is named column by column
 (``side_columns``), so a tagger whose labels grow keeps the weights of every column
-it knew (see ``components.model.extend_labels``).
+it knew (see ``components.model.tagger.extend_labels``).
 
 Each group carries a ``known`` column: 1 when the store had the group's features for
 the row, 0 when it did not (a post with no stored caption, a user with no profile
@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from components import captions
 from components.errors import ConfigError, FeatureError
+from components.features import captions
 
-if TYPE_CHECKING:  # components.features imports the model (through the prediction log): no cycle at run time
+if TYPE_CHECKING:  # pandas and Feast load where features are read, not where a tagger checks its inputs
     import pandas as pd
 
-    from components.features import Features
+    from components.features.store import Features
 
 
 @dataclass(frozen=True)

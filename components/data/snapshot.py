@@ -31,9 +31,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+from components.data.posts import SNAPSHOT_SCHEMA
+from components.data.validate import pixel_hash
 from components.errors import SnapshotError
-from components.posts import SNAPSHOT_SCHEMA, write_atomic, write_table
-from components.validate import pixel_hash
+from components.files import write_atomic, write_table
 
 ID_LENGTH = 16  # hex digits of the content hash kept as the id
 

@@ -27,7 +27,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from components.data import (
+from components.data.snapshot import Snapshot, Store
+from components.errors import ConfigError
+from components.features.side import SideReader, group_slices
+from components.files import write_atomic
+from components.model.datasets import (
     PostImages,
     SplitShares,
     decode_images,
@@ -36,12 +40,8 @@ from components.data import (
     reservoir_sample,
     targets_for,
 )
-from components.errors import ConfigError
-from components.model import Tagger, TaggerSpec, build_tagger, extend_labels
-from components.posts import write_atomic
-from components.side import SideReader, group_slices
-from components.snapshot import Snapshot, Store
-from components.train_config import TrainConfig
+from components.model.tagger import Tagger, TaggerSpec, build_tagger, extend_labels
+from components.model.train_config import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
 

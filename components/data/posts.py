@@ -1,16 +1,8 @@
-"""The post contract (see DESIGN.md, Data contracts) as Arrow schemas, and atomic file writes."""
+"""The post contract (docs/architecture.md, Data contracts) as Arrow schemas."""
 
 from __future__ import annotations
 
-import os
-import secrets
-from datetime import UTC, datetime
-from pathlib import Path
-
 import pyarrow as pa
-import pyarrow.parquet as pq
-
-from components.errors import ConfigError
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 ENGAGEMENT = ("views", "likes", "comments", "shares")
@@ -59,36 +51,3 @@ SNAPSHOT_SCHEMA = pa.schema(
         pa.field("source", pa.string()),  # the ingest batch the post came in with
     ]
 )
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write through a unique temporary name and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_table(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file atomically."""
-    buf = pa.BufferOutputStream()
-    pq.write_table(table, buf)
-    write_atomic(path, buf.getvalue().to_pybytes())
-
-
-def write_rows(rows: list[dict], schema: pa.Schema, path: Path) -> None:
-    write_table(pa.Table.from_pylist(rows, schema=schema), path)
-
-
-def parse_time(value: str | None, what: str) -> datetime | None:
-    """An ISO date or date and time from a user (UTC unless it names a zone); None or empty gives None."""
-    if not value:
-        return None
-    try:
-        stamp = datetime.fromisoformat(value)
-    except ValueError:
-        raise ConfigError(f"{what} {value!r} is not a date (YYYY-MM-DD) or date and time") from None
-    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp

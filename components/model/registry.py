@@ -6,7 +6,7 @@ them, and every move leaves a trace: the champion's history is a registered-mode
 tag (what ``rollback`` pops), and each version carries its gate verdict.
 
 A model version's artifact is an MLflow pyfunc folder whose ``data/`` is a saved
-tagger (``tagger.json`` + ``weights.pt``, see ``components.model``): no pickled
+tagger (``tagger.json`` + ``weights.pt``, see ``components.model.tagger``): no pickled
 code, no torch.export graph, so it loads in well under a second, and
 ``mlflow.pyfunc.load_model`` works too (it calls ``_load_pyfunc`` below).
 
@@ -31,10 +31,10 @@ from components.errors import TrendloopError
 if TYPE_CHECKING:  # torch, pandas and MLflow load where a model or the server is touched
     import pandas as pd
 
-    from components.evaluate import Evaluation
-    from components.gate import Verdict
-    from components.predict import Predictor
-    from components.side import SideReader
+    from components.features.side import SideReader
+    from components.model.evaluate import Evaluation
+    from components.model.gate import Verdict
+    from components.model.predict import Predictor
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "champion_history"  # JSON list of earlier champions' versions, oldest first
@@ -154,14 +154,14 @@ class Registry:
         import mlflow.pyfunc  # noqa: PLC0415
         from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
-        from components.model import load_tagger  # noqa: PLC0415
+        from components.model.tagger import load_tagger  # noqa: PLC0415
 
         tagger = load_tagger(tagger_dir)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "model"
             mlflow.pyfunc.save_model(
                 str(folder),
-                loader_module="components.registry",
+                loader_module="components.model.registry",
                 data_path=str(tagger_dir),
                 pip_requirements=_requirements(),
                 metadata={"labels": list(tagger.labels), "arch": tagger.spec.arch, "snapshot": snapshot},
@@ -268,7 +268,7 @@ class Registry:
         import mlflow.artifacts  # noqa: PLC0415
         from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
-        from components.gate import Verdict  # noqa: PLC0415
+        from components.model.gate import Verdict  # noqa: PLC0415
 
         mv = self.client.get_model_version(self.model_name, str(version))
         snapshot = mv.tags.get("gate_snapshot") or mv.tags.get("snapshot")
@@ -360,7 +360,7 @@ class Registry:
 
     def load_predictor(self, ref: str | int = CHAMPION, device: str = "cpu") -> Predictor:
         """``champion``, ``challenger`` or a version number -> a ready predictor (reading side inputs, if any)."""
-        from components.predict import Predictor  # noqa: PLC0415
+        from components.model.predict import Predictor  # noqa: PLC0415
 
         return Predictor.from_folder(self.model_dir(ref), device, self.side_reader)
 
@@ -410,6 +410,6 @@ class PyfuncTagger:
 
 
 def _load_pyfunc(data_path: str) -> PyfuncTagger:
-    from components.predict import Predictor  # noqa: PLC0415
+    from components.model.predict import Predictor  # noqa: PLC0415
 
     return PyfuncTagger(Predictor.from_folder(_data_dir(Path(data_path))))

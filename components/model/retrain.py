@@ -22,20 +22,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from components.errors import ConfigError
-from components.posts import write_atomic
-from components.registry import CHALLENGER, CHAMPION, Registry, RegistryError, code_version
-from components.side import side_refs
+from components.features.side import side_refs
+from components.files import write_atomic
+from components.model.registry import CHALLENGER, CHAMPION, Registry, RegistryError, code_version
 
 if TYPE_CHECKING:
     import torch
 
-    from components.evaluate import Evaluation
-    from components.gate import PromotionGate, Verdict
-    from components.predict import Predictor
-    from components.preprocess import Preprocessing
-    from components.snapshot import Snapshot, Store
-    from components.train import EpochStats, Step, TrainResult
-    from components.train_config import TrainConfig
+    from components.data.snapshot import Snapshot, Store
+    from components.model.evaluate import Evaluation
+    from components.model.gate import PromotionGate, Verdict
+    from components.model.predict import Predictor
+    from components.model.preprocess import Preprocessing
+    from components.model.train import EpochStats, Step, TrainResult
+    from components.model.train_config import TrainConfig
 
 MODES = ("auto", "fine-tune", "scratch")  # auto: fine-tune the champion when there is one
 
@@ -85,8 +85,8 @@ def train_candidate(
     so running the same call again after an interruption resumes the same run, and
     after success returns at once. ``tags`` (a pipeline run's id, say) go on the run.
     """
-    from components.model import load_tagger, save_tagger  # noqa: PLC0415 - torch loads where a model is made
-    from components.train import Base, train  # noqa: PLC0415
+    from components.model.tagger import load_tagger, save_tagger  # noqa: PLC0415 - torch loads where a model is made
+    from components.model.train import Base, train  # noqa: PLC0415
 
     base, base_version = None, None
     if from_champion:
@@ -170,7 +170,7 @@ class EvaluationSet:
     """A snapshot's labelled test posts, decoded once per preprocessing (models often share one)."""
 
     def __init__(self, store: Store, snapshot: Snapshot):
-        from components.data import labelled_posts  # noqa: PLC0415
+        from components.model.datasets import labelled_posts  # noqa: PLC0415
 
         posts = labelled_posts(store, snapshot)
         self.snapshot = snapshot
@@ -180,7 +180,7 @@ class EvaluationSet:
         self._decoded: dict[Preprocessing, torch.Tensor] = {}
 
     def images(self, preprocessing: Preprocessing) -> torch.Tensor:
-        from components.data import decode_images  # noqa: PLC0415
+        from components.model.datasets import decode_images  # noqa: PLC0415
 
         if preprocessing not in self._decoded:
             self._decoded[preprocessing] = decode_images(self.posts.path.tolist(), preprocessing)
@@ -189,7 +189,7 @@ class EvaluationSet:
 
 def evaluate_model(test: EvaluationSet, predictor: Predictor, name: str, old: tuple[str, ...]) -> Evaluation:
     """One model on a snapshot's test split, sliced by what the labels say (old classes, each new class)."""
-    from components.evaluate import evaluate  # noqa: PLC0415
+    from components.model.evaluate import evaluate  # noqa: PLC0415
 
     return evaluate(predictor, test.posts, test.images(predictor.preprocessing), name, test.snapshot.id, old)
 
@@ -292,7 +292,7 @@ def retrain(
 ) -> Retrained:
     """The whole use-case in one process: train -> evaluate -> gate -> register -> place (what ``trendloop train``
     does; the pipelines run the same pieces as steps)."""
-    from components.predict import Predictor  # noqa: PLC0415
+    from components.model.predict import Predictor  # noqa: PLC0415
 
     candidate = train_candidate(
         store, snapshot, config, registry, runs_dir, fine_tunes(mode, registry), on_step, on_epoch

@@ -12,15 +12,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from components.preprocess import Preprocessing
-from components.side import check_side
+from components.features.side import check_side
+from components.model.preprocess import Preprocessing
 
 
 class TrainConfig(BaseModel):
     """How a tagger is trained. Every field is logged with the run."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    arch: str = "resnet18"  # one of components.model.ARCHITECTURES
+    arch: str = "resnet18"  # one of components.model.tagger.ARCHITECTURES
     # the simulator's 64 px images at full size: 32 px trains twice as fast and loses ~10 points of accuracy
     preprocessing: Preprocessing = Preprocessing(image_size=64, resize=72)
     epochs: int = Field(default=10, ge=1)  # upper bound; early stopping may end sooner
@@ -46,7 +46,7 @@ class TrainConfig(BaseModel):
     device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:1 ...
     loader_workers: int | None = Field(default=None, ge=0)  # None: 0 on a CPU, 8 with CUDA
     weights: Path | None = None  # torchvision state dict a from-scratch backbone starts from
-    # feature groups a fusion tagger reads beside the image (components.side: caption, user); () image only
+    # feature groups a fusion tagger reads beside the image (components.features.side: caption, user); () image only
     side: tuple[str, ...] = ()
     side_dropout: float = Field(default=0.1, ge=0, lt=1)  # chance a training row's side group reads as unknown
 

@@ -33,7 +33,7 @@ from statistics import NormalDist
 import numpy as np
 
 from components.errors import ConfigError
-from components.evaluate import CLASS_SLICE, Evaluation, Outcomes
+from components.model.evaluate import CLASS_SLICE, Evaluation, Outcomes
 
 
 def agresti_min_interval(b: int, c: int, n: int, alpha: float) -> tuple[float, float]:

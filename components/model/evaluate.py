@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # torch, torchvision and pandas load only where a model is sc
     import pandas as pd
     import torch
 
-    from components.predict import Predictions, Predictor
+    from components.model.predict import Predictions, Predictor
 
 ECE_BINS = 15
 OLD_CLASSES = "old_classes"

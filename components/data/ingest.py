@@ -23,11 +23,12 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from components.data.posts import ENGAGEMENT, SNAPSHOT_SCHEMA
+from components.data.snapshot import Store
+from components.data.sources import BadRecord, Candidate, Source, read_source
+from components.data.validate import ImageLimits, Rejection, validate_image
 from components.errors import SnapshotError, SourceError
-from components.posts import ENGAGEMENT, SNAPSHOT_SCHEMA, write_atomic, write_rows
-from components.snapshot import Store
-from components.sources import BadRecord, Candidate, Source, read_source
-from components.validate import ImageLimits, Rejection, validate_image
+from components.files import write_atomic, write_rows
 
 # Rejection reasons ingestion adds to validate.REASONS.
 RECORD_REASONS = (

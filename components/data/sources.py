@@ -19,8 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from components.data.posts import ENGAGEMENT, TIMESTAMP
 from components.errors import SourceError
-from components.posts import ENGAGEMENT, TIMESTAMP
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".avif"}
 MANIFEST_SUFFIXES = {".jsonl", ".json", ".parquet"}

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from components.drift import DriftVerdict
+from components.monitor.drift import DriftVerdict
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,176 @@
+"""How settings become running services: each function opens one part of the platform from ``Settings``.
+
+The schema (``trendloop.settings``) says what is configured; these functions decide what
+that means: the embedded server or the shared one, the local Ray head or a cluster's. Heavy
+clients (MLflow, Feast, Ray Serve, the Label Studio SDK) are imported where they are built,
+so reading the settings, and the CLI's help, stay fast.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+from active_learning.queue import LabelQueue
+from components.errors import ConfigError
+from infra.labelstudio import LocalLabelStudio
+from infra.ray import LocalRay
+from trendloop.settings import Settings
+
+if TYPE_CHECKING:
+    from active_learning.labelstudio import LabelingProject
+    from components.data.snapshot import Snapshot
+    from components.features.side import SideReader
+    from components.features.store import Features
+    from components.features.sync import SyncReport
+    from components.model.registry import Registry
+    from serving.control import Serving
+    from serving.deploy import ServeAdmin
+    from serving.router import Traffic
+
+
+def open_features(settings: Settings) -> Features:
+    """The feature store, its definitions applied."""
+    from components.features.store import Features
+
+    features = Features.open(settings.features_dir, settings.features.config)
+    features.apply()
+    return features
+
+
+def side_reader(settings: Settings) -> SideReader:
+    """Side inputs of fusion taggers, from this feature store (opened on first use only)."""
+    from components.features.side import SideReader
+
+    return SideReader(partial(open_features, settings), settings.features.device)
+
+
+def label_queue(settings: Settings) -> LabelQueue:
+    """The labelling queue: which posts were selected, pushed, annotated and decided."""
+    return LabelQueue(settings.labeling_dir / "queue.db")
+
+
+def label_studio_server(settings: Settings) -> LocalLabelStudio:
+    """The embedded Label Studio: its state under <home>/services, images read from the store."""
+    ls = settings.labelstudio
+    return LocalLabelStudio(settings.home / "services" / "labelstudio", ls.port, ls.version, settings.store_dir)
+
+
+def labeling_project(settings: Settings) -> LabelingProject:
+    """The Label Studio project of these settings: the shared server's, or the embedded one's."""
+    from active_learning.labelstudio import LabelingProject
+
+    ls = settings.labelstudio
+    if ls.url is not None:
+        if ls.token is None:
+            raise ConfigError("labelstudio.url is set but labelstudio.token is not (TRENDLOOP_LABELSTUDIO__TOKEN)")
+        return LabelingProject(ls.url, ls.token, ls.project, ls.timeout)
+    server = label_studio_server(settings)
+    return LabelingProject(server.url, server.credentials().token, ls.project, ls.timeout)
+
+
+def open_registry(settings: Settings) -> Registry:
+    """MLflow's tracking server and model registry: the configured one, or SQLite under ``home``."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    from components.model.registry import Registry
+
+    embedded = settings.registry.tracking_uri is None
+    return Registry(
+        tracking_uri=settings.tracking_uri,
+        registry_uri=settings.registry.registry_uri,
+        experiment=settings.registry.experiment,
+        artifact_location=settings.registry.artifact_location
+        or ((settings.home / "mlartifacts").resolve().as_uri() if embedded else None),
+        model_name=settings.registry.model_name,
+        cache_dir=settings.home / "models",
+        side_reader=side_reader(settings),
+    )
+
+
+def local_ray(settings: Settings) -> LocalRay:
+    """The embedded Ray head (not started): its state under ``<home>/serving/ray``."""
+    sv = settings.serving
+    return LocalRay(settings.serving_dir / "ray", sv.ray_ports, sv.ray_cpus, sv.ray_gpus)
+
+
+def ensure_ray(settings: Settings) -> bool:
+    """Start the local Ray head unless one runs or a cluster is configured; returns whether it started."""
+    return settings.serving.ray_dashboard is None and local_ray(settings).up()
+
+
+def serve_args(settings: Settings) -> dict:
+    """The serving app's ``args``: where replicas find models and write logs (absolute paths)."""
+    reg = open_registry(settings)
+    return {
+        "models": {
+            "registry": {
+                "tracking_uri": reg.tracking_uri,
+                "registry_uri": reg.registry_uri,
+                "experiment": reg.experiment,
+                "artifact_location": reg.artifact_location,
+                "model_name": reg.model_name,
+                "cache_dir": str(reg.cache_dir.resolve()),
+            }
+        },
+        "logs": {
+            "predictions": str(settings.predictions_dir.resolve()),
+            "feedback": str((settings.serving_dir / "feedback").resolve()),
+            "experiments": str((settings.serving_dir / "experiments").resolve()),
+        },
+        "top_k": settings.serving.top_k,
+        "threads": settings.serving.threads,
+        "limits": {"max_bytes": settings.serving.max_upload_bytes, "max_pixels": settings.ingest.max_pixels},
+        "max_upload_bytes": settings.serving.max_upload_bytes,
+        "flush_every_s": settings.serving.flush_every_s,
+        "pre_days": settings.serving.pre_days,
+        "features": {"data_dir": str(settings.features_dir.resolve()), "config": settings.features.config},
+        "cuped_covariate": settings.serving.cuped_covariate,
+    }
+
+
+def serve_admin(settings: Settings) -> ServeAdmin:
+    """Ray Serve's REST API: the cluster's (serving.ray_dashboard) or the local head's."""
+    from serving.deploy import ServeAdmin
+
+    return ServeAdmin(settings.serving.ray_dashboard or local_ray(settings).dashboard_url)
+
+
+def serving_control(settings: Settings) -> Serving:
+    """The serving app of these settings: the cluster's (serving.ray_dashboard) or the local head's."""
+    from components.data.predlog import PredictionLog
+    from serving.control import Serving
+    from serving.deploy import serve_config
+    from serving.eventlog import FeedbackLog
+    from serving.experiment import Experiments
+    from serving.report import covariate_from
+
+    sv = settings.serving
+    args = serve_args(settings)
+    arms = {"champion": sv.champion, "challenger": sv.challenger}
+
+    def config_for(versions: dict[str, int | None], traffic: Traffic) -> dict:
+        return serve_config(args, versions, traffic, arms, sv.router, sv.host, sv.port, sv.route_prefix)
+
+    predictions, feedback = PredictionLog(settings.predictions_dir), FeedbackLog(settings.serving_dir / "feedback")
+    return Serving(
+        admin=serve_admin(settings),
+        registry=open_registry(settings),
+        experiments=Experiments(settings.serving_dir / "experiments"),
+        config_for=config_for,
+        split=sv.split,
+        rule=settings.ab,
+        predictions=predictions,
+        feedback=feedback,
+        pre_days=sv.pre_days,
+        covariate=covariate_from(
+            sv.cuped_covariate, predictions, feedback, sv.pre_days, partial(open_features, settings)
+        ),
+    )
+
+
+def sync_features(settings: Settings, head: Snapshot) -> SyncReport:
+    """Write what the offline feature store lacks from ``head`` and the champion's logged predictions."""
+    from components.data.predlog import PredictionLog
+    from components.features.sync import sync
+
+    return sync(open_features(settings), head, PredictionLog(settings.predictions_dir), settings.features.device)
