@@ -1,6 +1,7 @@
-"""The A/B dashboard in a real headless browser (the system's Chromium through Playwright).
+"""The A/B dashboard in a real headless browser (the system's Chromium through Playwright; see tests/browsers.py
+for when a missing one skips or fails). Tests that need no browser run without one.
 
-Every test also asserts that the page raised no JavaScript error and logged no console error.
+Every browser test also asserts that the page raised no JavaScript error and logged no console error.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import pytest
 from PIL import Image
 
 from serving.dashboard import render_dashboard
-
-playwright_sync = pytest.importorskip("playwright.sync_api")
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 MINUS = "\u2212"
