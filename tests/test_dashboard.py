@@ -6,30 +6,43 @@ Every browser test also asserts that the page raised no JavaScript error and log
 
 from __future__ import annotations
 
+import ast
+import base64
 import copy
+import hashlib
 import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from html import unescape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from PIL import Image
 
+from components.predlog import PredictionLog
+from serving.api import build_api
 from serving.dashboard import render_dashboard
+from serving.eventlog import EventWriter, FeedbackLog
+from serving.router import RequestBook, Router
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
 MINUS = "\u2212"
 DASH = "\u2014"
 BUCKETS = 24
 HOSTILE_SCRIPT = "</script><script>window.pwned=1</script>"
 HOSTILE_IMG = '<img src=x onerror="window.pwned=2">'
+MAX_WEB_LINES = 100  # lines of HTML/CSS/JS a Python file of the packages may hold in string literals
 
 
 def timeline(buckets: int = BUCKETS, arms: tuple[str, ...] = ("champion", "challenger")) -> list[dict]:
@@ -492,3 +505,136 @@ def test_the_page_may_fetch_only_from_its_own_origin_and_the_reports() -> None:
         "report_url": hostile,
         "refresh_s": 30,
     }
+
+
+# --- no browser needed ----------------------------------------------------------------------------------
+
+
+def dashboard_api(tmp_path: Path, answer: Callable[[], dict]) -> tuple[FastAPI, Router]:
+    """The serving app's FastAPI (no Ray, no model); its /ab/report.json answers ``answer()`` each time."""
+    predictions = PredictionLog(tmp_path / "predictions")
+    writers = EventWriter(predictions, "dash"), EventWriter(FeedbackLog(tmp_path / "feedback"), "dash")
+    router = Router({}, *writers, RequestBook(predictions))
+    return build_api(router, {}, answer, report_ttl_s=0.0), router
+
+
+def static(name: str) -> str:
+    return (resources.files("serving") / "static" / name).read_text(encoding="utf-8")
+
+
+def sha256(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def meta_policy(html: str) -> str:
+    return unescape(re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', html).group(1))
+
+
+def test_the_app_serves_the_page_and_its_files_under_a_policy_with_no_inline_code(tmp_path: Path) -> None:
+    api, router = dashboard_api(tmp_path, dict)
+    with TestClient(api) as client:
+        page = client.get("/ab")
+        files = {name: client.get(f"/ab/static/{name}") for name in ("dashboard.css", "dashboard.js")}
+        absent = [client.get(f"/ab/static/{name}").status_code for name in ("dashboard.html", "..%2Fapi.py", "x.js")]
+    assert router.close() == 0
+
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    policy = (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src data:; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'"
+    )
+    assert page.headers["content-security-policy"] == policy + "; frame-ancestors 'none'"
+    assert meta_policy(page.text) == policy  # the same policy travels with the page (a meta tag cannot frame-guard)
+    assert '<link rel="stylesheet" href="/ab/static/dashboard.css">' in page.text
+    assert '<script src="/ab/static/dashboard.js"></script>' in page.text
+    # nothing inline that 'self' would refuse: no style element or attribute, no event handler, and every
+    # script element either loads a file or is a JSON data block (which never runs)
+    assert "<style" not in page.text and not re.search(r"\s(style|on\w+)=", page.text)
+    scripts = re.findall(r"<script\b([^>]*)>", page.text)
+    assert len(scripts) == 3
+    assert all(re.search(r'\bsrc="|type="application/json"', attributes) for attributes in scripts)
+    assert json.loads(re.search(r'id="config">(.*?)</script>', page.text).group(1)) == {
+        "report_url": "/ab/report.json",
+        "refresh_s": 30,
+    }
+
+    assert files["dashboard.css"].headers["content-type"] == "text/css; charset=utf-8"
+    assert files["dashboard.js"].headers["content-type"] == "text/javascript; charset=utf-8"
+    for name, response in files.items():
+        assert response.status_code == 200
+        assert response.text == static(name)  # the package's file, as installed
+        assert response.headers["x-content-type-options"] == "nosniff"
+    assert absent == [404, 404, 404]  # only the two files, nothing else of the package
+
+
+def test_the_self_contained_page_inlines_its_files_allowed_by_their_hashes() -> None:
+    html = render_dashboard(None, report_url=None)
+    assert f"<style>{static('dashboard.css')}</style>" in html
+    assert f"<script>{static('dashboard.js')}</script>" in html
+    policy = meta_policy(html)
+    assert f"script-src {sha256(static('dashboard.js'))};" in policy
+    assert f"style-src {sha256(static('dashboard.css'))};" in policy
+    assert "unsafe" not in policy and "'self'" not in policy.split("connect-src")[0]
+
+
+# --- web code stays out of Python strings -----------------------------------------------------------------
+
+# A string "holds web code" when it carries an HTML/XML tag, a CSS rule (``selector { prop: value; }``)
+# or a JavaScript idiom; such a string counts ALL its non-blank lines, summed over the file. Whole
+# strings, not matching lines: most lines of a template, a stylesheet or a script carry no marker of
+# their own (a line of text, a closing brace), so counting matching lines would let 800 lines pass as
+# 200. Summed per file: splitting a page into many small strings hides nothing. Docstrings are skipped
+# (they may show markup as an example). Stray matches (a "<home>" in a help text) cost a line each,
+# far below the limit.
+WEB_CODE = re.compile(
+    r"<(?:!DOCTYPE|!--|/?[A-Za-z][\w-]*(?:\s[^<>]*)?/?)>"  # a tag
+    r"|[\w#.:\-\])*]\s*\{[^{}]*:[^{}]*;[^{}]*\}"  # a CSS rule
+    r"|\bfunction\s*\w*\s*\(|=>|\bdocument\.|\bwindow\.",  # script
+    re.IGNORECASE,
+)
+
+
+def web_code_lines(source: str) -> int:
+    """Non-blank lines of the string literals in ``source`` (docstrings aside) that hold web code."""
+    tree = ast.parse(source)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return sum(
+        sum(1 for line in node.value.splitlines() if line.strip())
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+        and WEB_CODE.search(node.value)
+    )
+
+
+def test_the_web_code_measure_counts_whole_strings_and_skips_docstrings() -> None:
+    page = "\n".join(["<section>", *(f"  line {i} of text" for i in range(150)), "</section>"])
+    style = ".card { padding: 4px; }\n\n.grid {\n  gap: 8px;\n}"
+    script = "(function () {\n  var x = 1;\n})();"
+    source = (
+        f'"""{page}"""\n'  # a docstring: not counted
+        f"PAGE = {page!r}\nSTYLE = {style!r}\nSCRIPT = {script!r}\n"
+        f"HELP = 'a folder (default: <home>/feed)'\nPLAIN = 'no markup {{here}}: none'\n"
+    )
+    assert web_code_lines(source) == 152 + 4 + 3 + 1
+
+
+def test_no_python_file_of_the_packages_holds_pages_in_strings() -> None:
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
+    found = {
+        str(path.relative_to(ROOT)): web_code_lines(path.read_text(encoding="utf-8"))
+        for package in packages["packages"]
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+    assert "serving/dashboard.py" in found  # the measure read the packages
+    assert {path: lines for path, lines in found.items() if lines > MAX_WEB_LINES} == {}
