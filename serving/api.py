@@ -80,8 +80,10 @@ def build_api(
     probes: dict[str, Probe],
     report: Callable[[], dict],
     report_ttl_s: float = 5.0,
+    refresh_s: int = 30,
 ) -> FastAPI:
-    """The FastAPI app over ``router``; ``report()`` computes the A/B report (it runs in a thread)."""
+    """The FastAPI app over ``router``; ``report()`` computes the A/B report (it runs in a thread), which
+    the dashboard fetches again every ``refresh_s`` seconds."""
     api = FastAPI(
         title="trendloop serving",
         version="1",
@@ -135,7 +137,7 @@ def build_api(
         report_url = request.url_for("ab_report").path
         style, script = (request.url_for("dashboard_file", name=n).path for n in ("dashboard.css", "dashboard.js"))
         links = Links(style=style, script=script)
-        page = render_dashboard(report_url=report_url, links=links)
+        page = render_dashboard(report_url=report_url, refresh_s=refresh_s, links=links)
         return HTMLResponse(page, headers=page_headers(report_url, links))
 
     @api.get("/ab/static/{name}", include_in_schema=False)  # the page's own files, not an API
