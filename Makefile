@@ -34,13 +34,14 @@ bench: .venv/.synced
 	$(RUN) python benchmarks/bench_fusion.py
 
 # The dashboard tests drive a real headless Chromium (Debian's package; Playwright's own browser
-# downloads are not used). Installed here when missing and we may (root with apt); else they skip.
+# downloads are not used). Installed here when missing and we may (root with apt); else they skip,
+# or fail where CI is set (tests/browsers.py).
 browser:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
 	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
-	  else echo "no Chromium: the dashboard's browser tests will skip (Debian: sudo apt-get install chromium)"; fi; }
+	  else echo "no Chromium: the dashboard's browser tests will skip, or fail under CI (Debian: sudo apt-get install chromium)"; fi; }
 
 sync: .venv/.synced
 

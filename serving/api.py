@@ -8,6 +8,7 @@ Endpoints:
     GET  /healthz               the process answers
     GET  /readyz                the champion has a model loaded (503 until it has)
     GET  /ab                    the A/B dashboard (HTML)
+    GET  /ab/static/NAME        its stylesheet and script (dashboard.css, dashboard.js)
     GET  /ab/report.json        the A/B analysis the dashboard shows
     GET  /openapi.json          this, as an OpenAPI spec
 
@@ -22,11 +23,11 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from components.errors import TrendloopError
-from serving.dashboard import render_dashboard
+from serving.dashboard import ASSET_TYPES, Links, asset, page_headers, render_dashboard
 from serving.eventlog import EVENTS
 from serving.router import Refused, Router
 
@@ -79,8 +80,10 @@ def build_api(
     probes: dict[str, Probe],
     report: Callable[[], dict],
     report_ttl_s: float = 5.0,
+    refresh_s: int = 30,
 ) -> FastAPI:
-    """The FastAPI app over ``router``; ``report()`` computes the A/B report (it runs in a thread)."""
+    """The FastAPI app over ``router``; ``report()`` computes the A/B report (it runs in a thread), which
+    the dashboard fetches again every ``refresh_s`` seconds."""
     api = FastAPI(
         title="trendloop serving",
         version="1",
@@ -130,8 +133,18 @@ def build_api(
         return cache["report"][1]
 
     @api.get("/ab", response_class=HTMLResponse)
-    async def dashboard(request: Request) -> str:
-        return render_dashboard(report_url=str(request.url_for("ab_report").path))
+    async def dashboard(request: Request) -> HTMLResponse:
+        report_url = request.url_for("ab_report").path
+        style, script = (request.url_for("dashboard_file", name=n).path for n in ("dashboard.css", "dashboard.js"))
+        links = Links(style=style, script=script)
+        page = render_dashboard(report_url=report_url, refresh_s=refresh_s, links=links)
+        return HTMLResponse(page, headers=page_headers(report_url, links))
+
+    @api.get("/ab/static/{name}", include_in_schema=False)  # the page's own files, not an API
+    async def dashboard_file(name: str) -> Response:
+        if name not in ASSET_TYPES:
+            raise Refused(404, f"the dashboard has no file {name!r}")
+        return Response(asset(name), media_type=ASSET_TYPES[name], headers={"X-Content-Type-Options": "nosniff"})
 
     return api
 

@@ -1,9 +1,18 @@
-"""The A/B dashboard: one self-contained HTML page, champion vs challenger, for product people.
+"""The A/B dashboard: one HTML page, champion vs challenger, for product people.
 
-``render_dashboard`` returns the whole page as a string; the serving application hands it out as
-``text/html`` beside the report JSON it links to. The page needs nothing from the network: the CSS,
-the JavaScript and the charts (SVG drawn by the script) are all inline, so it works on a machine
-with no internet and in CI.
+The page, its stylesheet and its script are package data in ``serving/static/``
+(``dashboard.html``, ``dashboard.css``, ``dashboard.js``), read through importlib.resources so
+they ship in the wheel and the image like the code. This module fills the page in: the report
+(when given), where to fetch it from, and the Content-Security-Policy. The page needs nothing
+from the network; the charts are SVG drawn by the script.
+
+It is handed out two ways, neither needing ``'unsafe-inline'``:
+
+- served (``GET /ab``, see serving.api): the page links its stylesheet and script on the app
+  itself (``links``), and the policy allows style and script from ``'self'`` only
+  (``page_headers`` sends it as a header, with ``frame-ancestors`` and ``nosniff``);
+- self-contained (``trendloop ab report --html``: a file opened with no server behind it): the
+  stylesheet and script are inlined, and the policy allows exactly those two by SHA-256 hash.
 
 Plain words first, numbers second: the verdict and its reasons on top, then the arms, the lift with
 its always-valid interval (the one the verdict uses) and the fixed-horizon interval, the SRM check,
@@ -15,8 +24,8 @@ Safety: the report holds strings that users control (experiment ids, reasons, gu
   ``>``, ``&``, U+2028 and U+2029 written as ``\\uXXXX`` escapes: no ``</script>`` or ``<!--`` can
   appear inside it (the OWASP rule for JSON in HTML);
 - the script writes every value with ``textContent`` / ``createElementNS``, never ``innerHTML``;
-- a Content-Security-Policy allows only this page's own script and style (by SHA-256 hash), so
-  even an injected ``<script>`` would not run.
+- the Content-Security-Policy allows only this page's own script and style, so even an injected
+  ``<script>`` would not run.
 
 Conventions read from the report: ``experiment.split``, ``srm.expected_share`` and
 ``srm.observed_share`` are the challenger's share of users; ``lift`` bounds are on the relative
@@ -26,19 +35,42 @@ lift (0.04 = +4%). Any field may be null or missing; the page shows a dash for w
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
 import re
+from dataclasses import dataclass
 from html import escape
+from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]+)?|\[[0-9A-Fa-f:.]+\](:[0-9]+)?")  # host[:port], no userinfo
 
+# The files the app hands out beside the page, and their types (text/javascript: RFC 9239)
+ASSET_TYPES = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
+
+
+@dataclass(frozen=True)
+class Links:
+    """Where a served page loads its stylesheet and script from: paths on the app (or URLs)."""
+
+    style: str
+    script: str
+
+
+@functools.cache
+def asset(name: str) -> str:
+    """The text of one of the dashboard's files in ``serving/static/`` (read once per process)."""
+    return (resources.files(__package__) / "static" / name).read_text(encoding="utf-8")
+
 
 def render_dashboard(
-    report: dict | None = None, report_url: str | None = "/ab/report.json", refresh_s: int = 30
+    report: dict | None = None,
+    report_url: str | None = "/ab/report.json",
+    refresh_s: int = 30,
+    links: Links | None = None,
 ) -> str:
     """The dashboard as a complete HTML document.
 
@@ -46,18 +78,64 @@ def render_dashboard(
     report_url: fetched at load when no report is embedded, then every ``refresh_s`` seconds
         (``refresh_s=0``: never again); a failed fetch shows an error banner and keeps the last
         good data on screen. None: the page never fetches.
+    links: where the stylesheet and script are served; None: both inline (a self-contained page).
     """
     if refresh_s < 0:
         raise ValueError(f"refresh_s must be >= 0, got {refresh_s}")
     config = {"report_url": report_url, "refresh_s": refresh_s}
+    if links is None:
+        style, script = f"<style>{asset('dashboard.css')}</style>", f"<script>{asset('dashboard.js')}</script>"
+    else:
+        style = f'<link rel="stylesheet" href="{escape(links.style, quote=True)}">'
+        script = f'<script src="{escape(links.script, quote=True)}"></script>'
     parts = {
-        "csp": escape(_content_security_policy(report_url), quote=True),
-        "style": _STYLE,
+        "csp": escape(content_security_policy(report_url, links), quote=True),
+        "style": style,
         "config": _script_json(config),
         "report": "" if report is None else _script_json(report),
-        "script": _SCRIPT,
+        "script": script,
     }
-    return re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m.group(1)], _PAGE)  # one pass: data is never re-scanned
+    # one pass: data is never re-scanned for placeholders
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m.group(1)], asset("dashboard.html"))
+
+
+def page_headers(report_url: str | None, links: Links) -> dict[str, str]:
+    """The headers of the served page: its policy (frame-ancestors too, which a meta tag cannot carry:
+    nothing may frame the dashboard), and no guessing of content types."""
+    return {
+        "Content-Security-Policy": content_security_policy(report_url, links) + "; frame-ancestors 'none'",
+        "X-Content-Type-Options": "nosniff",
+    }
+
+
+def content_security_policy(report_url: str | None, links: Links | None = None) -> str:
+    """Only our own script and style run (linked from this origin, or inline by hash); fetches go to this
+    origin or the report's. Everything else is refused (``default-src 'none'``)."""
+    if links is None:
+        script, style = f"'{_sha256(asset('dashboard.js'))}'", f"'{_sha256(asset('dashboard.css'))}'"
+    else:
+        script, style = _sources(links.script), _sources(links.style)
+    return "; ".join(
+        [
+            "default-src 'none'",
+            f"script-src {script}",
+            f"style-src {style}",
+            "img-src data:",  # the empty favicon
+            f"connect-src {_sources(report_url)}",
+            "base-uri 'none'",
+            "form-action 'none'",
+        ]
+    )
+
+
+def _sources(url: str | None) -> str:
+    """'self', plus the origin of ``url`` when it names a well-formed http(s) one."""
+    found = ["'self'"]
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https") and _HOST.fullmatch(parts.netloc):
+            found.append(f"{parts.scheme}://{parts.netloc}")
+    return " ".join(found)
 
 
 def _script_json(value: Any) -> str:
@@ -95,822 +173,3 @@ def _plain(value: Any) -> Any:
 
 def _sha256(text: str) -> str:
     return "sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
-
-
-def _content_security_policy(report_url: str | None) -> str:
-    """Only our own inline script and style run; fetches go to this origin or the report's."""
-    connect = ["'self'"]
-    if report_url:
-        url = urlsplit(report_url)
-        if url.scheme in ("http", "https") and _HOST.fullmatch(url.netloc):
-            connect.append(f"{url.scheme}://{url.netloc}")
-    return "; ".join(
-        [
-            "default-src 'none'",
-            f"script-src '{_sha256(_SCRIPT)}'",
-            f"style-src '{_sha256(_STYLE)}'",
-            "img-src data:",
-            "connect-src " + " ".join(connect),
-            "base-uri 'none'",
-            "form-action 'none'",
-        ]
-    )
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{{csp}}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
-<link rel="icon" href="data:,">
-<title>A/B test: champion vs challenger</title>
-<style>{{style}}</style>
-</head>
-<body data-renders="0">
-<main>
-  <header class="top">
-    <div>
-      <div class="eyebrow">trendloop &middot; A/B test</div>
-      <h1>Champion <span id="champion-version" class="ver">&mdash;</span>
-        <span class="vs">vs</span> challenger <span id="challenger-version" class="ver">&mdash;</span></h1>
-      <div class="meta">
-        <span>Experiment <b id="experiment-id">&mdash;</b></span>
-        <span>Started <b id="started-at">&mdash;</b></span>
-        <span>Split <b id="split">&mdash;</b></span>
-        <span id="ended" hidden>Ended <b id="ended-at"></b><span id="outcome"></span></span>
-      </div>
-    </div>
-    <div class="meta updated">
-      <span>Report from <b id="generated-at">&mdash;</b></span>
-      <span id="checked-at"></span>
-    </div>
-  </header>
-
-  <div id="error" class="banner banner-error" role="alert" hidden></div>
-  <div id="srm-warning" class="banner banner-warn" role="alert" hidden></div>
-
-  <section id="verdict" class="card verdict" data-verdict="" aria-live="polite">
-    <div class="verdict-label" id="verdict-label">Waiting for the report</div>
-    <p id="headline" class="headline">Loading the A/B report&hellip;</p>
-    <ul id="reasons" class="reasons"></ul>
-  </section>
-
-  <div class="grid">
-    <section class="card span-7">
-      <h2>The two arms</h2>
-      <div class="table-wrap"><table id="arms" class="arms"></table></div>
-    </section>
-    <section id="lift" class="card span-5">
-      <h2>Engagement lift, challenger vs champion</h2>
-      <div class="lift-head">
-        <span id="lift-relative" class="big">&mdash;</span>
-        <span id="lift-absolute" class="muted"></span>
-      </div>
-      <svg id="lift-plot" class="lift-plot" role="img" aria-label="Lift intervals"></svg>
-      <dl class="facts">
-        <dt id="lift-cs-label">Always-valid interval</dt><dd id="lift-cs">&mdash;</dd>
-        <dt>Always-valid p-value</dt><dd id="lift-avp">&mdash;</dd>
-        <dt id="lift-ci-label">Fixed-horizon interval</dt><dd id="lift-ci">&mdash;</dd>
-        <dt>Fixed-horizon p-value</dt><dd id="lift-p">&mdash;</dd>
-        <dt>Pre-test adjustment (CUPED)</dt><dd id="lift-cuped">&mdash;</dd>
-      </dl>
-    </section>
-
-    <section id="srm" class="card span-5" data-ok="">
-      <h2>Traffic split check (SRM)</h2>
-      <div class="status-line"><span id="srm-status" class="pill">&mdash;</span>
-        <span id="srm-text" class="muted"></span></div>
-      <dl class="facts">
-        <dt>Expected challenger share</dt><dd id="srm-expected">&mdash;</dd>
-        <dt>Observed challenger share</dt><dd id="srm-observed">&mdash;</dd>
-        <dt>p-value</dt><dd id="srm-p">&mdash;</dd>
-      </dl>
-    </section>
-    <section class="card span-7">
-      <h2>Guardrails</h2>
-      <p id="guardrails-summary" class="muted"></p>
-      <div class="table-wrap"><table id="guardrails" class="guardrails"></table></div>
-    </section>
-
-    <section class="card span-6 chart-card">
-      <h2>Exposures per arm</h2>
-      <svg id="chart-exposures" class="chart" role="img" aria-label="Exposures per arm over time"></svg>
-    </section>
-    <section class="card span-6 chart-card">
-      <h2>Engagement rate per arm</h2>
-      <svg id="chart-engagement" class="chart" role="img" aria-label="Engagement rate per arm over time"></svg>
-    </section>
-
-    <section class="card span-12">
-      <h2>Decision rule, declared before the test started</h2>
-      <dl id="rule" class="rule"></dl>
-    </section>
-  </div>
-  <footer id="footer" class="muted"></footer>
-</main>
-<script type="application/json" id="config">{{config}}</script>
-<script type="application/json" id="report">{{report}}</script>
-<script>{{script}}</script>
-</body>
-</html>
-"""
-
-_STYLE = """
-:root {
-  --fg: #0f172a; --muted: #64748b; --line: #e2e8f0; --bg: #f4f6fa; --card: #fff;
-  --champion: #2563eb; --challenger: #ea580c;
-  --good: #15803d; --good-bg: #ecfdf3; --bad: #b91c1c; --bad-bg: #fef2f2;
-  --warn: #b45309; --warn-bg: #fffbeb; --info: #1d4ed8; --info-bg: #eff6ff; --neutral-bg: #f1f5f9;
-}
-* { box-sizing: border-box; }
-html { -webkit-text-size-adjust: 100%; }
-body {
-  margin: 0; background: var(--bg); color: var(--fg); font-size: 15px; line-height: 1.5;
-  font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, "Noto Sans", sans-serif;
-  -webkit-font-smoothing: antialiased;
-}
-main { max-width: 1180px; margin: 0 auto; padding: 24px 20px 40px; }
-b { font-weight: 600; }
-.muted { color: var(--muted); }
-.top { display: flex; flex-wrap: wrap; justify-content: space-between; align-items: flex-end; gap: 8px 24px;
-  margin-bottom: 18px; }
-.eyebrow { font-size: 12px; font-weight: 600; letter-spacing: .08em; text-transform: uppercase; color: var(--muted); }
-h1 { font-size: 26px; line-height: 1.25; margin: 4px 0 6px; font-weight: 700; letter-spacing: -.01em; }
-h1 .vs { color: var(--muted); font-weight: 400; font-size: .8em; margin: 0 .2em; }
-.ver { display: inline-block; padding: 0 .35em; border-radius: 6px; font-variant-numeric: tabular-nums; }
-#champion-version { color: var(--champion); background: #eff4ff; }
-#challenger-version { color: var(--challenger); background: #fff4ed; }
-.meta { display: flex; flex-wrap: wrap; gap: 4px 18px; color: var(--muted); font-size: 13.5px; }
-.meta b { color: var(--fg); overflow-wrap: anywhere; }
-.updated { flex-direction: column; align-items: flex-end; gap: 0; text-align: right; }
-.banner { border-radius: 10px; padding: 12px 16px; margin: 0 0 14px; font-weight: 500; border: 1px solid; }
-.banner[hidden] { display: none; }
-.banner-error { background: var(--bad-bg); border-color: #fca5a5; color: var(--bad); }
-.banner-warn { background: var(--warn-bg); border-color: #f59e0b; color: #7c2d12; border-width: 2px; }
-.banner strong { display: block; font-size: 16px; }
-.card { background: var(--card); border: 1px solid var(--line); border-radius: 12px; padding: 18px 20px;
-  box-shadow: 0 1px 2px rgba(15, 23, 42, .05); min-width: 0; }
-.card h2 { font-size: 12.5px; font-weight: 600; letter-spacing: .07em; text-transform: uppercase; color: var(--muted);
-  margin: 0 0 12px; }
-.verdict { border-left: 6px solid var(--muted); margin-bottom: 16px; padding: 18px 22px; }
-.verdict-label { font-size: 13px; font-weight: 700; letter-spacing: .06em; text-transform: uppercase;
-  color: var(--muted); }
-.headline { font-size: 22px; line-height: 1.35; font-weight: 600; margin: 4px 0 6px; overflow-wrap: anywhere; }
-.reasons { margin: 6px 0 0; padding-left: 20px; color: #334155; }
-.reasons li { margin: 2px 0; overflow-wrap: anywhere; }
-.reasons:empty { display: none; }
-.tone-good { border-left-color: var(--good); background: var(--good-bg); }
-.tone-good .verdict-label { color: var(--good); }
-.tone-bad { border-left-color: var(--bad); background: var(--bad-bg); }
-.tone-bad .verdict-label { color: var(--bad); }
-.tone-warn { border-left-color: var(--warn); background: var(--warn-bg); }
-.tone-warn .verdict-label { color: var(--warn); }
-.tone-info { border-left-color: var(--info); background: var(--info-bg); }
-.tone-info .verdict-label { color: var(--info); }
-.tone-muted { border-left-color: #94a3b8; background: var(--neutral-bg); }
-.untrusted .headline { text-decoration: line-through; text-decoration-color: rgba(180, 83, 9, .6); }
-.grid { display: grid; grid-template-columns: repeat(12, minmax(0, 1fr)); gap: 16px; }
-.span-5 { grid-column: span 5; } .span-6 { grid-column: span 6; } .span-7 { grid-column: span 7; }
-.span-12 { grid-column: span 12; }
-.table-wrap { overflow-x: auto; }
-table { width: 100%; border-collapse: collapse; font-variant-numeric: tabular-nums; }
-th, td { padding: 7px 10px; text-align: right; border-bottom: 1px solid var(--line); white-space: nowrap; }
-th { font-size: 12.5px; font-weight: 600; color: var(--muted); }
-th:first-child, td:first-child { text-align: left; padding-left: 0; }
-tr:last-child th, tr:last-child td { border-bottom: 0; }
-td.diff { color: var(--muted); }
-.arms th.arm-champion { color: var(--champion); } .arms th.arm-challenger { color: var(--challenger); }
-.guardrails td:first-child { white-space: normal; overflow-wrap: anywhere; min-width: 9em; }
-.guardrails .detail { display: block; font-size: 12.5px; color: var(--muted); }
-.pill { display: inline-block; padding: 1px 10px; border-radius: 999px; font-size: 12.5px; font-weight: 700;
-  background: var(--neutral-bg); color: var(--muted); }
-.pill.ok { background: var(--good-bg); color: var(--good); }
-.pill.bad { background: var(--bad-bg); color: var(--bad); }
-tr.breached td { background: #fff7f7; }
-.status-line { display: flex; flex-wrap: wrap; gap: 8px; align-items: baseline; margin-bottom: 8px; }
-.facts { display: grid; grid-template-columns: minmax(0, 1fr) auto; gap: 4px 16px; margin: 8px 0 0; font-size: 14px; }
-.facts dt { color: var(--muted); } .facts dd { margin: 0; text-align: right; font-variant-numeric: tabular-nums;
-  font-weight: 600; white-space: nowrap; }
-.lift-head { display: flex; flex-wrap: wrap; align-items: baseline; gap: 4px 12px; }
-.big { font-size: 38px; font-weight: 700; line-height: 1.1; letter-spacing: -.02em;
-  font-variant-numeric: tabular-nums; }
-.big.up { color: var(--good); } .big.down { color: var(--bad); }
-.lift-plot { width: 100%; height: auto; display: block; margin: 10px 0 4px; }
-.chart { width: 100%; height: auto; display: block; }
-svg text { font-family: inherit; fill: #475569; font-size: 11px; }
-svg .axis-title { font-size: 12px; fill: var(--muted); }
-svg .legend { font-size: 12px; fill: #334155; }
-svg .grid-line { stroke: #e8edf3; stroke-width: 1; }
-svg .axis-line { stroke: #94a3b8; stroke-width: 1; }
-svg .zero-line { stroke: #0f172a; stroke-width: 1.5; }
-svg .min-lift-line { stroke: var(--good); stroke-width: 1.2; stroke-dasharray: 4 3; }
-svg .series { fill: none; stroke-width: 2.25; stroke-linejoin: round; stroke-linecap: round; }
-svg .arm-champion { stroke: var(--champion); } svg .arm-challenger { stroke: var(--challenger); }
-svg circle.arm-champion { fill: var(--champion); stroke: #fff; }
-svg circle.arm-challenger { fill: var(--challenger); stroke: #fff; }
-svg .empty { font-size: 14px; fill: var(--muted); }
-svg .interval { stroke-linecap: round; }
-svg .interval.cs { stroke-width: 9; } svg .interval.ci { stroke-width: 3.5; }
-svg .tone-up { stroke: var(--good); } svg .tone-down { stroke: var(--bad); } svg .tone-flat { stroke: #64748b; }
-svg .estimate { fill: #0f172a; stroke: #fff; stroke-width: 1.5; }
-.rule { display: grid; grid-template-columns: repeat(auto-fill, minmax(230px, 1fr)); gap: 10px 20px; margin: 0; }
-.rule div { border-top: 1px solid var(--line); padding-top: 6px; }
-.rule dt { font-size: 13px; color: var(--muted); overflow-wrap: anywhere; }
-.rule dd { margin: 0; font-weight: 600; font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
-footer { margin-top: 18px; font-size: 12.5px; }
-/* narrow screens: last, so these win over the rules above */
-@media (max-width: 920px) { .grid > * { grid-column: 1 / -1; } .updated { align-items: flex-start; text-align: left; } }
-@media (max-width: 520px) { main { padding: 16px 12px 32px; } h1 { font-size: 21px; } .headline { font-size: 18px; }
-  .card { padding: 14px; } th, td { padding: 7px 6px; } th { white-space: normal; } .arms .diff { display: none; }
-  .big { font-size: 32px; }
-  .guardrails td:first-child { min-width: 7em; } }
-"""
-
-_SCRIPT = r"""
-(function () {
-  "use strict";
-  var SVG_NS = "http://www.w3.org/2000/svg";
-  var DASH = "\u2014";
-  var MINUS = "\u2212";
-  var ARMS = ["champion", "challenger"];
-  var ARM_LABEL = { champion: "Champion", challenger: "Challenger" };
-  var VERDICTS = {
-    promote: { label: "Promote the challenger", tone: "good" },
-    rollback: { label: "Roll back to the champion", tone: "bad" },
-    continue: { label: "Keep the test running", tone: "info" },
-    insufficient: { label: "Not enough data yet", tone: "muted" },
-    blocked: { label: "Decision blocked", tone: "warn" },
-    none: { label: "No A/B test running", tone: "muted" }
-  };
-  var RULE_LABELS = {
-    alpha: "Significance level (alpha)",
-    min_users_per_arm: "Minimum users per arm",
-    min_lift: "Minimum relative lift to promote",
-    srm_alpha: "Traffic split check threshold (SRM alpha)",
-    max_latency_increase: "Largest p95 latency increase allowed (relative)",
-    max_report_rate_increase: "Largest report-rate increase allowed (per exposure)"
-  };
-
-  // ---- reading values that may be null, missing or of the wrong type -------------------------
-  function isObj(v) { return v !== null && typeof v === "object" && !Array.isArray(v); }
-  function obj(v) { return isObj(v) ? v : {}; }
-  function list(v) { return Array.isArray(v) ? v : []; }
-  function num(v) { return typeof v === "number" && isFinite(v) ? v : null; }
-  function text(v) { return v === null || v === undefined || v === "" ? null : String(v); }
-  function readJson(id) {
-    var el = document.getElementById(id);
-    var raw = el ? el.textContent.trim() : "";
-    if (!raw) return null;
-    try { return JSON.parse(raw); } catch (e) { console.error("dashboard: #" + id + " is not JSON", e); return null; }
-  }
-
-  // ---- formatting ------------------------------------------------------------------------------
-  var fixedCache = {};
-  function fixed(v, digits) {
-    var f = fixedCache[digits] || (fixedCache[digits] = new Intl.NumberFormat("en-US",
-      { minimumFractionDigits: digits, maximumFractionDigits: digits }));
-    return f.format(v);
-  }
-  var sigFormat = new Intl.NumberFormat("en-US", { maximumSignificantDigits: 4 });
-  var compactFormat = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 });
-  function withSign(v, body, digits) {
-    // no sign on what rounds to zero: "+0.0%" reads as a real gain
-    if (Number(Math.abs(v).toFixed(digits)) === 0) return body;
-    return (v > 0 ? "+" : MINUS) + body;
-  }
-  function fmtInt(v) { v = num(v); return v === null ? DASH : (v < 0 ? MINUS : "") + fixed(Math.abs(v), 0); }
-  function fmtPct(v, digits) {
-    v = num(v); if (v === null) return DASH;
-    return (v < 0 ? MINUS : "") + fixed(Math.abs(v) * 100, digits) + "%";
-  }
-  function fmtSignedPct(v, digits) {
-    v = num(v); if (v === null) return DASH;
-    return withSign(v * 100, fixed(Math.abs(v) * 100, digits) + "%", digits);
-  }
-  function fmtShare(v) {  // 0.5 -> "50%", 0.333 -> "33.3%"
-    v = num(v); if (v === null) return DASH;
-    var p = v * 100;
-    return fixed(p, Math.abs(p - Math.round(p)) < 1e-9 ? 0 : 1) + "%";
-  }
-  function fmtPp(v) {
-    v = num(v);
-    return v === null ? DASH : withSign(v * 100, fixed(Math.abs(v) * 100, 2) + " pp", 2);
-  }
-  function fmtMs(v) { v = num(v); return v === null ? DASH : fixed(v, Math.abs(v) < 10 ? 1 : 0) + " ms"; }
-  function fmtP(v) { v = num(v); return v === null ? DASH : v < 0.001 ? "< 0.001" : fixed(v, 3); }
-  function pIs(v) { var p = fmtP(v); return p.charAt(0) === "<" ? "p " + p : "p = " + p; }
-  function fmtNum(v) {
-    if (typeof v === "boolean") return v ? "yes" : "no";
-    if (isObj(v) || Array.isArray(v)) return JSON.stringify(v);
-    var n = num(v);
-    if (n === null) return text(v) === null ? DASH : String(v);
-    if (Number.isInteger(n) || Math.abs(n) >= 1000) return fmtInt(n);
-    return (n < 0 ? MINUS : "") + sigFormat.format(Math.abs(n));
-  }
-  // Names of fractions (a rate, a share, a lift, a relative latency increase) read better as
-  // percentages; names of counts and milliseconds do not. signed: a change, "+10.8%".
-  function fmtByName(name, v, signed) {
-    var n = num(v);
-    var fraction = /rate|share|lift|increase|split|reduction|latency/i.test(name) &&
-      !/(^|_)ms($|_)|users|count|exposures/i.test(name);
-    if (fraction && n !== null) {
-      var digits = Math.abs(n) < 0.01 ? 2 : 1;
-      return signed ? fmtSignedPct(n, digits) : fmtPct(n, digits);
-    }
-    return fmtNum(v);
-  }
-  var MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-  function pad2(n) { return n < 10 ? "0" + n : String(n); }
-  function parseTime(v) {
-    if (typeof v === "string" && /^\d{4}-\d\d-\d\dT[\d:.]+$/.test(v)) v += "Z";  // naive ISO: UTC, not local
-    var t = typeof v === "string" ? Date.parse(v) : NaN;
-    return isFinite(t) ? new Date(t) : null;
-  }
-  function fmtDay(d) { return d.getUTCDate() + " " + MONTHS[d.getUTCMonth()]; }
-  function fmtClock(d) { return pad2(d.getUTCHours()) + ":" + pad2(d.getUTCMinutes()); }
-  function fmtTime(v) {  // "12 Mar 2025, 14:05 UTC"; an unparseable value is shown as given
-    var d = parseTime(v);
-    if (d === null) return text(v) === null ? DASH : String(v);
-    return fmtDay(d) + " " + d.getUTCFullYear() + ", " + fmtClock(d) + " UTC";
-  }
-  function fmtDuration(ms) {
-    var units = [[86400000, "day"], [3600000, "hour"], [60000, "minute"], [1000, "second"]];
-    for (var i = 0; i < units.length; i++) {
-      if (ms >= units[i][0] && ms % units[i][0] === 0) {
-        var k = ms / units[i][0];
-        return k + "-" + units[i][1];
-      }
-    }
-    return fixed(ms / 1000, 0) + "-second";
-  }
-
-  // ---- DOM: text only, never HTML --------------------------------------------------------------
-  function build(el, attrs, children) {
-    Object.keys(attrs || {}).forEach(function (k) {
-      var v = attrs[k];
-      if (v === null || v === undefined || v === false) return;
-      if (k === "text") el.textContent = v;
-      else el.setAttribute(k, String(v));
-    });
-    (children || []).forEach(function (c) { if (c !== null && c !== undefined) el.append(c); });
-    return el;
-  }
-  function h(tag, attrs, children) { return build(document.createElement(tag), attrs, children); }
-  function s(tag, attrs, children) { return build(document.createElementNS(SVG_NS, tag), attrs, children); }
-  function byId(id) { return document.getElementById(id); }
-  function emptyNote(W, H, note) {
-    return s("text", { x: W / 2, y: H / 2, "text-anchor": "middle", "class": "empty", text: note });
-  }
-  function setText(id, value) { byId(id).textContent = value; }
-  function version(v) { return v === null || v === undefined || v === "" ? DASH : "v" + v; }
-
-  // ---- sections ----------------------------------------------------------------------------------
-  function renderHeader(r) {
-    var exp = obj(r.experiment);
-    setText("champion-version", version(exp.champion_version));
-    setText("challenger-version", version(exp.challenger_version));
-    setText("experiment-id", text(exp.id) || DASH);
-    setText("started-at", fmtTime(exp.started_at));
-    var split = num(exp.split);
-    setText("split", split === null ? DASH : fmtShare(1 - split) + " champion / " + fmtShare(split) + " challenger");
-    setText("generated-at", fmtTime(r.generated_at));
-    var ended = text(exp.ended_at);
-    byId("ended").hidden = ended === null;
-    setText("ended-at", ended === null ? "" : fmtTime(ended));
-    setText("outcome", text(exp.outcome) ? " (" + exp.outcome + ")" : "");
-  }
-
-  function renderVerdict(r) {
-    var decision = obj(r.decision);
-    var srm = obj(r.srm);
-    var verdict = text(decision.verdict);
-    var known = verdict !== null && Object.prototype.hasOwnProperty.call(VERDICTS, verdict) ? VERDICTS[verdict] : null;
-    var card = byId("verdict");
-    var srmFailed = srm.ok === false;
-    card.className = "card verdict tone-" + (known ? known.tone : "muted") + (srmFailed ? " untrusted" : "");
-    card.setAttribute("data-verdict", verdict || "");
-    setText("verdict-label", known ? known.label : verdict ? "Verdict: " + verdict : "No verdict yet");
-    setText("headline", text(decision.headline) || (known ? known.label + "." : "The report has no verdict yet."));
-    var reasons = byId("reasons");
-    reasons.replaceChildren.apply(reasons, list(decision.reasons).map(function (reason) {
-      return h("li", { text: fmtNum(reason) });
-    }));
-    document.title = "A/B " + (text(obj(r.experiment).id) || "test") + ": " + (known ? known.label : "no verdict");
-
-    var warning = byId("srm-warning");
-    warning.hidden = !srmFailed;
-    if (srmFailed) {
-      warning.replaceChildren(
-        h("strong", { text: "Sample ratio mismatch: do not trust any verdict from this test." }),
-        "Users are not split between the arms as configured (expected " + fmtShare(srm.expected_share) +
-          " on the challenger, observed " + fmtPct(srm.observed_share, 1) + ", " + pIs(srm.p_value) +
-          "). Assignment or logging is broken; fix it and restart the test.");
-    }
-  }
-
-  var ARM_ROWS = [
-    ["users", "Users", fmtInt, null],
-    ["exposures", "Exposures", fmtInt, null],
-    ["engagements", "Engagements", fmtInt, null],
-    ["engagement_rate", "Engagement rate", function (v) { return fmtPct(v, 2); }, "pp"],
-    ["report_rate", "Report rate", function (v) { return fmtPct(v, 2); }, "pp"],
-    ["latency_p50_ms", "Latency p50", fmtMs, "ms"],
-    ["latency_p95_ms", "Latency p95", fmtMs, "ms"],
-    ["latency_p99_ms", "Latency p99", fmtMs, "ms"]
-  ];
-  function renderArms(r) {
-    var arms = obj(r.arms);
-    var exp = obj(r.experiment);
-    var head = h("tr", {}, [h("th", { scope: "col", text: "Metric" })].concat(ARMS.map(function (arm) {
-      return h("th", { scope: "col", "class": "arm-" + arm, "data-arm": arm,
-        text: ARM_LABEL[arm] + " " + version(exp[arm + "_version"]) });
-    }), [h("th", { scope: "col", "class": "diff", text: "Difference" })]));
-    var rows = ARM_ROWS.map(function (row) {
-      var key = row[0];
-      var a = num(obj(arms.champion)[key]);
-      var b = num(obj(arms.challenger)[key]);
-      var diff = "";
-      if (row[3] && a !== null && b !== null) {
-        diff = row[3] === "pp" ? fmtPp(b - a)
-          : withSign(b - a, fmtMs(Math.abs(b - a)), Math.abs(b - a) < 10 ? 1 : 0) +
-            (a > 0 ? " (" + fmtSignedPct((b - a) / a, 1) + ")" : "");
-      }
-      return h("tr", { "data-metric": key }, [h("th", { scope: "row", text: row[1] })].concat(ARMS.map(function (arm) {
-        return h("td", { "data-arm": arm, "data-metric": key, text: row[2](obj(arms[arm])[key]) });
-      }), [h("td", { "class": "diff", "data-arm": "difference", "data-metric": key, text: diff })]));
-    });
-    byId("arms").replaceChildren(h("thead", {}, [head]), h("tbody", {}, rows));
-  }
-
-  function renderLift(r) {
-    var lift = obj(r.lift);
-    var rel = num(lift.relative);
-    var csLow = num(lift.cs_low), csHigh = num(lift.cs_high);
-    var big = byId("lift-relative");
-    big.textContent = fmtSignedPct(rel, 1);
-    big.className = "big" + (csLow !== null && csLow > 0 ? " up" : csHigh !== null && csHigh < 0 ? " down" : "");
-    setText("lift-absolute", num(lift.absolute) === null ? "" : fmtPp(lift.absolute) + " in engagement rate");
-    var conf = num(lift.confidence);
-    var level = conf === null ? "" : " " + fmtShare(conf);
-    setText("lift-cs-label", "Always-valid" + level + " interval (used for the verdict)");
-    var method = text(lift.ci_method) ? " (" + lift.ci_method + ")" : "";
-    setText("lift-ci-label", "Fixed-horizon" + level + " interval" + method);
-    setText("lift-cs", fmtRange(csLow, csHigh));
-    setText("lift-ci", fmtRange(lift.ci_low, lift.ci_high));
-    setText("lift-avp", fmtP(lift.always_valid_p));
-    setText("lift-p", fmtP(lift.p_value));
-    var cuped = lift.cuped === true ? "yes" : lift.cuped === false ? "no" : DASH;
-    if (lift.cuped === true && num(lift.variance_reduction) !== null) {
-      cuped += ", " + fmtPct(lift.variance_reduction, 1) + " less variance";
-    }
-    setText("lift-cuped", cuped);
-    drawLiftPlot(byId("lift-plot"), lift, num(obj(r.rule).min_lift));
-  }
-  function fmtRange(lo, hi) {
-    lo = num(lo); hi = num(hi);
-    return lo === null || hi === null ? DASH : fmtSignedPct(lo, 1) + " to " + fmtSignedPct(hi, 1);
-  }
-
-  function renderSrm(r) {
-    var srm = obj(r.srm);
-    var card = byId("srm");
-    var ok = srm.ok === true ? "true" : srm.ok === false ? "false" : "";
-    card.setAttribute("data-ok", ok);
-    var pill = byId("srm-status");
-    pill.textContent = ok === "true" ? "OK" : ok === "false" ? "Failed" : "Not checked";
-    pill.className = "pill" + (ok === "true" ? " ok" : ok === "false" ? " bad" : "");
-    setText("srm-text", ok === "true" ? "Users are split between the arms as planned."
-      : ok === "false" ? "The split is off: results are not trustworthy." : "No split check in this report yet.");
-    setText("srm-expected", fmtPct(srm.expected_share, 1));
-    setText("srm-observed", fmtPct(srm.observed_share, 1));
-    setText("srm-p", fmtP(srm.p_value));
-  }
-
-  function renderGuardrails(r) {
-    var rails = list(r.guardrails).map(obj);
-    var breached = rails.filter(function (g) { return g.ok === false; }).length;
-    setText("guardrails-summary", rails.length === 0 ? "No guardrails in this report."
-      : breached === 0 ? "All " + rails.length + " guardrails hold."
-      : breached + " of " + rails.length + " guardrails breached.");
-    var head = h("tr", {}, ["Guardrail", "Status", "Value", "Limit"].map(function (t) {
-      return h("th", { scope: "col", text: t });
-    }));
-    var rows = rails.map(function (g) {
-      var name = text(g.name) || DASH;
-      var state = g.ok === true ? "ok" : g.ok === false ? "breached" : "unknown";
-      return h("tr", { "class": state, "data-name": name, "data-ok": state === "unknown" ? "" : String(g.ok) }, [
-        h("td", {}, [name, text(g.detail) ? h("span", { "class": "detail", text: String(g.detail) }) : null]),
-        h("td", { "class": "status" }, [h("span", {
-          "class": "pill" + (state === "ok" ? " ok" : state === "breached" ? " bad" : ""),
-          text: state === "ok" ? "OK" : state === "breached" ? "Breached" : "Unknown"
-        })]),
-        h("td", { "class": "value", text: fmtByName(name, g.value, true) }),
-        h("td", { "class": "limit", text: fmtByName(name, g.limit) })
-      ]);
-    });
-    var table = byId("guardrails");
-    if (rows.length === 0) table.replaceChildren();
-    else table.replaceChildren(h("thead", {}, [head]), h("tbody", {}, rows));
-  }
-
-  function renderRule(r) {
-    var rule = obj(r.rule);
-    var keys = Object.keys(rule);
-    var dl = byId("rule");
-    if (keys.length === 0) {
-      dl.replaceChildren(h("div", {}, [h("dt", { text: "No rule in this report." })]));
-      return;
-    }
-    dl.replaceChildren.apply(dl, keys.map(function (key) {
-      var label = RULE_LABELS[key] || key.replace(/_/g, " ").replace(/^./, function (c) { return c.toUpperCase(); });
-      var value = key === "min_users_per_arm" ? fmtInt(rule[key]) : key === "min_lift" ? fmtSignedPct(rule[key], 1)
-        : fmtByName(key, rule[key]);
-      return h("div", { "data-key": key }, [h("dt", { text: label }), h("dd", { "data-key": key, text: value })]);
-    }));
-  }
-
-  // ---- charts ---------------------------------------------------------------------------------
-  function niceStep(range, count) {
-    var raw = range / Math.max(count, 1);
-    var mag = Math.pow(10, Math.floor(Math.log10(raw)));
-    var norm = raw / mag;
-    return (norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 2.5 ? 2.5 : norm <= 5 ? 5 : 10) * mag;
-  }
-  function ticksBetween(lo, hi, step) {
-    var out = [];
-    for (var v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) {
-      out.push(Number(v.toPrecision(12)));  // 0.1 + 0.2 -> 0.3
-    }
-    return out;
-  }
-
-  // Drawn at the SVG's real width, so text is 1:1 on any screen; redrawn when the window resizes.
-  function widthOf(svg, fallback) {
-    var w = Math.round(svg.getBoundingClientRect().width);
-    return w >= 200 ? w : fallback;
-  }
-
-  function drawLiftPlot(svg, lift, minLift) {
-    var W = widthOf(svg, 380), H = 104, L = 96, R = 16;
-    var rows = [["Always-valid", "cs", 30], ["Fixed-horizon", "ci", 58]];  // label, key prefix, y
-    svg.setAttribute("viewBox", "0 0 " + W + " " + H);
-    var est = num(lift.relative);
-    var values = [0, est, num(lift.cs_low), num(lift.cs_high), num(lift.ci_low), num(lift.ci_high), minLift]
-      .filter(function (v) { return v !== null; });
-    var children = [];
-    if (values.length === 1) {
-      svg.replaceChildren(emptyNote(W, H, "No lift estimate yet"));
-      return;
-    }
-    var lo = Math.min.apply(null, values), hi = Math.max.apply(null, values);
-    var span = hi - lo || 0.02;
-    var step = niceStep(span * 1.2, W < 320 ? 3 : 4);
-    lo = Math.floor((lo - span * 0.08) / step) * step;
-    hi = Math.ceil((hi + span * 0.08) / step) * step;
-    function x(v) { return L + (W - L - R) * (v - lo) / (hi - lo); }
-    var axisY = 80;
-    var digits = step * 100 >= 1 ? 0 : 1;
-    ticksBetween(lo, hi, step).forEach(function (t) {
-      children.push(s("line", { x1: x(t), x2: x(t), y1: 14, y2: axisY, "class": "grid-line" }));
-      children.push(s("text", { x: x(t), y: axisY + 14, "text-anchor": "middle", text: fmtSignedPct(t, digits) }));
-    });
-    children.push(s("line", { x1: L, x2: W - R, y1: axisY, y2: axisY, "class": "axis-line" }));
-    children.push(s("line", { x1: x(0), x2: x(0), y1: 10, y2: axisY, "class": "zero-line" }));
-    if (minLift !== null && minLift !== 0) {
-      children.push(s("line", { x1: x(minLift), x2: x(minLift), y1: 10, y2: axisY, "class": "min-lift-line" }));
-      children.push(s("text", { x: x(minLift) + 3, y: 10, "class": "axis-title", text: "min lift" }));
-    }
-    rows.forEach(function (row) {
-      var a = num(lift[row[1] + "_low"]), b = num(lift[row[1] + "_high"]);
-      children.push(s("text", { x: 0, y: row[2] + 4, text: row[0] }));
-      if (a !== null && b !== null) {
-        var tone = a > 0 ? "tone-up" : b < 0 ? "tone-down" : "tone-flat";
-        children.push(s("line", {
-          x1: x(a), x2: x(b), y1: row[2], y2: row[2], "class": "interval " + row[1] + " " + tone,
-          "data-low": a, "data-high": b
-        }, [s("title", { text: row[0] + ": " + fmtRange(a, b) })]));
-      } else {
-        children.push(s("text", { x: L, y: row[2] + 4, "class": "axis-title", text: "not available" }));
-      }
-      if (est !== null) children.push(s("circle", { cx: x(est), cy: row[2], r: 4.5, "class": "estimate" }));
-    });
-    svg.replaceChildren.apply(svg, children);
-  }
-
-  // One row per (bucket, arm) -> per arm, one value per bucket (null where the arm has no row).
-  function bucketSeries(timeline) {
-    var rows = timeline.map(obj);
-    var starts = [];
-    var seen = {};
-    rows.forEach(function (row) {
-      var key = String(row.start);
-      if (!Object.prototype.hasOwnProperty.call(seen, key)) { seen[key] = true; starts.push(key); }
-    });
-    starts.sort(function (a, b) {
-      var ta = Date.parse(a), tb = Date.parse(b);
-      if (isFinite(ta) && isFinite(tb)) return ta - tb;
-      return isFinite(ta) ? -1 : isFinite(tb) ? 1 : a < b ? -1 : a > b ? 1 : 0;
-    });
-    var index = {};
-    starts.forEach(function (key, i) { index[key] = i; });
-    var byArm = {};
-    rows.forEach(function (row) {
-      var arm = text(row.arm);
-      if (arm === null) return;
-      if (!byArm[arm]) byArm[arm] = starts.map(function () { return null; });
-      byArm[arm][index[String(row.start)]] = row;
-    });
-    return { starts: starts, byArm: byArm };
-  }
-
-  function lineChart(svg, buckets, series, opts) {
-    var W = widthOf(svg, 560), H = 280, m = { l: 52, r: 16, t: 52, b: 44 };
-    var pw = W - m.l - m.r, ph = H - m.t - m.b;
-    svg.setAttribute("viewBox", "0 0 " + W + " " + H);
-    var n = buckets.starts.length;
-    if (n === 0 || series.length === 0) {
-      svg.replaceChildren(emptyNote(W, H, "No data over time yet"));
-      return;
-    }
-    var all = [];
-    series.forEach(function (sr) { sr.values.forEach(function (v) { if (v !== null) all.push(v); }); });
-    var max = all.length ? Math.max.apply(null, all) : 0;
-    var step = niceStep(max > 0 ? max : opts.emptyMax, 4);
-    var top = Math.max(Math.ceil(max / step - 1e-9) * step, step);
-    function x(i) { return n === 1 ? m.l + pw / 2 : m.l + pw * i / (n - 1); }
-    function y(v) { return m.t + ph - ph * v / top; }
-    var children = [];
-    ticksBetween(0, top, step).forEach(function (t) {
-      children.push(s("line", { x1: m.l, x2: W - m.r, y1: y(t), y2: y(t), "class": "grid-line" }));
-      children.push(s("text", { x: m.l - 8, y: y(t) + 4, "text-anchor": "end", text: opts.tick(t, step, top) }));
-    });
-    children.push(s("line", { x1: m.l, x2: W - m.r, y1: m.t + ph, y2: m.t + ph, "class": "axis-line" }));
-    children.push(s("line", { x1: m.l, x2: m.l, y1: m.t, y2: m.t + ph, "class": "axis-line" }));
-
-    // x labels: as many as fit, in UTC, with the date when the test spans more than a day
-    var times = buckets.starts.map(parseTime);
-    var first = times[0], last = times[n - 1];
-    var bucketMs = n > 1 && times[1] && first ? times[1] - first : null;
-    var spanMs = first && last ? last - first : 0;
-    var every = Math.max(1, Math.ceil(n / Math.max(2, Math.floor(pw / (spanMs >= 86400000 ? 95 : 60)))));
-    for (var i = 0; i < n; i += every) {
-      var d = times[i];
-      var label = d === null ? buckets.starts[i] : spanMs > 7 * 86400000 ? fmtDay(d)
-        : spanMs >= 86400000 ? fmtDay(d) + " " + fmtClock(d) : fmtClock(d);
-      children.push(s("line", { x1: x(i), x2: x(i), y1: m.t + ph, y2: m.t + ph + 4, "class": "axis-line" }));
-      var anchor = n > 1 && i === 0 ? "start" : "middle";
-      children.push(s("text", { x: x(i), y: m.t + ph + 17, "text-anchor": anchor, text: label }));
-    }
-    children.push(s("text", { x: m.l + pw / 2, y: H - 6, "text-anchor": "middle", "class": "axis-title",
-      text: "Time (UTC) \u00b7 not cumulative" }));
-    var per = bucketMs && bucketMs > 0 ? " per " + fmtDuration(bucketMs) + " bucket" : " per bucket";
-    children.push(s("text", { x: 0, y: 13, "class": "axis-title chart-title", text: opts.yTitle + per }));
-
-    series.forEach(function (sr) {
-      var d = "";
-      var pen = "M";
-      var points = 0;
-      var marks = [];
-      sr.values.forEach(function (v, i) {
-        if (v === null) { pen = "M"; return; }
-        d += pen + x(i).toFixed(1) + "," + y(v).toFixed(1) + " ";
-        pen = "L";
-        points += 1;
-        if (n <= 60) {
-          var when = times[i] ? fmtTime(buckets.starts[i]) : buckets.starts[i];
-          marks.push(s("circle", { cx: x(i).toFixed(1), cy: y(v).toFixed(1), r: 2.6, "class": "arm-" + sr.arm },
-            [s("title", { text: sr.label + ", " + when + ": " + opts.value(v) })]));
-        }
-      });
-      children.push(s("path", {
-        d: d.trim(), "class": "series arm-" + sr.arm, "data-arm": sr.arm, "data-points": points
-      }));
-      children = children.concat(marks);
-    });
-
-    // legend, under the title
-    var lx = 0;
-    series.forEach(function (sr) {
-      children.push(s("line", { x1: lx, x2: lx + 18, y1: 29, y2: 29, "class": "series arm-" + sr.arm }));
-      var label = s("text", { x: lx + 24, y: 33, "class": "legend", text: sr.label });
-      children.push(label);
-      lx += 24 + sr.label.length * 7 + 22;
-    });
-    svg.replaceChildren.apply(svg, children);
-  }
-
-  function renderCharts(r) {
-    var buckets = bucketSeries(list(r.timeline));
-    var exp = obj(r.experiment);
-    var arms = ARMS.filter(function (arm) { return buckets.byArm[arm]; });
-    function series(value) {
-      return arms.map(function (arm) {
-        return { arm: arm, label: ARM_LABEL[arm] + " " + version(exp[arm + "_version"]),
-          values: buckets.byArm[arm].map(function (row) { return row === null ? null : value(row); }) };
-      });
-    }
-    lineChart(byId("chart-exposures"), buckets, series(function (row) { return num(row.exposures); }), {
-      yTitle: "Exposures", emptyMax: 10, value: function (v) { return fmtInt(v) + " exposures"; },
-      tick: function (t, step, top) { return top >= 10000 ? compactFormat.format(t) : fmtInt(t); }
-    });
-    lineChart(byId("chart-engagement"), buckets, series(function (row) {
-      var e = num(row.engagements), x = num(row.exposures);
-      return e === null || x === null || x <= 0 ? null : e / x;
-    }), {
-      yTitle: "Engagement rate", emptyMax: 0.01, value: function (v) { return fmtPct(v, 2) + " engagement"; },
-      tick: function (t, step) { return fmtPct(t, step * 100 >= 1 ? 0 : step * 100 >= 0.1 ? 1 : 2); }
-    });
-  }
-
-  // ---- load, refresh, errors --------------------------------------------------------------------
-  var config = obj(readJson("config"));
-  var refreshS = num(config.refresh_s) || 0;
-  var lastGood = null;  // Date of the last report shown
-  var renders = 0;
-  function clock(d) { return fmtClock(d) + ":" + pad2(d.getUTCSeconds()) + " UTC"; }
-
-  var shown = null;  // the report on screen, redrawn on resize
-  function show(report) {
-    try {
-      var r = obj(report);
-      shown = r;
-      renderHeader(r);
-      renderVerdict(r);
-      renderArms(r);
-      renderLift(r);
-      renderSrm(r);
-      renderGuardrails(r);
-      renderCharts(r);
-      renderRule(r);
-    } catch (e) {
-      console.error("dashboard: could not render the report", e);
-      showError("the report could not be displayed (" + e.message + ")");
-      return false;
-    }
-    lastGood = new Date();
-    renders += 1;
-    document.body.setAttribute("data-renders", String(renders));
-    setText("checked-at", "Updated " + clock(lastGood));
-    return true;
-  }
-
-  function showError(why) {
-    var banner = byId("error");
-    var keep = lastGood ? " Showing the last good data, from " + clock(lastGood) + "." : " No data to show yet.";
-    var retry = config.report_url && refreshS > 0 ? " Retrying every " + refreshS + " s." : "";
-    var title = lastGood ? "Could not update the report" : "Could not load the report";
-    banner.replaceChildren(h("strong", { text: title }), "Reason: " + why + "." + keep + retry);
-    banner.hidden = false;
-  }
-  function clearError() { var banner = byId("error"); banner.hidden = true; banner.replaceChildren(); }
-
-  var inFlight = false;
-  function refresh() {
-    if (inFlight) return;
-    inFlight = true;
-    fetch(config.report_url, { cache: "no-store", headers: { Accept: "application/json" } })
-      .then(function (resp) {
-        if (!resp.ok) {
-          throw new Error("the server answered HTTP " + resp.status + (resp.statusText ? " " + resp.statusText : ""));
-        }
-        return resp.json().catch(function () { throw new Error("the report is not valid JSON"); });
-      }, function (e) { throw new Error("the report could not be reached (" + e.message + ")"); })
-      .then(function (data) {
-        if (!isObj(data)) throw new Error("the report is not a JSON object");
-        if (show(data)) clearError();
-      })
-      .catch(function (e) { showError(e.message); })
-      .then(function () { inFlight = false; });
-  }
-
-  var footer = "Champion vs challenger, served by Ray Serve. " +
-    "Rates are per exposure; lifts are relative to the champion.";
-  if (config.report_url && refreshS > 0) footer += " Refreshes every " + refreshS + " s.";
-  setText("footer", footer);
-
-  // A page rewritten in place (document.open) keeps this window's listeners and timers: they stop
-  // once the elements they drew into are not the ones this script started with.
-  var root = byId("verdict");
-  function mine() { return byId("verdict") === root; }
-  var resizeTimer = null;
-  window.addEventListener("resize", function () {
-    clearTimeout(resizeTimer);
-    resizeTimer = setTimeout(function () {
-      if (shown === null || !mine()) return;
-      try { renderLift(shown); renderCharts(shown); } catch (e) { console.error("dashboard: could not redraw", e); }
-    }, 120);
-  });
-
-  var embedded = readJson("report");
-  if (embedded !== null) show(embedded);
-  else if (!config.report_url) setText("headline", "No report to show.");
-  if (config.report_url) {
-    if (embedded === null) refresh();
-    if (refreshS > 0) {
-      var timer = setInterval(function () { if (mine()) refresh(); else clearInterval(timer); }, refreshS * 1000);
-    }
-  }
-})();
-"""

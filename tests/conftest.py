@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,6 +13,7 @@ from components.data.snapshot import Store
 from components.simulator.feed import FeedSpec, simulate
 from components.simulator.trends import NewClass, PriorShift, StyleShift
 from infra.labelstudio import LocalLabelStudio
+from tests.browsers import browser, chromium  # noqa: F401 - fixtures for every test module
 from trendloop.settings import LabelStudioSettings
 
 SMALL_FEED = FeedSpec(
@@ -72,23 +70,3 @@ def ls_home(label_studio: LocalLabelStudio, request: pytest.FixtureRequest) -> P
     home = label_studio.document_root / re.sub(r"\W+", "_", request.node.name)[:80]
     home.mkdir()
     return home
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's Chromium (Playwright's own browser downloads are not used); `make test` installs it."""
-    path = os.environ.get("TRENDLOOP_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path or not Path(path).exists():
-        pytest.skip("no Chromium: install Debian's chromium package or set TRENDLOOP_CHROMIUM to a browser binary")
-    return path
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Any]:
-    """A headless Chromium for one test module: Playwright's sync API holds an event loop in this thread
-    while it runs, so it must not outlive the module (later tests call ``asyncio.run``)."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        yield browser
-        browser.close()
