@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from components.predlog import PREDICTION_SCHEMA, SERVED, PredictionLog
+from components.data.predlog import PREDICTION_SCHEMA, SERVED, PredictionLog
 from serving.abtest import DecisionRule
 from serving.eventlog import FEEDBACK_SCHEMA, FeedbackLog
 from serving.experiment import CHALLENGER, Experiment, Experiments, assign_arm

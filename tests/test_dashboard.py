@@ -32,8 +32,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from components.data.predlog import PredictionLog
 from components.errors import TrendloopError
-from components.predlog import PredictionLog
 from serving.api import build_api
 from serving.dashboard import render_dashboard
 from serving.eventlog import EventWriter, FeedbackLog
