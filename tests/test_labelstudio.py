@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
+import subprocess
+import sys
+import sysconfig
 import threading
 import urllib.request
 from dataclasses import replace
@@ -26,8 +30,9 @@ from components.model import TaggerSpec, build_tagger
 from components.predict import Predictor
 from components.preprocess import Preprocessing
 from components.snapshot import Store
-from infra.labelstudio import LocalLabelStudio
+from infra.labelstudio import LocalLabelStudio, find_uv
 from tests.conftest import SMALL_FEED, free_port
+from trendloop.settings import LabelStudioSettings
 
 LABELS = ("food", "pets", "selfie", "cars", "fitness", "flowers", "landscape", "city")
 
@@ -334,3 +339,78 @@ def test_a_template_that_fails_to_build_leaves_nothing_behind(tmp_path: Path, mo
     assert not server.template.exists() and list(server.template.parent.iterdir()) == []
     assert not (server.state_dir / "data" / "label_studio.sqlite3").exists()
     assert not server.status().running
+
+
+# -- finding uv the way a newcomer's shell does ---------------------------------------------
+
+SCRIPTS = Path(sysconfig.get_path("scripts"))  # this environment's bin/: trendloop, and its own uv
+SYSTEM_PATH = [d for d in ("/usr/local/bin", "/usr/bin", "/bin") if not (Path(d) / "uv").exists()]  # no uv there
+
+
+def newcomer_env(path: list[str], port: int) -> dict[str, str]:
+    """A fresh shell's environment: no UV, no TRENDLOOP_ settings, PATH as given; the embedded server on ``port``."""
+    keep = {k: v for k, v in os.environ.items() if k not in ("UV", "VIRTUAL_ENV") and not k.startswith("TRENDLOOP_")}
+    return {**keep, "PATH": os.pathsep.join(path), "TRENDLOOP_LABELSTUDIO__PORT": str(port), "COLUMNS": "200"}
+
+
+def run_cli(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a trendloop command as a shell would; the caller checks its exit code and output."""
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_find_uv_prefers_the_variable_then_the_environments_own_then_the_path(tmp_path: Path):
+    own, on_path, empty = tmp_path / "own", tmp_path / "on_path", tmp_path / "empty"
+    for folder in (own, on_path):
+        folder.mkdir()
+        (folder / "uv").write_text("#!/bin/sh\n")
+        (folder / "uv").chmod(0o755)
+    empty.mkdir()
+    assert find_uv({"UV": "/opt/uv", "PATH": str(on_path)}, own) == "/opt/uv"
+    assert find_uv({"PATH": str(on_path)}, own) == str(own / "uv")
+    assert find_uv({"PATH": str(on_path)}, empty) == str(on_path / "uv")
+    assert find_uv({"PATH": str(empty)}, empty) is None
+
+
+@pytest.mark.parametrize("activated", [True, False], ids=["activated", "not_activated"])
+def test_the_installed_cli_starts_label_studio_with_the_environments_own_uv(tmp_path: Path, activated: bool):
+    """`make demo`, then `trendloop services up` from a shell whose PATH holds no uv (make's is in .tools/):
+    with the environment activated (its bin/ on the PATH), or its entry point called by path."""
+    port = free_port()
+    env = newcomer_env([str(SCRIPTS), *SYSTEM_PATH] if activated else SYSTEM_PATH, port)
+    cli = [str(SCRIPTS / "trendloop"), "services"]
+    server = LocalLabelStudio(
+        tmp_path / ".trendloop" / "services" / "labelstudio", port, LabelStudioSettings().version, tmp_path
+    )
+    try:
+        up = run_cli([*cli, "up"], tmp_path, env, timeout=600)
+        assert up.returncode == 0, up.stderr
+        assert f"label-studio: running on http://127.0.0.1:{port}" in up.stdout
+        assert server.status().running
+        pid = server.status().pid
+        started = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert started[:3] == [str(SCRIPTS / "uv").encode(), b"tool", b"run"]  # the environment's uv, pinned
+    finally:
+        down = run_cli([*cli, "down"], tmp_path, env, timeout=60)
+    assert down.stdout.strip() == "label-studio stopped" and not server.healthy()
+
+
+def test_without_any_uv_starting_label_studio_says_where_it_looked(tmp_path: Path):
+    """An environment without uv (installed without it), no UV, no uv on the PATH: one precise line, nothing started."""
+    bare = tmp_path / "bare"
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    bare_site = Path(sysconfig.get_path("purelib", vars={"base": str(bare), "platbase": str(bare)}))
+    # the bare environment sees our packages (not our bin/, which holds uv) through a .pth file
+    (bare_site / "trendloop_packages.pth").write_text(
+        f"import site; site.addsitedir({sysconfig.get_path('purelib')!r})\n"
+    )
+    port = free_port()
+    command = [str(bare / "bin" / "python"), "-c", "from trendloop.cli import main; main()", "services", "up"]
+    run = run_cli(command, tmp_path, newcomer_env(SYSTEM_PATH, port), timeout=120)
+    assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert run.stderr.startswith(
+        "error: starting Label Studio needs uv (it runs in its own environment) and none was found: "
+        f"UV is unset, {bare / 'bin'} (beside this Python) holds none, neither does the PATH; "
+    )
+    assert "`make sync`" in run.stderr and "labelstudio.url" in run.stderr
+    server = LocalLabelStudio(tmp_path / ".trendloop" / "services" / "labelstudio", port, "x", tmp_path)
+    assert not (server.state_dir / "server.json").exists() and not server.healthy()
