@@ -1,7 +1,8 @@
 # The two commands of the README: `make demo` (the main job) and `make test`.
 # Both install what they need on first use: uv (if missing), then the locked environment.
 SHELL := /bin/bash
-UV_VERSION := 0.13.9
+# The uv make bootstraps when none is found: the version the environment itself carries (pyproject.toml)
+UV_VERSION := $(shell sed -n 's/^ *"uv==\([0-9.]*\)".*/\1/p' pyproject.toml)
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 # Never download an interpreter: the machine's python3 (3.11) is the one.
 export UV_PYTHON_DOWNLOADS := never

@@ -34,19 +34,33 @@ FILTER_CHUNK = 100  # post ids per Data Manager filter
 
 
 def label_config(labels: Sequence[str]) -> str:
-    """The labelling interface: the image, its caption and hashtags, one choice, a name for a new trend."""
-    choices = "\n".join(f"    <Choice value={quoteattr(label)}/>" for label in [*labels, OTHER])
-    return f"""<View>
-  <Image name="{IMAGE}" value="$image" zoom="true"/>
-  <Text name="caption" value="$caption"/>
-  <Text name="hashtags" value="$hashtags"/>
-  <Header value="What is this post about?"/>
-  <Choices name="{CHOICES}" toName="{IMAGE}" choice="single-radio" required="true" showInline="true">
+    """The labelling interface: the image beside the post's hashtags and caption, one choice, a name for a new trend.
+
+    Side by side, so that the image, every choice and Submit fit one screen from 1366x768 up: stacked, Label
+    Studio sizes the image to the window's height (its ``maxHeight`` defaults to ``calc(100vh - 194px)``) and
+    the choices sit below the fold. The right column is narrow (a label is a word or two) and leaves the image
+    the rest of the width; a long caption scrolls in a box of its own (hashtags first: they are short), so the
+    choices never move down. At 1366x768 the column holds about 13 labels and "other" with the name box open
+    (each choice takes 23 px); tests/test_labelstudio.py::test_the_labelling_page_fits_one_screen checks 11.
+    """
+    choices = "\n".join(f"      <Choice value={quoteattr(label)}/>" for label in [*labels, OTHER])
+    return f"""<View style="display: flex; gap: 24px; align-items: flex-start">
+  <View style="flex: 1 1 0; min-width: 0">
+    <Image name="{IMAGE}" value="$image" zoom="true"/>
+  </View>
+  <View style="flex: 0 0 280px">
+    <View style="max-height: 8em; overflow-y: auto">
+      <Text name="hashtags" value="$hashtags"/>
+      <Text name="caption" value="$caption"/>
+    </View>
+    <Header value="What is this post about?" size="5"/>
+    <Choices name="{CHOICES}" toName="{IMAGE}" choice="single-radio" required="true">
 {choices}
-  </Choices>
-  <View visibleWhen="choice-selected" whenTagName="{CHOICES}" whenChoiceValue={quoteattr(OTHER)}>
-    <Header value="Name the new trend (one or two words)"/>
-    <TextArea name="{TREND}" toName="{IMAGE}" rows="1" maxSubmissions="1" editable="true"/>
+    </Choices>
+    <View visibleWhen="choice-selected" whenTagName="{CHOICES}" whenChoiceValue={quoteattr(OTHER)}>
+      <Header value="Name the new trend (one or two words)" size="5"/>
+      <TextArea name="{TREND}" toName="{IMAGE}" rows="1" maxSubmissions="1" editable="true"/>
+    </View>
   </View>
 </View>"""
 

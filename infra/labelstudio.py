@@ -2,7 +2,8 @@
 
 It runs in its own environment (``uv tool run --from label-studio==<version>``:
 Label Studio pins Django, pytz and pyarrow versions that our environment cannot
-share). Everything it keeps lives under ``state_dir``::
+share); uv itself is one of our dependencies, found beside the interpreter
+(``find_uv``). Everything it keeps lives under ``state_dir``::
 
     credentials.json   admin e-mail, password and API token, made on first start (mode 0600)
     data/              Label Studio's database and media (LABEL_STUDIO_BASE_DATA_DIR)
@@ -29,9 +30,11 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sysconfig
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,10 +90,13 @@ class LocalLabelStudio:
         return creds
 
     def command(self) -> list[str]:
-        uv = os.environ.get("UV") or shutil.which("uv")
+        scripts = Path(sysconfig.get_path("scripts"))
+        uv = find_uv(os.environ, scripts)
         if uv is None:
             raise ConfigError(
-                "starting Label Studio needs uv (it runs in its own environment): `pip install uv`, "
+                "starting Label Studio needs uv (it runs in its own environment) and none was found: "
+                f"UV is unset, {scripts} (beside this Python) holds none, neither does the PATH; reinstall the "
+                "environment (`make sync`: uv is one of its dependencies), set UV to a uv binary, "
                 "or set labelstudio.url to a running Label Studio"
             )
         return [uv, "tool", "run", "--from", f"label-studio=={self.version}", "label-studio", "start"]
@@ -250,6 +256,17 @@ class LocalLabelStudio:
         if not self.log_path.exists():
             return "no log"
         return _tail(self.log_path) + f" (full log: {self.log_path})"
+
+
+def find_uv(environ: Mapping[str, str], scripts: Path) -> str | None:
+    """The uv that runs Label Studio: ``$UV``, else the environment's own (in ``scripts``), else the PATH's.
+
+    The environment's own comes before the PATH: it is the pinned version (a dependency), and it is
+    there whether or not the environment is activated, e.g. for ``.venv/bin/trendloop services up``
+    from a shell whose PATH holds no uv (make bootstraps one into .tools/, on nobody's PATH)."""
+    if environ.get("UV"):
+        return environ["UV"]
+    return shutil.which("uv", path=str(scripts)) or shutil.which("uv", path=environ.get("PATH", os.defpath))
 
 
 def _tail(log: Path, lines: int = 5) -> str:

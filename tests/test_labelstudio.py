@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
+import os
+import subprocess
+import sys
+import sysconfig
 import threading
+import time
 import urllib.request
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
+import skimage.data  # a development dependency: real photos shipped in the package
 import torch
+from PIL import Image
 
 from active_learning.annotators import AnnotatorsConfig, annotate
 from active_learning.consensus import OTHER
@@ -26,10 +35,19 @@ from components.errors import LabelingError
 from components.model.predict import Predictor
 from components.model.preprocess import Preprocessing
 from components.model.tagger import TaggerSpec, build_tagger
-from infra.labelstudio import LocalLabelStudio
+from infra.labelstudio import LocalLabelStudio, find_uv
 from tests.conftest import SMALL_FEED, free_port
+from trendloop.settings import LabelStudioSettings
 
 LABELS = ("food", "pets", "selfie", "cars", "fitness", "flowers", "landscape", "city")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"  # git-ignored: pictures for people (and docs)
+
+
+def untrained_tagger() -> Predictor:
+    """A small tagger over LABELS with seeded random weights: real predictions to attach, no training."""
+    torch.manual_seed(0)
+    spec = TaggerSpec("resnet18", LABELS, Preprocessing(image_size=32, resize=36))
+    return Predictor(build_tagger(spec).eval())
 
 
 class Loop:
@@ -42,9 +60,7 @@ class Loop:
         self.truth = read_labels(feed / "oracle" / "labels")
         self.queue = LabelQueue(home / "labeling" / "queue.db")
         self.project = LabelingProject(server.url, server.credentials().token, title)
-        torch.manual_seed(0)
-        spec = TaggerSpec("resnet18", LABELS, Preprocessing(image_size=32, resize=36))
-        self.predictor = Predictor(build_tagger(spec).eval())
+        self.predictor = untrained_tagger()
         self.images = (self.store.root / "images").resolve()
         # images are served from the server's document root; this test's store sits one folder below it
         self.image_url = f"/data/local-files/?d={home.name}/store/{{image}}"
@@ -334,3 +350,226 @@ def test_a_template_that_fails_to_build_leaves_nothing_behind(tmp_path: Path, mo
     assert not server.template.exists() and list(server.template.parent.iterdir()) == []
     assert not (server.state_dir / "data" / "label_studio.sqlite3").exists()
     assert not server.status().running
+
+
+# -- finding uv the way a newcomer's shell does ---------------------------------------------
+
+SCRIPTS = Path(sysconfig.get_path("scripts"))  # this environment's bin/: trendloop, and its own uv
+SYSTEM_PATH = [d for d in ("/usr/local/bin", "/usr/bin", "/bin") if not (Path(d) / "uv").exists()]  # no uv there
+
+
+def newcomer_env(path: list[str], port: int) -> dict[str, str]:
+    """A fresh shell's environment: no UV, no TRENDLOOP_ settings, PATH as given; the embedded server on ``port``."""
+    keep = {k: v for k, v in os.environ.items() if k not in ("UV", "VIRTUAL_ENV") and not k.startswith("TRENDLOOP_")}
+    return {**keep, "PATH": os.pathsep.join(path), "TRENDLOOP_LABELSTUDIO__PORT": str(port), "COLUMNS": "200"}
+
+
+def run_cli(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a trendloop command as a shell would; the caller checks its exit code and output."""
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_find_uv_prefers_the_variable_then_the_environments_own_then_the_path(tmp_path: Path):
+    own, on_path, empty = tmp_path / "own", tmp_path / "on_path", tmp_path / "empty"
+    for folder in (own, on_path):
+        folder.mkdir()
+        (folder / "uv").write_text("#!/bin/sh\n")
+        (folder / "uv").chmod(0o755)
+    empty.mkdir()
+    assert find_uv({"UV": "/opt/uv", "PATH": str(on_path)}, own) == "/opt/uv"
+    assert find_uv({"PATH": str(on_path)}, own) == str(own / "uv")
+    assert find_uv({"PATH": str(on_path)}, empty) == str(on_path / "uv")
+    assert find_uv({"PATH": str(empty)}, empty) is None
+
+
+@pytest.mark.parametrize("activated", [True, False], ids=["activated", "not_activated"])
+def test_the_installed_cli_starts_label_studio_with_the_environments_own_uv(tmp_path: Path, activated: bool):
+    """`make demo`, then `trendloop services up` from a shell whose PATH holds no uv (make's is in .tools/):
+    with the environment activated (its bin/ on the PATH), or its entry point called by path."""
+    port = free_port()
+    env = newcomer_env([str(SCRIPTS), *SYSTEM_PATH] if activated else SYSTEM_PATH, port)
+    cli = [str(SCRIPTS / "trendloop"), "services"]
+    server = LocalLabelStudio(
+        tmp_path / ".trendloop" / "services" / "labelstudio", port, LabelStudioSettings().version, tmp_path
+    )
+    try:
+        up = run_cli([*cli, "up"], tmp_path, env, timeout=600)
+        assert up.returncode == 0, up.stderr
+        assert f"label-studio: running on http://127.0.0.1:{port}" in up.stdout
+        assert server.status().running
+        pid = server.status().pid
+        started = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert started[:3] == [str(SCRIPTS / "uv").encode(), b"tool", b"run"]  # the environment's uv, pinned
+    finally:
+        down = run_cli([*cli, "down"], tmp_path, env, timeout=60)
+    assert down.stdout.strip() == "label-studio stopped" and not server.healthy()
+
+
+def test_without_any_uv_starting_label_studio_says_where_it_looked(tmp_path: Path):
+    """An environment without uv (installed without it), no UV, no uv on the PATH: one precise line, nothing started."""
+    bare = tmp_path / "bare"
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    bare_site = Path(sysconfig.get_path("purelib", vars={"base": str(bare), "platbase": str(bare)}))
+    # the bare environment sees our packages (not our bin/, which holds uv) through a .pth file
+    (bare_site / "trendloop_packages.pth").write_text(
+        f"import site; site.addsitedir({sysconfig.get_path('purelib')!r})\n"
+    )
+    port = free_port()
+    command = [str(bare / "bin" / "python"), "-c", "from trendloop.cli import main; main()", "services", "up"]
+    run = run_cli(command, tmp_path, newcomer_env(SYSTEM_PATH, port), timeout=120)
+    assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert run.stderr.startswith(
+        "error: starting Label Studio needs uv (it runs in its own environment) and none was found: "
+        f"UV is unset, {bare / 'bin'} (beside this Python) holds none, neither does the PATH; "
+    )
+    assert "`make sync`" in run.stderr and "labelstudio.url" in run.stderr
+    server = LocalLabelStudio(tmp_path / ".trendloop" / "services" / "labelstudio", port, "x", tmp_path)
+    assert not (server.state_dir / "server.json").exists() and not server.healthy()
+
+
+# -- the labelling page an annotator sees -----------------------------------------------------
+
+SCREENS = [(1366, 768), (1440, 900), (1920, 1080)]  # common laptop and desktop sizes
+CAPTION = (
+    "Finally made it to the launch site after three years of waiting!! Suit fitting took all morning, the "
+    "coffee was terrible and the view from the gantry was worth every minute. Huge thanks to the whole crew "
+    "for putting up with my questions. Next stop: orbit. Who else watched the livestream last night?"
+)  # long, as real captions are: it must not push the choices down
+
+# Where an element lies (left, top, right, bottom in CSS pixels), the part of the window that shows it (the viewport
+# cut by every ancestor that clips its overflow: Label Studio scrolls its panels, not the page), and whether it is on
+# top at its centre and four corners (2 px in): nothing, such as the bar that holds Submit, lies over it; ``owner``
+# (a CSS selector) names an ancestor whose own layers count as the element's (the canvas over the image).
+BOX_AND_VIEW = """(el, owner) => {
+  const r = el.getBoundingClientRect();
+  let view = [0, 0, window.innerWidth, window.innerHeight];
+  for (let a = el.parentElement; a; a = a.parentElement) {
+    const s = getComputedStyle(a);
+    if (s.overflowX !== "visible" || s.overflowY !== "visible") {
+      const c = a.getBoundingClientRect();
+      view = [Math.max(view[0], c.left), Math.max(view[1], c.top),
+              Math.min(view[2], c.right), Math.min(view[3], c.bottom)];
+    }
+  }
+  const points = [[(r.left + r.right) / 2, (r.top + r.bottom) / 2], [r.left + 2, r.top + 2],
+                  [r.right - 2, r.top + 2], [r.left + 2, r.bottom - 2], [r.right - 2, r.bottom - 2]];
+  const mine = owner ? el.closest(owner) : el;
+  const onTop = points.every(([x, y]) => mine.contains(document.elementFromPoint(x, y)));
+  return {box: [r.left, r.top, r.right, r.bottom], view: view, on_top: onTop};
+}"""
+
+
+def outside(box: list[float], view: list[float], slack: float = 1.0) -> bool:
+    """Whether ``box`` sticks out of ``view`` (each left, top, right, bottom) by more than ``slack`` (sub-pixels)."""
+    return box[0] < view[0] - slack or box[1] < view[1] - slack or box[2] > view[2] + slack or box[3] > view[3] + slack
+
+
+def test_outside_needs_more_than_a_pixel():
+    assert not outside([10, 10, 100.5, 200], [0, 0, 100, 200])
+    assert outside([10, 10, 100, 202], [0, 0, 100, 200])
+    assert outside([-3, 10, 50, 50], [0, 0, 100, 200])
+
+
+def photo_posts(folder: Path) -> Path:
+    """Two real photos as posts (a manifest): a 4:5 portrait, stored 864x1080 as ingest caps the longer side at 1080
+    (the tallest a post gets), and a 3:2 landscape. Both carry the long caption and hashtags."""
+    folder.mkdir()
+    astronaut = Image.fromarray(skimage.data.astronaut())  # 512x512
+    portrait = astronaut.crop((51, 0, 461, 512)).resize((1080, 1350), Image.Resampling.LANCZOS)
+    portrait.save(folder / "portrait.jpg", quality=90)
+    Image.fromarray(skimage.data.coffee()).save(folder / "landscape.jpg", quality=90)  # 600x400
+    rows = [
+        {
+            "post_id": shape,
+            "image": f"{shape}.jpg",
+            "user_id": "u1",
+            "created_at": "2026-01-08T10:00:00Z",
+            "caption": CAPTION,
+            "hashtags": ["launchday", "space", "nofilter"],
+        }
+        for shape in ("portrait", "landscape")
+    ]
+    manifest = folder / "posts.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return manifest
+
+
+def log_in(page: Any, server: LocalLabelStudio) -> None:
+    """Through Label Studio's own login form, with the account `trendloop services status` names."""
+    creds = server.credentials()
+    page.goto(server.url + "/user/login/")
+    page.fill("input[name=email]", creds.username)
+    page.fill("input[name=password]", creds.password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda url: "/user/login" not in url)
+
+
+def wait_until_still(element: Any, timeout: float = 10.0) -> None:
+    """Until ``element``'s box stops changing: Label Studio sizes the image in steps after it loads."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        box = element.bounding_box()
+        if box is not None and box == last:
+            return
+        last = box
+        element.page.wait_for_timeout(250)
+    raise AssertionError(f"the image kept moving for {timeout:.0f} s")
+
+
+def test_the_labelling_page_fits_one_screen(label_studio: LocalLabelStudio, ls_home: Path, browser: Any):
+    """At each size the image, every choice and Submit show at once, with nothing scrolled; choosing
+    "other / new trend" shows the box to name it, also in view. Screenshots: test-artifacts/labelstudio-*.png."""
+    store = Store(ls_home / "store")
+    ingest(photo_posts(ls_home / "feed"), store)
+    queue = LabelQueue(ls_home / "labeling" / "queue.db")
+    select_posts(store, store.head(), untrained_tagger(), "3", queue, SelectionConfig(control_share=0.0), budget=2)
+    labels = [*LABELS, "meme", "vintage_cars", "street_food"]  # the seed labels and three trends annotators named
+    project = LabelingProject(label_studio.url, label_studio.credentials().token, "labelling page fits one screen")
+    images = (store.root / "images").resolve()
+    report = push_queued(
+        queue, project, labels, image_url=f"/data/local-files/?d={ls_home.name}/store/{{image}}", local_files=images
+    )
+    assert report.pushed == 2
+    tasks = project.tasks_for(["portrait", "landscape"])
+    stored = {}
+    for post in queue.posts():
+        with Image.open(store.root / post.image) as stored_image:
+            stored[post.post_id] = stored_image.size
+    assert stored["portrait"] == (864, 1080)
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        log_in(page, label_studio)
+        for (width, height), shape in [(size, shape) for size in SCREENS for shape in ("portrait", "landscape")]:
+            page.set_viewport_size({"width": width, "height": height})
+            page.goto(f"{label_studio.url}/projects/{report.project_id}/data?task={tasks[shape]}")
+            image = page.locator('img[src^="blob:"]')  # Label Studio fetches the task's image into a blob
+            image.wait_for()
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+            assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == list(stored[shape])
+            wait_until_still(image)
+            # the image's frame: Label Studio draws the image inside it and clips it there (an image it scales up
+            # comes out a few per cent too large, its edges cut by the frame: so it does with any layout)
+            shown = {"image": image.locator("xpath=.."), "Submit": page.get_by_test_id("bottombar-submit-button")}
+            for choice in [*labels, OTHER]:
+                shown[choice] = page.locator(f"label:has(input[type=radio][name={json.dumps(choice)}])")
+            where = {
+                name: element.evaluate(BOX_AND_VIEW, ".lsf-object" if name == "image" else None)
+                for name, element in shown.items()
+            }
+            page.screenshot(path=str(ARTIFACTS / f"labelstudio-{shape}-{width}x{height}.png"))
+            hidden = {n: w for n, w in where.items() if outside(w["box"], w["view"]) or not w["on_top"]}
+            assert hidden == {}, f"{shape} {width}x{height}"
+            assert page.evaluate("[window.scrollX, window.scrollY]") == [0, 0]
+            # and the image is as large as the screen allows: it reaches the choices column (only the gap and Label
+            # Studio's zoom toolbar, 24 + 42 px, lie between) or Label Studio's height cap, calc(100vh - 194px)
+            _, top, right, bottom = where["image"]["box"]
+            assert where[OTHER]["box"][0] - right <= 24 + 42 + 2 or bottom - top >= height - 194 - 1
+            shown[OTHER].click()
+            trend = page.locator('input[name="trend"]')
+            trend.wait_for()
+            name_box = trend.evaluate(BOX_AND_VIEW)
+            assert name_box["on_top"] and not outside(name_box["box"], name_box["view"]), f"{shape} {width}x{height}"
+    finally:
+        context.close()
