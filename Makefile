@@ -12,7 +12,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: demo test test-slow bench sync clean browser
+.PHONY: demo test test-slow bench sync clean browser docs-images
 
 demo: .venv/.synced
 	$(RUN) trendloop demo
@@ -33,6 +33,14 @@ bench: .venv/.synced
 	$(RUN) python benchmarks/bench_serving.py
 	$(RUN) python benchmarks/bench_features.py
 	$(RUN) python benchmarks/bench_fusion.py
+
+# The guides' pictures are screenshots the suite takes of the running dashboard and of a real Label Studio task
+# (test-artifacts/); this refreshes the copies docs/ shows.
+docs-images: .venv/.synced browser
+	$(RUN) pytest -p no:randomly -q "tests/test_dashboard.py::test_screenshot_of_the_dashboard" \
+	  "tests/test_labelstudio.py::test_the_labelling_page_fits_one_screen"
+	cp test-artifacts/dashboard.png docs/images/dashboard.png
+	cp test-artifacts/labelstudio-portrait-1366x768.png docs/images/labelstudio-task.png
 
 # The dashboard tests drive a real headless Chromium (Debian's package; Playwright's own browser
 # downloads are not used). Installed here when missing and we may (root with apt); else they skip,

@@ -1,4 +1,4 @@
-"""The command line: every README tour command runs, errors are one line with a non-zero exit."""
+"""The command line: every command of the engineers' tour runs, errors are one line with a non-zero exit."""
 
 from __future__ import annotations
 
@@ -32,13 +32,13 @@ def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
 
 
 def tour_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "engineers.md").read_text()
     block = re.search(r"<!-- tour -->\s*```bash\n(.*?)```\s*<!-- /tour -->", text, re.S)
-    assert block, "README.md lost its tour block"
+    assert block, "docs/engineers.md lost its tour block"
     return [line for line in block.group(1).splitlines() if line.startswith("trendloop ")]
 
 
-def test_readme_tour_runs_as_written(capsys: pytest.CaptureFixture, in_tmp: Path) -> None:
+def test_the_engineers_tour_runs_as_written(capsys: pytest.CaptureFixture, in_tmp: Path) -> None:
     commands = tour_commands()
     assert len(commands) >= 8
     outputs = {}

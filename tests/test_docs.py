@@ -1,15 +1,24 @@
-"""The documents stay true to the code: every path and dotted name they cite exists, and the layout lists every module.
+"""The documents stay true to the code: what they cite exists, their commands parse, the runnable ones run.
 
-(The README's command blocks run in ``tests/test_cli.py``.)
+Every ``bash`` block of the README and ``docs/`` is read line by line: a ``trendloop`` command
+must parse against the real command line (the command exists, its options and arguments fit),
+a ``make`` target must exist, a script must be there. Blocks marked ``<!-- runs -->`` run, in a
+fresh folder; the engineers' tour (``<!-- tour -->``) runs in ``tests/test_cli.py``.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import shlex
 from pathlib import Path
 
 import pytest
+import typer.exceptions
+from typer.main import get_command
+
+from trendloop.cli import app, main
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
@@ -102,3 +111,141 @@ def test_the_architecture_lists_every_module_of_every_stage():
         if module.stem != "__init__" and module.stem not in named
     ]
     assert missing == []
+
+
+# -- command blocks ------------------------------------------------------------------------------------------------
+
+BLOCK = re.compile(r"(<!-- (?:runs|tour) -->\s*)?```bash\n(.*?)```", re.S)
+OTHER_PROGRAMS = {  # commands the documents show that need what the suite does not start
+    "curl": "a running serving app (tests/test_serving.py drives the same endpoints)",
+    "docker": "a container engine and registry (the cluster path)",
+    "git": "a remote to pull from",
+    "source": "the reader's shell",
+    "tar": "a home worth backing up",
+}
+
+
+def command_lines(block: str) -> list[list[str]]:
+    """The commands of a shell block as argument lists: continuations joined, comments, heredoc bodies and
+    leading ``VAR=value`` assignments dropped, ``a && b`` split."""
+    lines, joined, heredoc = [], "", None
+    for raw in block.splitlines():
+        if heredoc is not None:
+            heredoc = None if raw.strip() == heredoc else heredoc
+            continue
+        joined += raw.rstrip("\\").strip() + " "
+        if raw.rstrip().endswith("\\"):
+            continue
+        words = shlex.split(joined, comments=True)
+        joined = ""
+        if "<<" in " ".join(words):
+            heredoc = re.search(r"<<\s*'?(\w+)'?", " ".join(words)).group(1)  # type: ignore[union-attr]
+        command: list[str] = []
+        for word in [*words, "&&"]:
+            if word == "&&":
+                while command and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", command[0]):
+                    command.pop(0)
+                if command:
+                    lines.append(command)
+                command = []
+            else:
+                command.append(word)
+    return lines
+
+
+def blocks() -> list[tuple[str, bool, str]]:
+    """(document, runs, block) for every bash block of the documents."""
+    return [(doc.name, bool(mark), body) for doc in DOCUMENTS for mark, body in BLOCK.findall(doc.read_text())]
+
+
+def parse_cli(argv: list[str]) -> str:
+    """Parse ``trendloop argv`` as the real command line would, running nothing; the command's path."""
+    command = get_command(app)
+    try:
+        ctx = command.make_context("trendloop", list(argv))
+        while hasattr(command, "resolve_command"):
+            rest = [*ctx._protected_args, *ctx.args]
+            if not rest:
+                break
+            name, command, rest = command.resolve_command(ctx, rest)
+            ctx = command.make_context(name, rest, parent=ctx)
+    except typer.exceptions.Exit as done:  # --help
+        assert done.exit_code == 0
+        return "help"
+    return ctx.command_path
+
+
+def makefile_targets() -> set[str]:
+    return set(re.findall(r"^([\w.-]+):", (ROOT / "Makefile").read_text(), re.M))
+
+
+def test_the_block_reader_splits_what_a_shell_would():
+    block = """TRENDLOOP_HOME=/d trendloop ingest /x   # a comment
+docker build . && docker push r/t:1
+cat > c.toml <<'TOML'
+home = "/data"
+TOML
+trendloop --config c.toml pipeline run label_sync \\
+    --param since=2026-01-19
+"""
+    assert command_lines(block) == [
+        ["trendloop", "ingest", "/x"],
+        ["docker", "build", "."],
+        ["docker", "push", "r/t:1"],
+        ["cat", ">", "c.toml", "<<TOML"],
+        ["trendloop", "--config", "c.toml", "pipeline", "run", "label_sync", "--param", "since=2026-01-19"],
+    ]
+    assert parse_cli(["ab", "split", "0.2"]) == "trendloop ab split"
+    with pytest.raises(typer.exceptions.TyperException, match="No such command 'spilt'"):
+        parse_cli(["ab", "spilt"])
+    with pytest.raises(typer.exceptions.TyperException, match="No such option: --nope"):
+        parse_cli(["train", "--nope"])
+
+
+def test_every_command_in_the_documents_parses_and_names_what_exists():
+    checked, problems = 0, []
+    for doc, _, block in blocks():
+        for argv in command_lines(block):
+            program, args = argv[0], argv[1:]
+            if program == "uv" and args[:1] == ["run"]:
+                program, args = args[1], args[2:]
+            checked += 1
+            if program == "trendloop":
+                try:
+                    parse_cli(args)
+                except typer.exceptions.TyperException as err:
+                    problems.append(f"{doc}: {shlex.join(argv)}: {err}")
+            elif program == "make":
+                problems += [f"{doc}: no make target {t}" for t in args if t not in makefile_targets()]
+            elif program == "python":
+                problems += [] if (ROOT / args[0]).is_file() else [f"{doc}: no script {args[0]}"]
+            elif program == "cat":
+                pass  # a heredoc that writes the config the next commands read
+            elif program not in OTHER_PROGRAMS:
+                problems.append(f"{doc}: {program}: a command the suite does not know how to check")
+    assert checked >= 60
+    assert problems == []
+
+
+def test_the_runnable_blocks_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture):
+    for key in [k for k in os.environ if k.startswith("TRENDLOOP_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    runnable = [(doc, argv) for doc, runs, block in blocks() if runs for argv in command_lines(block)]
+    assert {doc for doc, _ in runnable} >= {"annotators.md", "operations.md", "engineers.md"}
+    for doc, argv in runnable:
+        if doc == "engineers.md":
+            continue  # the tour: tests/test_cli.py runs it and checks what it made
+        with pytest.raises(SystemExit) as exit_:
+            main(argv[1:])
+        out = capsys.readouterr()
+        assert (exit_.value.code or 0) == 0, f"{doc}: {shlex.join(argv)}\n{out.out}\n{out.err}"
+        assert "stopped" in out.out  # nothing runs in a fresh folder, and each says so
+
+
+def test_every_picture_in_the_documents_exists_and_a_test_takes_it():
+    pictures = {m for doc in DOCUMENTS for m in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", doc.read_text())}
+    assert pictures >= {"images/dashboard.png", "images/labelstudio-task.png"}
+    assert sorted(p for p in pictures if not (ROOT / "docs" / p).is_file()) == []
+    recipe = (ROOT / "Makefile").read_text().split("docs-images:", 1)[1].split("\n\n", 1)[0]
+    assert sorted(p for p in pictures if f"docs/{p}" not in recipe) == []
