@@ -224,7 +224,7 @@
     var conf = num(lift.confidence);
     var level = conf === null ? "" : " " + fmtShare(conf);
     setText("lift-cs-label", "Always-valid" + level + " interval (used for the verdict)");
-    var method = text(lift.ci_method) ? " (" + lift.ci_method + ")" : "";
+    var method = text(lift.ci_method) && lift.ci_method !== "fixed" ? " (" + lift.ci_method + ")" : "";  // the label says fixed-horizon already
     setText("lift-ci-label", "Fixed-horizon" + level + " interval" + method);
     setText("lift-cs", fmtRange(csLow, csHigh));
     setText("lift-ci", fmtRange(lift.ci_low, lift.ci_high));
