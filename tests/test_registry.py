@@ -22,6 +22,8 @@ from components.model.registry import CHALLENGER, CHAMPION, PLACED_TAG, Registry
 from components.model.retrain import Retrained, register_candidate, retrain, train_candidate
 from components.model.train_config import TrainConfig
 
+pytestmark = pytest.mark.integration
+
 # the input size these tests' margins were measured with (the default [train] preprocessing is larger)
 SMALL = Preprocessing(image_size=32, resize=36)
 QUICK = TrainConfig(epochs=2, patience=2, batch_size=32, preprocessing=SMALL)

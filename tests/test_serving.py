@@ -31,6 +31,8 @@ from tests.models import register_untrained
 from trendloop import wiring
 from trendloop.settings import Settings
 
+pytestmark = pytest.mark.integration
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 

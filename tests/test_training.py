@@ -25,6 +25,8 @@ from components.model.train import Base, TrainConfig, train
 from components.simulator.feed import FeedSpec, simulate
 from components.simulator.trends import NewClass
 
+pytestmark = pytest.mark.model
+
 # the input size these tests' margins were measured with (the default [train] preprocessing is larger)
 SMALL = Preprocessing(image_size=32, resize=36)
 FEED = FeedSpec(
