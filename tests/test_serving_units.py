@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
@@ -37,6 +38,7 @@ from serving.experiment import (
 from serving.report import timeline, user_table
 from serving.router import Refused, RequestBook, Router, Traffic
 from serving.tagging import ArmModel, ModelNotLoaded, PostContext
+from serving.traffic import Audience, DriveStats, FeedPost, drive
 from tests.conftest import free_port
 from tests.models import register_untrained
 from trendloop import wiring
@@ -74,6 +76,31 @@ def test_traffic_rejects_unknown_knobs_and_bad_splits() -> None:
     with pytest.raises(ValueError, match="split"):
         Traffic.from_config({"split": 1.5})
     assert Traffic.from_config({"split": 0.5, "challenger_version": None}).arm_of("anyone") == CHAMPION
+
+
+@pytest.mark.unit
+def test_the_traffic_driver_reports_each_request_done_to_its_progress_hook() -> None:
+    """Each request, answered (its feedback sent) or refused, is reported once, as the count of requests done."""
+
+    def app(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/feedback":
+            return httpx.Response(200, json={})
+        if request.content == b"broken":
+            return httpx.Response(415, json={"detail": "not_an_image"})
+        return httpx.Response(200, json={"request_id": "r", "arm": CHAMPION, "label": "food"})
+
+    seen: list[tuple[int, int, int]] = []
+
+    def progress(stats: DriveStats) -> None:
+        seen.append((stats.done, stats.ok, sum(stats.failed.values())))
+
+    posts = [FeedPost(None, b"fine"), FeedPost(None, b"broken")]
+    stats = run(drive("http://app", posts, Audience(viewers=10), 40, concurrency=4, transport=httpx.MockTransport(app),
+                      progress=progress))  # fmt: skip
+    assert [done for done, _, _ in seen] == list(range(1, 41))
+    assert (stats.done, stats.ok + stats.failed[415]) == (40, 40) and stats.ok > 0 and stats.failed[415] > 0
+    assert seen[-1] == (40, stats.ok, stats.failed[415])
+    assert stats.feedback >= stats.ok  # an impression at least for every answered request
 
 
 def record(i: int, when: datetime) -> dict:
