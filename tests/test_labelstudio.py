@@ -325,12 +325,16 @@ def test_server_status_credentials_and_restart(label_studio: LocalLabelStudio, t
     # stop and start again: projects and the token survive (they live under the state folder)
     project = LabelingProject(label_studio.url, label_studio.credentials().token, "survives a restart")
     made = project.ensure(["food"])
-    assert label_studio.down() and not label_studio.healthy() and label_studio.status().detail == "stopped"
-    assert label_studio.up(timeout=300).running
-    assert (
-        LabelingProject(label_studio.url, label_studio.credentials().token, "survives a restart").ensure(["food"])
-        == made
-    )
+    try:
+        assert label_studio.down() and not label_studio.healthy() and label_studio.status().detail == "stopped"
+        assert label_studio.up(timeout=300).running
+        assert (
+            LabelingProject(label_studio.url, label_studio.credentials().token, "survives a restart").ensure(["food"])
+            == made
+        )
+    finally:
+        if not label_studio.healthy():  # the session's server, which the tests after this one use
+            label_studio.up(timeout=300)
 
 
 @pytest.mark.integration

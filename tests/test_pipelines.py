@@ -1,10 +1,11 @@
 """Kubeflow pipelines: every pipeline compiles; each step reads only its settings and starts light; the
 retrain pipelines run end to end on kfp.local against a real MLflow.
 
-The integration tests share one state folder and run in order, as the loop does:
-continual training on the labelled history (a step killed midway, then rerun), an
-unlabelled day (no retrain is due), a labelled day with a new class (a challenger), and a
-candidate the gate refuses (its run keeps the verdict; nothing is registered). Drift
+The integration tests read one story (the ``story`` fixture), whose runs share one state folder
+and follow each other as the loop's do: continual training on the labelled history (a step
+killed midway, then rerun), an unlabelled day (no retrain is due), a labelled day with a new
+class (a challenger), and a candidate the gate refuses (its run keeps the verdict; nothing is
+registered). The fixture keeps what each run found; the tests only read it, in any order. Drift
 monitoring of served traffic and label sync run in the main job's end-to-end test
 (tests/test_demo.py), against the real serving app and Label Studio.
 """
