@@ -12,7 +12,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: demo test test-slow bench sync clean browser docs-images
+.PHONY: demo test test-slow test-isolated bench sync clean browser docs-images
 
 demo: .venv/.synced
 	$(RUN) trendloop demo
@@ -22,6 +22,16 @@ test: .venv/.synced browser
 
 test-slow: .venv/.synced
 	$(RUN) pytest -m slow
+
+# Each test module alone, in a pytest of its own (as shuffled as every run: each prints its seed), so that
+# no module leans on what another set up. About as long as `make test`; exit 5 is a module whose every test
+# is deselected (all slow).
+test-isolated: .venv/.synced browser
+	@failed=""; for module in tests/test_*.py; do \
+	  echo "== $$module"; \
+	  $(RUN) pytest -q -p no:cacheprovider "$$module" || [ $$? -eq 5 ] || failed="$$failed $$module"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "failed when run alone:$$failed"; exit 1; fi; echo "every module passed alone"
 
 bench: .venv/.synced
 	$(RUN) python benchmarks/bench_loop.py

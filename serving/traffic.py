@@ -58,7 +58,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,6 +190,7 @@ def events_for(probability: float, draws: np.ndarray, report_rate: float) -> lis
 @dataclass
 class DriveStats:
     sent: int = 0
+    done: int = 0  # requests answered (their feedback sent) or failed
     ok: int = 0
     failed: dict[int, int] = field(default_factory=dict)  # HTTP status (0: no response) -> count
     latencies_ms: list[float] = field(default_factory=list)
@@ -227,6 +228,7 @@ async def drive(
     keep_responses: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
     impressions: bool = True,
+    progress: Callable[[DriveStats], None] | None = None,
 ) -> DriveStats:
     """Send ``requests`` posts from random viewers of ``audience`` (``concurrency`` at a time) with feedback.
 
@@ -234,7 +236,10 @@ async def drive(
     ``transport`` (e.g. ``httpx.ASGITransport(app=api)``) drives an in-process app; ``url`` is then
     any base such as ``http://app``. ``impressions=False`` sends only clicks, likes and reports:
     nothing reads impression events (the analysis counts exposures in the prediction log), and
-    skipping them halves the feedback calls of a long run.
+    skipping them halves the feedback calls of a long run. ``progress`` is called with the stats so far
+    each time a request is done (answered with its feedback sent, or failed): a caller can act when
+    the traffic reaches a point (``stats.done``) rather than after a guessed time; it runs in the
+    driving event loop, so it must return at once.
     """
     if not posts:
         raise ValueError("drive needs at least one post to send")
@@ -249,38 +254,45 @@ async def drive(
 
     async def worker(client: httpx.AsyncClient) -> None:
         for i in pending:  # one shared iterator: each request is taken by one worker
-            viewer, post = int(who[i]), posts[int(what[i])]
-            start = time.perf_counter()
             stats.sent += 1
-            try:
-                response = await client.post(f"{url}/predict", params=post.params(users[viewer]), content=post.image)
-            except httpx.HTTPError:
-                stats.failed[0] = stats.failed.get(0, 0) + 1
-                continue
-            if response.status_code != 200:  # a broken upload is refused with a 4xx: counted, not fatal
-                stats.failed[response.status_code] = stats.failed.get(response.status_code, 0) + 1
-                continue
-            stats.latencies_ms.append(1000 * (time.perf_counter() - start))
-            stats.ok += 1
-            body = response.json()
-            arm = body["arm"]
-            stats.arms[arm] = stats.arms.get(arm, 0) + 1
-            if post.truth is not None:
-                stats.judged.setdefault(arm, Counter())[post.truth] += 1
-                stats.fitted.setdefault(arm, Counter())[post.truth] += body["label"] == post.truth
-            if keep_responses:
-                stats.responses.append(body)
-            if not feedback:
-                continue
-            chance = engagement.probability(viewer, post.truth, body["label"])
-            for event in events_for(chance, draws[i], audience.report_rate)[0 if impressions else 1 :]:
-                sent = await client.post(f"{url}/feedback", json={"request_id": body["request_id"], "event": event})
-                if sent.status_code == 200:
-                    stats.feedback += 1
-                    if event in ENGAGEMENTS:
-                        stats.engagements[arm] = stats.engagements.get(arm, 0) + 1
-                else:
-                    stats.failed[sent.status_code] = stats.failed.get(sent.status_code, 0) + 1
+            await request(client, i)
+            stats.done += 1
+            if progress is not None:
+                progress(stats)
+
+    async def request(client: httpx.AsyncClient, i: int) -> None:
+        """Request ``i``: the post, then its feedback; every outcome is counted in ``stats``."""
+        viewer, post = int(who[i]), posts[int(what[i])]
+        start = time.perf_counter()
+        try:
+            response = await client.post(f"{url}/predict", params=post.params(users[viewer]), content=post.image)
+        except httpx.HTTPError:
+            stats.failed[0] = stats.failed.get(0, 0) + 1
+            return
+        if response.status_code != 200:  # a broken upload is refused with a 4xx: counted, not fatal
+            stats.failed[response.status_code] = stats.failed.get(response.status_code, 0) + 1
+            return
+        stats.latencies_ms.append(1000 * (time.perf_counter() - start))
+        stats.ok += 1
+        body = response.json()
+        arm = body["arm"]
+        stats.arms[arm] = stats.arms.get(arm, 0) + 1
+        if post.truth is not None:
+            stats.judged.setdefault(arm, Counter())[post.truth] += 1
+            stats.fitted.setdefault(arm, Counter())[post.truth] += body["label"] == post.truth
+        if keep_responses:
+            stats.responses.append(body)
+        if not feedback:
+            return
+        chance = engagement.probability(viewer, post.truth, body["label"])
+        for event in events_for(chance, draws[i], audience.report_rate)[0 if impressions else 1 :]:
+            sent = await client.post(f"{url}/feedback", json={"request_id": body["request_id"], "event": event})
+            if sent.status_code == 200:
+                stats.feedback += 1
+                if event in ENGAGEMENTS:
+                    stats.engagements[arm] = stats.engagements.get(arm, 0) + 1
+            else:
+                stats.failed[sent.status_code] = stats.failed.get(sent.status_code, 0) + 1
 
     start = time.perf_counter()
     async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False, transport=transport) as client:

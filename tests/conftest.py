@@ -14,6 +14,7 @@ from components.simulator.feed import FeedSpec, simulate
 from components.simulator.trends import NewClass, PriorShift, StyleShift
 from infra.labelstudio import LocalLabelStudio
 from tests.browsers import browser, chromium  # noqa: F401 - fixtures for every test module
+from tests.kinds import pytest_collection_modifyitems  # noqa: F401 - every test carries one kind
 from trendloop.settings import LabelStudioSettings
 
 SMALL_FEED = FeedSpec(

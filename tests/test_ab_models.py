@@ -150,6 +150,7 @@ def run_ab(
     return ab_report(predictions, feedback, experiments.get(experiment.id)), stats
 
 
+@pytest.mark.unit
 def test_engagement_is_propensity_times_interest_times_fit() -> None:
     audience = Audience(viewers=20_000, tags=("cars", "pets", "meme"), seed=4)
     engagement = Engagement(audience)
@@ -192,6 +193,7 @@ def check_traffic(report: dict, stats: DriveStats, requests: int) -> None:
     assert report["srm"]["ok"] and min(report["arms"][a]["users"] for a in (CHAMPION, CHALLENGER)) >= 500
 
 
+@pytest.mark.model
 def test_a_challenger_that_knows_the_new_class_is_promoted(world: World, tmp_path: Path) -> None:
     report, stats = run_ab(tmp_path, world.champion, world.good, world.posts, REQUESTS)
     check_traffic(report, stats, REQUESTS)
@@ -203,6 +205,7 @@ def test_a_challenger_that_knows_the_new_class_is_promoted(world: World, tmp_pat
     assert report["decision"]["verdict"] == "promote", report["decision"]
 
 
+@pytest.mark.model
 def test_a_less_accurate_challenger_is_rolled_back(world: World, tmp_path: Path) -> None:
     report, stats = run_ab(tmp_path, world.champion, world.worse, world.posts, REQUESTS)
     check_traffic(report, stats, REQUESTS)

@@ -33,6 +33,8 @@ from serving.abtest import (
     sample_ratio_mismatch,
 )
 
+pytestmark = pytest.mark.unit
+
 ALPHA = 0.05
 ARM_KEYS = {
     "users",

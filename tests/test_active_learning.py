@@ -38,6 +38,8 @@ from components.model.predict import Predictor
 from components.model.preprocess import Preprocessing
 from components.model.tagger import TaggerSpec, build_tagger
 
+pytestmark = pytest.mark.unit
+
 # Five posts over three labels, made so the heuristics disagree on the order.
 PROBS = np.array(
     [

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.bench
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.bench
 def test_ingest_benchmark_prints_throughput_per_case() -> None:
     result = subprocess.run(
         [
@@ -50,7 +51,6 @@ def test_ingest_benchmark_prints_throughput_per_case() -> None:
         assert rate > 0 and accepted == images  # every benchmark image is distinct and valid
 
 
-@pytest.mark.bench
 def test_training_benchmark_prints_platform_and_bare_rates() -> None:
     result = subprocess.run(
         [sys.executable, "benchmarks/bench_train.py", "--posts", "300", "--epochs", "2", "--image-size", "32"],
@@ -67,7 +67,6 @@ def test_training_benchmark_prints_platform_and_bare_rates() -> None:
     assert ratio == pytest.approx(ours / bare, abs=0.01)
 
 
-@pytest.mark.bench
 def test_active_learning_benchmark_prints_curves_and_labels_needed() -> None:
     args = ["--seeds", "2", "--rounds", "2", "--query", "8", "--posts-per-day", "30", "--seed-epochs", "1"]
     result = subprocess.run(
@@ -90,7 +89,6 @@ def test_active_learning_benchmark_prints_curves_and_labels_needed() -> None:
     assert re.search(r"^  random\s+(8|16)$", result.stdout, re.M)  # random reaches its own final accuracy
 
 
-@pytest.mark.bench
 def test_serving_benchmark_prints_throughput_and_latency_per_path_and_concurrency() -> None:
     # The Ray path starts a Ray head and deploys the app (a minute here); tests/test_serving.py covers it.
     result = subprocess.run(
@@ -107,7 +105,6 @@ def test_serving_benchmark_prints_throughput_and_latency_per_path_and_concurrenc
         assert rps > 0 and 0 < p50 <= p95 <= p99 and fail == 0
 
 
-@pytest.mark.bench
 def test_fusion_benchmark_prints_accuracy_per_input_set() -> None:
     result = subprocess.run(
         [sys.executable, "benchmarks/bench_fusion.py", "--days", "3", "--posts-per-day", "120", "--users", "40",

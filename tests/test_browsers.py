@@ -9,6 +9,8 @@ import pytest
 
 from tests.browsers import NO_CHROMIUM, find_chromium, under_ci
 
+pytestmark = pytest.mark.unit
+
 pytest_plugins = ("pytester",)
 
 

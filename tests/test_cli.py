@@ -13,6 +13,8 @@ import pytest
 from trendloop.cli import main
 from trendloop.settings import Settings, load_settings
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -128,6 +128,7 @@ def path_points(d: str) -> list[tuple[float, float]]:
     return [(float(x), float(y)) for x, y in re.findall(r"[ML]\s*(-?[\d.]+)[ ,](-?[\d.]+)", d)]
 
 
+@pytest.mark.integration
 def test_a_winning_challenger_renders_every_value_of_its_report(tab: Tab, reports: Reports) -> None:
     report = reports(WIN)
     assert report["decision"]["verdict"] == "promote"  # what the scenario was built to show
@@ -227,6 +228,7 @@ def test_a_winning_challenger_renders_every_value_of_its_report(tab: Tab, report
     assert tab.errors == []
 
 
+@pytest.mark.integration
 def test_a_slower_challenger_is_rolled_back_for_its_breached_guardrail(tab: Tab, reports: Reports) -> None:
     report = reports(SLOW)
     assert report["lift"]["cs_low"] > 0.01  # it would have won on engagement
@@ -249,6 +251,7 @@ def test_a_slower_challenger_is_rolled_back_for_its_breached_guardrail(tab: Tab,
     assert tab.errors == []
 
 
+@pytest.mark.integration
 def test_a_broken_split_warns_that_no_verdict_can_be_trusted(tab: Tab, reports: Reports) -> None:
     report = reports(BROKEN_SPLIT)
     tab.show(render_dashboard(report, report_url=None))
@@ -296,6 +299,7 @@ def served(tmp_path: Path, answer: Callable[[], dict]) -> Iterator[str]:
         assert router.close() == 0
 
 
+@pytest.mark.integration
 def test_the_served_page_fetches_its_report_and_a_failed_refresh_keeps_the_last_data(
     tab: Tab, reports: Reports, tmp_path: Path
 ) -> None:
@@ -345,6 +349,7 @@ def test_the_served_page_fetches_its_report_and_a_failed_refresh_keeps_the_last_
     tab.errors.clear()
 
 
+@pytest.mark.integration
 def test_hostile_strings_render_as_text_and_run_nothing(tab: Tab, reports: Reports) -> None:
     report = reports(WIN)
     report["experiment"]["id"] = "exp-<svg onload=window.pwned=3>"
@@ -388,6 +393,7 @@ def nulls_everywhere(value: Any) -> Any:
 
 
 @pytest.mark.parametrize("case", ["empty", "all-null", "wrong-types", "no-experiment"])
+@pytest.mark.integration
 def test_a_report_full_of_nulls_renders_without_errors(tab: Tab, reports: Reports, tmp_path: Path, case: str) -> None:
     report = {
         "empty": lambda: {},
@@ -408,6 +414,7 @@ def test_a_report_full_of_nulls_renders_without_errors(tab: Tab, reports: Report
         assert tab.text("#verdict-label").lower() == "no a/b test running"
 
 
+@pytest.mark.integration
 def test_no_challenger_yet_shows_the_champion_alone(tab: Tab, reports: Reports) -> None:
     report = reports(CHAMPION_ONLY)
     tab.show(render_dashboard(report, report_url=None))
@@ -433,6 +440,7 @@ def test_no_challenger_yet_shows_the_champion_alone(tab: Tab, reports: Reports) 
     assert tab.errors == []
 
 
+@pytest.mark.integration
 def test_a_time_without_a_zone_is_read_as_utc(tab: Tab, reports: Reports) -> None:
     report = reports(WIN)
     report["generated_at"] = "2025-03-13T09:05:00.123456"  # as some writers leave it
@@ -441,6 +449,7 @@ def test_a_time_without_a_zone_is_read_as_utc(tab: Tab, reports: Reports) -> Non
     assert tab.errors == []
 
 
+@pytest.mark.integration
 def test_screenshot_of_the_dashboard(tab: Tab, reports: Reports) -> None:
     """Saved for people to look at (test-artifacts/ is git-ignored); it must show a real, many-coloured page."""
     ARTIFACTS.mkdir(exist_ok=True)
@@ -481,6 +490,7 @@ def meta_policy(html: str) -> str:
     return unescape(re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', html).group(1))
 
 
+@pytest.mark.unit
 def test_the_app_serves_the_page_and_its_files_under_a_policy_with_no_inline_code(tmp_path: Path) -> None:
     api, router = dashboard_api(tmp_path, dict)
     with TestClient(api) as client:
@@ -520,6 +530,7 @@ def test_the_app_serves_the_page_and_its_files_under_a_policy_with_no_inline_cod
     assert absent == [404, 404, 404]  # only the two files, nothing else of the package
 
 
+@pytest.mark.unit
 def test_the_self_contained_page_inlines_its_files_allowed_by_their_hashes() -> None:
     html = render_dashboard(None, report_url=None)
     assert f"<style>{static('dashboard.css')}</style>" in html
@@ -530,11 +541,13 @@ def test_the_self_contained_page_inlines_its_files_allowed_by_their_hashes() -> 
     assert "unsafe" not in policy and "'self'" not in policy.split("connect-src")[0]
 
 
+@pytest.mark.unit
 def test_render_dashboard_rejects_a_negative_refresh() -> None:
     with pytest.raises(ValueError, match="refresh_s"):
         render_dashboard({}, refresh_s=-1)
 
 
+@pytest.mark.unit
 def test_render_dashboard_leaves_the_report_unchanged(reports: Reports) -> None:
     report = reports(WIN)
     before = copy.deepcopy(report)
@@ -542,6 +555,7 @@ def test_render_dashboard_leaves_the_report_unchanged(reports: Reports) -> None:
     assert report == before
 
 
+@pytest.mark.unit
 def test_the_page_may_fetch_only_from_its_own_origin_and_the_reports() -> None:
     def connect_src(html: str) -> str:
         return next(d for d in meta_policy(html).split("; ") if d.startswith("connect-src"))
@@ -598,6 +612,7 @@ def web_code_lines(source: str) -> int:
     )
 
 
+@pytest.mark.unit
 def test_the_web_code_measure_counts_whole_strings_and_skips_docstrings() -> None:
     page = "\n".join(["<section>", *(f"  line {i} of text" for i in range(150)), "</section>"])
     style = ".card { padding: 4px; }\n\n.grid {\n  gap: 8px;\n}"
@@ -610,6 +625,7 @@ def test_the_web_code_measure_counts_whole_strings_and_skips_docstrings() -> Non
     assert web_code_lines(source) == 152 + 4 + 3 + 1
 
 
+@pytest.mark.unit
 def test_no_python_file_of_the_packages_holds_pages_in_strings() -> None:
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
     found = {

@@ -82,6 +82,7 @@ def finished(label_studio: LocalLabelStudio):
         wiring.local_ray(settings).down()
 
 
+@pytest.mark.e2e
 def test_the_main_job_promotes_a_challenger_that_learned_the_new_trend(finished) -> None:
     settings, outcome, _ = finished
     assert outcome.verdict == "promote"
@@ -103,6 +104,7 @@ def test_the_main_job_promotes_a_challenger_that_learned_the_new_trend(finished)
     assert lift["cs_low"] > 0
 
 
+@pytest.mark.e2e
 def test_serving_follows_the_promotion_without_a_restart(finished) -> None:
     settings, outcome, _ = finished
     s = wiring.serving_control(settings)
@@ -113,6 +115,7 @@ def test_serving_follows_the_promotion_without_a_restart(finished) -> None:
 
 
 @pytest.mark.slow  # a second first-champion training (about 5 minutes): `make test-slow`
+@pytest.mark.e2e
 def test_the_cli_and_the_main_job_reach_the_same_first_verdict(finished, tmp_path: Path, capsys) -> None:
     """The main job's first champion came out of continual_training; `trendloop ingest` + `trendloop train` in
     another home on the same feed and days register the same snapshot with the same verdict."""
@@ -134,6 +137,7 @@ def test_the_cli_and_the_main_job_reach_the_same_first_verdict(finished, tmp_pat
     assert ours.alias(CHAMPION) == 1
 
 
+@pytest.mark.e2e
 def test_the_run_leaves_its_log_and_drift_checks_on_the_traffic_it_served(finished) -> None:
     settings, outcome, _ = finished
     assert outcome.log is not None and outcome.log.exists()
@@ -142,6 +146,7 @@ def test_the_run_leaves_its_log_and_drift_checks_on_the_traffic_it_served(finish
     assert flagged and all(c["traffic"] == "served" for c in flagged)
 
 
+@pytest.mark.unit
 def test_the_main_job_s_own_choices_give_way_to_yours(tmp_path: Path) -> None:
     def job(toml: str):
         config = tmp_path / "trendloop.toml"
@@ -159,6 +164,7 @@ def test_the_main_job_s_own_choices_give_way_to_yours(tmp_path: Path) -> None:
     assert (strategy_only.active_learning.strategy, strategy_only.active_learning.batch_size) == ("margin", 300)
 
 
+@pytest.mark.integration
 def test_the_main_job_draws_no_mlflow_download_bars(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     """The gate's verdict is read back from MLflow during the job: its tqdm bar must not reach the terminal."""
     import mlflow.artifacts  # noqa: PLC0415 - only this test needs it
@@ -184,6 +190,7 @@ def test_the_main_job_draws_no_mlflow_download_bars(tmp_path: Path, capfd: pytes
     assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # the job's choice ends with the job
 
 
+@pytest.mark.integration
 def test_a_label_studio_port_held_by_another_server_stops_the_job_before_it_starts(
     label_studio: LocalLabelStudio, tmp_path: Path
 ) -> None:

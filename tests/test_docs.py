@@ -20,6 +20,8 @@ from typer.main import get_command
 
 from trendloop.cli import app, main
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 TOP = ("components", "active_learning", "serving", "pipelines", "feature_repo", "infra", "trendloop")

@@ -62,6 +62,7 @@ def synthetic(rng: np.random.Generator, n: int, new_share: float = 0.0) -> Windo
     return Window(posts, emb.astype(np.float32))
 
 
+@pytest.mark.unit
 def test_false_alarms_stay_within_the_configured_rate() -> None:
     # A loose overall rate (0.3, so 0.05 per test) makes each test's false alarms countable in 120 checks.
     config = DriftConfig(false_alarm_rate=0.3, outliers=0)
@@ -79,6 +80,7 @@ def test_false_alarms_stay_within_the_configured_rate() -> None:
     assert any_alarm / checks <= 0.3, any_alarm
 
 
+@pytest.mark.unit
 def test_a_new_cluster_is_flagged_with_its_hashtag() -> None:
     rng = np.random.default_rng(1)
     verdict, ref_novelty, cur_novelty = detect_drift(synthetic(rng, 400), synthetic(rng, 300, new_share=0.1))
@@ -87,6 +89,7 @@ def test_a_new_cluster_is_flagged_with_its_hashtag() -> None:
     assert cur_novelty.mean() > np.nanmean(ref_novelty)
 
 
+@pytest.mark.unit
 def test_auc_threshold_matches_the_simulated_null() -> None:
     rng = np.random.default_rng(0)
     y = np.r_[np.zeros(150), np.ones(75)]
@@ -94,12 +97,14 @@ def test_auc_threshold_matches_the_simulated_null() -> None:
     assert auc_threshold(300, 150, 0.05) == pytest.approx(np.quantile(aucs, 0.95), abs=0.01)
 
 
+@pytest.mark.unit
 def test_hashtag_rarity_is_the_surprise_of_the_rarest_tag() -> None:
     index = pd.Series([["#a"], ["#a"], ["#a", "#b"], []])
     scores = hashtag_rarity(index, pd.Series([["#a"], ["#b", "#a"], ["#zzz"], []]))
     assert scores == pytest.approx([-np.log(3.5 / 5), -np.log(1.5 / 5), -np.log(0.5 / 5), 0.0])
 
 
+@pytest.mark.unit
 def test_small_or_mismatched_windows_are_refused() -> None:
     rng = np.random.default_rng(0)
     with pytest.raises(QuietWindow, match="current window holds 12 posts"):  # too little traffic: not drift
@@ -112,6 +117,7 @@ def test_small_or_mismatched_windows_are_refused() -> None:
         Window(window.posts, window.embeddings[:39])
 
 
+@pytest.mark.unit
 def test_captions_without_comparable_words_are_skipped_not_fatal() -> None:
     rng = np.random.default_rng(0)
     ref, cur = synthetic(rng, 200), synthetic(rng, 100)
@@ -135,6 +141,7 @@ def context(**changes) -> TriggerContext:
     return TriggerContext(**(base | changes))
 
 
+@pytest.mark.unit
 def test_triggers_fire_on_their_own_evidence() -> None:
     rng = np.random.default_rng(1)
     drifted, _, _ = detect_drift(synthetic(rng, 400), synthetic(rng, 300, new_share=0.1))
@@ -197,17 +204,20 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Traffic:
     return Traffic(*reference_windows(store, snapshot, champion, 5000), days, windows)
 
 
+@pytest.mark.model
 def test_unchanged_traffic_is_not_flagged(traffic: Traffic) -> None:
     verdict, _, _ = detect_drift(traffic.reference, traffic.windows["none"], index=traffic.index)
     assert not verdict.drifted, verdict.drifted_signals
 
 
 @pytest.mark.parametrize("scenario", ["new_class", "style_shift", "prior_shift"])
+@pytest.mark.model
 def test_each_trend_type_is_flagged_at_a_modest_share(traffic: Traffic, scenario: str) -> None:
     verdict, _, _ = detect_drift(traffic.reference, traffic.windows[scenario], index=traffic.index)
     assert verdict.drifted, [(s.name, s.score) for s in verdict.signals]
 
 
+@pytest.mark.model
 def test_the_new_class_forms_an_emerging_cluster(traffic: Traffic) -> None:
     current = traffic.windows["new_class"]
     verdict, ref_novelty, cur_novelty = detect_drift(traffic.reference, current, index=traffic.index)

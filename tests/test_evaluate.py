@@ -23,6 +23,8 @@ from components.model.evaluate import (
 )
 from components.model.predict import Predictions
 
+pytestmark = pytest.mark.unit
+
 
 def test_score_counts_the_confusion_and_per_class_figures() -> None:
     true = ["cat", "cat", "cat", "dog", "dog", "meme"]

@@ -19,6 +19,8 @@ from components.errors import ConfigError, FeatureError
 from components.features.store import SOURCE_SCHEMAS, Features
 from components.features.sync import sync
 
+pytestmark = pytest.mark.integration
+
 DAY0 = datetime(2026, 1, 5, tzinfo=UTC)
 PROFILE = ["user_profile_fv:posts_7d", "user_profile_fv:engagement_rate_28d"]
 

@@ -44,6 +44,7 @@ def png(color: tuple[int, int, int]) -> bytes:
 # --- the model ---------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_a_fusion_tagger_needs_its_side_inputs_and_saves_them_in_its_spec(tmp_path: Path) -> None:
     spec = TaggerSpec("resnet18", LABELS, SMALL, ("caption", "user"))
     tagger = build_tagger(spec).eval()
@@ -67,6 +68,7 @@ def test_a_fusion_tagger_needs_its_side_inputs_and_saves_them_in_its_spec(tmp_pa
     assert TaggerSpec.from_json(json.dumps(raw)).side == ()
 
 
+@pytest.mark.unit
 def test_growing_a_fusion_taggers_labels_keeps_its_answers_on_the_old_ones() -> None:
     torch.manual_seed(0)
     tagger = build_tagger(TaggerSpec("resnet18", LABELS, SMALL, ("caption", "user"))).eval()
@@ -78,6 +80,7 @@ def test_growing_a_fusion_taggers_labels_keeps_its_answers_on_the_old_ones() -> 
     torch.testing.assert_close(grown(x, wide)[:, :3], tagger(x, side))
 
 
+@pytest.mark.model
 def test_side_inputs_are_learned_where_the_image_says_nothing() -> None:
     """Every image is the same grey; the caption group carries the class. Fusion learns it, image-only cannot."""
     torch.manual_seed(0)
@@ -114,6 +117,7 @@ def test_side_inputs_are_learned_where_the_image_says_nothing() -> None:
 # --- encoding -------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_encoding_marks_unknown_groups_and_puts_interests_under_their_labels() -> None:
     found = pd.DataFrame(
         {
@@ -157,6 +161,7 @@ def fed(small_feed: Path, tmp_path: Path) -> tuple[Store, Features, PredictionLo
     return store, features, log
 
 
+@pytest.mark.integration
 def test_training_reads_side_inputs_as_of_each_post_and_serves_them_online(
     fed: tuple[Store, Features, PredictionLog], tmp_path: Path
 ) -> None:
@@ -246,6 +251,7 @@ def test_training_reads_side_inputs_as_of_each_post_and_serves_them_online(
     assert features.service_features("tagger_v7") == side_refs(("caption", "user"))
 
 
+@pytest.mark.integration
 def test_the_cuped_covariate_from_feast_is_the_value_at_the_tests_start(tmp_path: Path) -> None:
     features = Features.open(tmp_path / "features")
     features.apply()

@@ -19,6 +19,8 @@ from components.errors import ConfigError
 from components.model.evaluate import Evaluation, Outcomes, score, stability
 from components.model.gate import PromotionGate, Verdict, agresti_min_interval, mcnemar_exact_p
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 OLD = ["cat", "dog"]  # the champion's labels
 PERTURBED = ("brightness_minus_10", "brightness_plus_10", "crop_90")

@@ -19,6 +19,8 @@ from components.data.ingest import ingest, read_labels
 from components.data.snapshot import Store
 from components.errors import SourceError
 
+pytestmark = pytest.mark.unit
+
 
 def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

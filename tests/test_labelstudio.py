@@ -95,6 +95,7 @@ def loop(label_studio: LocalLabelStudio, ls_home: Path, small_feed: Path, reques
     return Loop(label_studio, ls_home, small_feed, f"{name[:40]} {hashlib.sha256(name.encode()).hexdigest()[:8]}")
 
 
+@pytest.mark.integration
 def test_project_is_created_once_and_only_grows(loop: Loop, label_studio: LocalLabelStudio):
     project = loop.project
     first = project.ensure(["food", "pets"], overlap=3, local_files=loop.images)
@@ -109,6 +110,7 @@ def test_project_is_created_once_and_only_grows(loop: Loop, label_studio: LocalL
     assert [Path(s.path) for s in storages] == [loop.images]  # the store is connected once
 
 
+@pytest.mark.integration
 def test_push_creates_pre_annotated_tasks_once(loop: Loop, label_studio: LocalLabelStudio):
     loop.select(12, strategy="entropy", control_share=0.25)
     queued = {p.post_id: p for p in loop.queue.posts()}
@@ -143,6 +145,7 @@ def test_push_creates_pre_annotated_tasks_once(loop: Loop, label_studio: LocalLa
     assert len(loop.queue.posts()) == 17 and loop.push().pushed == 5 and len(loop.tasks()) == 17
 
 
+@pytest.mark.integration
 def test_pull_decides_by_majority_names_new_classes_and_commits_once(loop: Loop):
     loop.select(6, diversity=False, control_share=0.0)
     loop.push(overlap=3)
@@ -185,6 +188,7 @@ def test_pull_decides_by_majority_names_new_classes_and_commits_once(loop: Loop)
     assert "meme" in loop.project.labels()
 
 
+@pytest.mark.integration
 def test_simulated_annotators_label_through_label_studio(loop: Loop):
     loop.select(10, control_share=0.2)
     loop.push(overlap=3)
@@ -201,6 +205,7 @@ def test_simulated_annotators_label_through_label_studio(loop: Loop):
     assert report.named == 3 * len(named) and pulled.new_classes == ({"meme": len(named)} if named else {})
 
 
+@pytest.mark.integration
 def test_simulated_annotators_make_the_errors_they_are_told_to(loop: Loop):
     loop.select(8, control_share=0.0)
     loop.push()
@@ -252,6 +257,7 @@ class FlakyProxy:
         self.server.server_close()
 
 
+@pytest.mark.integration
 def test_push_when_label_studio_is_down_keeps_the_batch_queued(loop: Loop, label_studio: LocalLabelStudio):
     loop.select(9, control_share=0.0)
     token = label_studio.credentials().token
@@ -274,6 +280,7 @@ def test_push_when_label_studio_is_down_keeps_the_batch_queued(loop: Loop, label
     assert sorted(loop.tasks().post_id) == sorted(p.post_id for p in loop.queue.posts())  # one task per post
 
 
+@pytest.mark.integration
 def test_pull_when_label_studio_is_down_changes_nothing(loop: Loop, label_studio: LocalLabelStudio):
     loop.select(6, control_share=0.0)
     loop.push()
@@ -296,12 +303,14 @@ def test_pull_when_label_studio_is_down_changes_nothing(loop: Loop, label_studio
     assert report.new_annotations == 6 and len(loop.queue.uncommitted()) == 6
 
 
+@pytest.mark.integration
 def test_wrong_token_is_a_clear_error(label_studio: LocalLabelStudio):
     project = LabelingProject(label_studio.url, "not-a-token", "whatever")
     with pytest.raises(LabelingError, match=r"refused to list projects: HTTP 401"):
         project.ensure(["food"])
 
 
+@pytest.mark.integration
 def test_server_status_credentials_and_restart(label_studio: LocalLabelStudio, tmp_path: Path):
     status = label_studio.status()
     assert status.running and status.pid is not None
@@ -316,14 +325,19 @@ def test_server_status_credentials_and_restart(label_studio: LocalLabelStudio, t
     # stop and start again: projects and the token survive (they live under the state folder)
     project = LabelingProject(label_studio.url, label_studio.credentials().token, "survives a restart")
     made = project.ensure(["food"])
-    assert label_studio.down() and not label_studio.healthy() and label_studio.status().detail == "stopped"
-    assert label_studio.up(timeout=300).running
-    assert (
-        LabelingProject(label_studio.url, label_studio.credentials().token, "survives a restart").ensure(["food"])
-        == made
-    )
+    try:
+        assert label_studio.down() and not label_studio.healthy() and label_studio.status().detail == "stopped"
+        assert label_studio.up(timeout=300).running
+        assert (
+            LabelingProject(label_studio.url, label_studio.credentials().token, "survives a restart").ensure(["food"])
+            == made
+        )
+    finally:
+        if not label_studio.healthy():  # the session's server, which the tests after this one use
+            label_studio.up(timeout=300)
 
 
+@pytest.mark.integration
 def test_a_new_state_folder_starts_from_the_migrated_template(label_studio: LocalLabelStudio, tmp_path: Path):
     """No server migrates its own database: each copies the template, then makes its own admin and token."""
     template = label_studio.template.read_bytes()
@@ -342,6 +356,7 @@ def test_a_new_state_folder_starts_from_the_migrated_template(label_studio: Loca
     assert label_studio.template.read_bytes() == template  # a server writes to its copy, never to the template
 
 
+@pytest.mark.unit
 def test_a_template_that_fails_to_build_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     server = LocalLabelStudio(tmp_path / "state", free_port(), "0.0.0", tmp_path, template_dir=tmp_path / "cache")
     monkeypatch.setattr(server, "command", lambda: ["sh", "-c", "echo 'no such release' >&2; exit 3"])
@@ -369,6 +384,7 @@ def run_cli(command: list[str], cwd: Path, env: dict[str, str], timeout: float) 
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+@pytest.mark.unit
 def test_find_uv_prefers_the_variable_then_the_environments_own_then_the_path(tmp_path: Path):
     own, on_path, empty = tmp_path / "own", tmp_path / "on_path", tmp_path / "empty"
     for folder in (own, on_path):
@@ -383,6 +399,7 @@ def test_find_uv_prefers_the_variable_then_the_environments_own_then_the_path(tm
 
 
 @pytest.mark.parametrize("activated", [True, False], ids=["activated", "not_activated"])
+@pytest.mark.integration
 def test_the_installed_cli_starts_label_studio_with_the_environments_own_uv(tmp_path: Path, activated: bool):
     """`make demo`, then `trendloop services up` from a shell whose PATH holds no uv (make's is in .tools/):
     with the environment activated (its bin/ on the PATH), or its entry point called by path."""
@@ -405,6 +422,7 @@ def test_the_installed_cli_starts_label_studio_with_the_environments_own_uv(tmp_
     assert down.stdout.strip() == "label-studio stopped" and not server.healthy()
 
 
+@pytest.mark.unit
 def test_without_any_uv_starting_label_studio_says_where_it_looked(tmp_path: Path):
     """An environment without uv (installed without it), no UV, no uv on the PATH: one precise line, nothing started."""
     bare = tmp_path / "bare"
@@ -464,6 +482,7 @@ def outside(box: list[float], view: list[float], slack: float = 1.0) -> bool:
     return box[0] < view[0] - slack or box[1] < view[1] - slack or box[2] > view[2] + slack or box[3] > view[3] + slack
 
 
+@pytest.mark.unit
 def test_outside_needs_more_than_a_pixel():
     assert not outside([10, 10, 100.5, 200], [0, 0, 100, 200])
     assert outside([10, 10, 100, 202], [0, 0, 100, 200])
@@ -516,6 +535,7 @@ def wait_until_still(element: Any, timeout: float = 10.0) -> None:
     raise AssertionError(f"the image kept moving for {timeout:.0f} s")
 
 
+@pytest.mark.integration
 def test_the_labelling_page_fits_one_screen(label_studio: LocalLabelStudio, ls_home: Path, browser: Any):
     """At each size the image, every choice and Submit show at once, with nothing scrolled; choosing
     "other / new trend" shows the box to name it, also in view. Screenshots: test-artifacts/labelstudio-*.png."""

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("trendloop", "pipelines", "serving", "active_learning", "infra", "feature_repo", "components")
 

@@ -17,6 +17,8 @@ from components.model.predict import Predictor
 from components.model.preprocess import Preprocessing
 from components.model.tagger import TaggerSpec, build_tagger, extend_labels, load_tagger, save_tagger
 
+pytestmark = pytest.mark.unit
+
 SMALL = Preprocessing(image_size=32, resize=36)
 LABELS = ("cars", "food", "pets")
 

@@ -1,10 +1,11 @@
 """Kubeflow pipelines: every pipeline compiles; each step reads only its settings and starts light; the
 retrain pipelines run end to end on kfp.local against a real MLflow.
 
-The integration tests share one state folder and run in order, as the loop does:
-continual training on the labelled history (a step killed midway, then rerun), an
-unlabelled day (no retrain is due), a labelled day with a new class (a challenger), and a
-candidate the gate refuses (its run keeps the verdict; nothing is registered). Drift
+The integration tests read one story (the ``story`` fixture), whose runs share one state folder
+and follow each other as the loop's do: continual training on the labelled history (a step
+killed midway, then rerun), an unlabelled day (no retrain is due), a labelled day with a new
+class (a challenger), and a candidate the gate refuses (its run keeps the verdict; nothing is
+registered). The fixture keeps what each run found; the tests only read it, in any order. Drift
 monitoring of served traffic and label sync run in the main job's end-to-end test
 (tests/test_demo.py), against the real serving app and Label Studio.
 """
@@ -65,6 +66,7 @@ def _conditions(dags: list[dict]) -> set[str]:
     return {t for dag in dags for t in _tasks(dag) if t.startswith("condition-")}
 
 
+@pytest.mark.unit
 def test_every_pipeline_compiles_to_ir_whose_steps_run_our_image_and_call_our_package(tmp_path: Path):
     written = compile_all(tmp_path, IMAGE)
     assert sorted(p.stem for p in written) == sorted(TASKS)
@@ -90,6 +92,7 @@ def _task_specs(spec: dict) -> dict[str, dict]:
     return {name: task for dag in dags for name, task in dag.get("tasks", {}).items()}
 
 
+@pytest.mark.unit
 def test_steps_that_read_the_world_as_it_is_never_reuse_outputs_and_no_cache_reaches_nested_steps(tmp_path: Path):
     cached = {
         name: {
@@ -108,6 +111,7 @@ def test_steps_that_read_the_world_as_it_is_never_reuse_outputs_and_no_cache_rea
         assert not [t for t, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")]
 
 
+@pytest.mark.unit
 def test_each_step_gets_only_the_settings_it_reads_so_an_unrelated_change_keeps_its_cache(tmp_path: Path):
     # configure's outputs are READS, in order: a step's config is the one at its name
     assert [name for name, _ in configure.__annotations__["return"].__annotations__.items()] == list(READS)
@@ -134,6 +138,7 @@ def configure_outputs(settings: Settings) -> tuple[str, ...]:
     return steps.configure(settings.for_pipeline())
 
 
+@pytest.mark.unit
 def test_a_step_that_touches_no_model_imports_none_of_the_heavy_libraries(tmp_path: Path):
     """What every step pays before it works: the settings and the steps module (plus kfp's executor)."""
     heavy = ["torch", "mlflow", "feast", "label_studio_sdk", "scipy", "evidently", "pandas", "ray"]
@@ -163,6 +168,7 @@ def test_a_step_that_touches_no_model_imports_none_of_the_heavy_libraries(tmp_pa
     assert json.loads((tmp_path / "verdict.json").read_text())["passed"] is True
 
 
+@pytest.mark.unit
 def test_the_load_step_and_serving_control_load_no_model(tmp_path: Path):
     """Following the registry is REST calls and a registry read: no step pays for torch to ask serving."""
     settings = Settings(home=tmp_path, serving={"ray_ports": {"dashboard": free_port()}})  # no Ray: nothing to follow
@@ -197,6 +203,7 @@ def _evaluation(model: str, correct: list[int]) -> dict:
     return Evaluation(model, "snap", labels, metrics, {}, None, stability(outcomes.unchanged), outcomes).to_dict()
 
 
+@pytest.mark.unit
 def test_an_ingest_split_into_steps_commits_what_one_ingest_does(small_feed: Path, tmp_path: Path):
     until = SMALL_FEED.day_start(2)
     labels = read_labels(small_feed / "oracle" / "labels")
@@ -216,6 +223,7 @@ def test_an_ingest_split_into_steps_commits_what_one_ingest_does(small_feed: Pat
     assert report.snapshot == whole.snapshot  # content-addressed: the same posts, labels and order
 
 
+@pytest.mark.unit
 def test_pipeline_arguments_are_checked_and_carry_the_settings(tmp_path: Path, monkeypatch):
     settings = Settings(home=tmp_path / "home").model_copy(
         update={"labelstudio": Settings().labelstudio.model_copy(update={"token": "s3cret"})}
@@ -360,6 +368,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Story:
     return Story(loop, str(killed.value), after_kill, resumed, seed_head, unlabelled, before_labels, labelled, refused)
 
 
+@pytest.mark.integration
 def test_a_step_killed_midway_leaves_nothing_half_written_and_the_rerun_reuses_finished_steps(story: Story):
     loop, after = story.loop, story.after_kill
     assert "failed at step train" in story.killed
@@ -386,6 +395,7 @@ def test_a_step_killed_midway_leaves_nothing_half_written_and_the_rerun_reuses_f
     assert registry.placed(1) == CHAMPION  # the first model to pass is the champion
 
 
+@pytest.mark.integration
 def test_an_unlabelled_day_is_ingested_and_no_retrain_is_due(story: Story):
     run, before = story.unlabelled, story.seed_head
     assert run.output == 0 and "skip" in run.tasks and "train" not in run.tasks
@@ -397,6 +407,7 @@ def test_an_unlabelled_day_is_ingested_and_no_retrain_is_due(story: Story):
     assert decision["reason"] == "no retrain: 0 labels the newest version has not seen (a retrain needs 20)"
 
 
+@pytest.mark.integration
 def test_labels_for_that_day_make_a_retrain_due_and_register_a_challenger(story: Story):
     run, before, loop = story.labelled, story.before_labels, story.loop
     registry = wiring.open_registry(loop.settings)
@@ -417,6 +428,7 @@ def test_labels_for_that_day_make_a_retrain_due_and_register_a_challenger(story:
     assert "<html" in report.lower() and f"{scored['champion']['overall']['accuracy']:.3f}" in report
 
 
+@pytest.mark.integration
 def test_a_refused_candidate_keeps_its_run_and_verdict_and_is_never_registered_or_aliased(story: Story):
     run, loop = story.refused, story.loop
     assert run.output == 0 and "hold" in run.tasks and "register" not in run.tasks
@@ -429,6 +441,7 @@ def test_a_refused_candidate_keeps_its_run_and_verdict_and_is_never_registered_o
     assert registry.version_of_run(refused.info.run_id) is None
 
 
+@pytest.mark.integration
 def test_the_cli_reaches_the_same_verdicts_and_aliases_as_the_pipelines_on_the_same_inputs(
     story: Story, tmp_path: Path, capsys: pytest.CaptureFixture
 ):

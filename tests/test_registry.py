@@ -3,10 +3,16 @@
 The retrain use-case (``components.model.retrain.retrain``) end to end: a candidate is a run
 until the gate passes it; the first that passes is the champion, later ones challengers;
 a refused one keeps its run and verdict and never becomes a version.
+
+The first model is trained once for the module; each test gets its own copy of that
+registry and of the training runs, so what it promotes, rolls back or adds stays its own.
 """
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +28,8 @@ from components.model.registry import CHALLENGER, CHAMPION, PLACED_TAG, Registry
 from components.model.retrain import Retrained, register_candidate, retrain, train_candidate
 from components.model.train_config import TrainConfig
 
+pytestmark = pytest.mark.integration
+
 # the input size these tests' margins were measured with (the default [train] preprocessing is larger)
 SMALL = Preprocessing(image_size=32, resize=36)
 QUICK = TrainConfig(epochs=2, patience=2, batch_size=32, preprocessing=SMALL)
@@ -30,22 +38,41 @@ LENIENT = PromotionGate(old_class_margin=1.0, newest_slice_gain=-1.0, stability_
 STRICT = PromotionGate(stability_margin=-1.0)  # no lower bound reaches +1: every challenger is refused
 
 
+def open_registry(root: Path, artifacts: Path) -> Registry:
+    return Registry(f"sqlite:///{root / 'mlflow.db'}", artifact_location=artifacts.as_uri(), cache_dir=root / "models")
+
+
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory, small_feed: Path) -> tuple[Store, Registry, Path]:
+def trained(tmp_path_factory: pytest.TempPathFactory, small_feed: Path) -> Iterator[tuple[Store, Path, Retrained]]:
+    """The feed ingested and a first model through the retrain use-case: version 1 of a registry under the root."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    root = tmp_path_factory.mktemp("registry")
-    store = Store(root / "store")
-    ingest(small_feed, store, labels=read_labels(small_feed / "oracle" / "labels"), label_source="seed", workers=1)
-    registry = Registry(
-        f"sqlite:///{root / 'mlflow.db'}", artifact_location=(root / "art").as_uri(), cache_dir=root / "models"
-    )
-    return store, registry, root / "runs"
+    try:
+        root = tmp_path_factory.mktemp("registry")
+        store = Store(root / "store")
+        ingest(small_feed, store, labels=read_labels(small_feed / "oracle" / "labels"), label_source="seed", workers=1)
+        registry = open_registry(root, root / "art")
+        yield store, root, retrain(store, store.head(), QUICK, LENIENT, registry, root / "runs")
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
-def first(setup: tuple[Store, Registry, Path]) -> Retrained:
-    store, registry, runs = setup
-    return retrain(store, store.head(), QUICK, LENIENT, registry, runs)
+def first(trained: tuple[Store, Path, Retrained]) -> Retrained:
+    return trained[2]
+
+
+@pytest.fixture
+def setup(trained: tuple[Store, Path, Retrained], tmp_path: Path) -> tuple[Store, Registry, Path]:
+    """This test's copy of the registry just after the first model (its database and the training runs to resume);
+    the versions' files stay where the first registry wrote them, and new runs write theirs beside them."""
+    store, root, _ = trained
+    with sqlite3.connect(root / "mlflow.db") as source, sqlite3.connect(tmp_path / "mlflow.db") as copy:
+        source.backup(copy)
+    source.close()
+    copy.close()
+    shutil.copytree(root / "runs", tmp_path / "runs")
+    return store, open_registry(tmp_path, root / "art"), tmp_path / "runs"
 
 
 def test_a_training_run_logs_params_metrics_snapshot_code_labels_and_its_verdict(
@@ -147,7 +174,6 @@ def test_a_version_registered_without_a_verdict_is_not_promoted_unless_forced(
         registry.promote(version)
     champion = registry.alias(CHAMPION)
     assert registry.promote(version, force=True) == champion and registry.alias(CHAMPION) == version
-    registry.rollback()
 
 
 def test_unknown_versions_and_aliases_are_clear_errors(setup: tuple[Store, Registry, Path]) -> None:

@@ -42,6 +42,7 @@ def verdict(drifted: bool) -> DriftVerdict:
     return DriftVerdict(drifted, [signal], 300, 200, 0.05, [])
 
 
+@pytest.mark.unit
 def test_a_retrain_is_due_when_a_trigger_fires_and_there_are_enough_new_labels() -> None:
     policy = RetrainPolicy(min_new_labels=20, new_labels=500, every_days=7)
     cases = [
@@ -98,6 +99,7 @@ def write_check(checks: Path, version: int, when: datetime, drifted: bool) -> No
     (folder / "drift.json").write_text(json.dumps(record))
 
 
+@pytest.mark.integration
 def test_the_plan_counts_labels_and_drift_against_the_newest_version(world: tuple[Store, Registry, Path]) -> None:
     store, registry, root = world
     checks, log = root / "checks", PredictionLog(root / "predictions")
@@ -124,6 +126,7 @@ def test_the_plan_counts_labels_and_drift_against_the_newest_version(world: tupl
     assert registry.alias(CHALLENGER) == challenger
 
 
+@pytest.mark.unit
 def test_labels_train_only_when_decided_new_held_by_the_snapshot_and_agreed_on(
     small_feed: Path, tmp_path: Path
 ) -> None:

@@ -1,7 +1,10 @@
 """Ray Serve for real: a local Ray head, the app deployed through Ray's REST API, requests over HTTP.
 
-One deployment serves the whole module (it takes about a minute on two cores); the
-tests run in order, the promotion last, since it moves the registry's aliases.
+One deployment serves the whole module (it takes about a minute on two cores). Each test
+starts from the same place whatever ran before it (the ``ab`` fixture): the module's
+champion and challenger in the registry, a new experiment at a 50/50 split, the app
+serving it. A test may promote, change the split or restart serving; the next one gets
+its own experiment back, so its report holds its own traffic alone.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -24,12 +28,14 @@ from components.data.predlog import PredictionLog
 from serving import control
 from serving.control import Serving
 from serving.eventlog import FeedbackLog
-from serving.experiment import CHALLENGER, CHAMPION, assign_arm
-from serving.traffic import Audience, drive, plain_posts
+from serving.experiment import CHALLENGER, CHAMPION, Experiment, assign_arm
+from serving.traffic import Audience, DriveStats, drive, plain_posts
 from tests.conftest import free_port
 from tests.models import register_untrained
 from trendloop import wiring
 from trendloop.settings import Settings
+
+pytestmark = pytest.mark.integration
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -42,10 +48,20 @@ def png(color: tuple[int, int, int], size: int = 48) -> bytes:
 
 IMAGES = [png((30 * i % 255, 90, 200 - 20 * i)) for i in range(8)]
 POSTS = plain_posts(IMAGES)  # no truth: engagement from each viewer's propensity alone, the same on both arms
+SALT = "test-serving"  # every test's experiment assigns users alike: the same viewers land on the same arms
+
+
+@dataclass(frozen=True)
+class Served:
+    settings: Settings
+    s: Serving
+    url: str
+    champion: int  # the versions the module registered; each test starts with them in place
+    challenger: int
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Serving, str]]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("serving")
     settings = Settings(
         home=root / "home",
@@ -57,17 +73,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings,
             "split": 0.5,
             "max_upload_bytes": 200_000,
         },
-        ab={"min_users_per_arm": 20},
-    )
+    )  # the default rule: 500 users per arm before any verdict, more than any test here sends
     s = wiring.serving_control(settings)
     champion = register_untrained(s.registry, seed=1)
     s.registry.promote(champion)
-    s.registry.set_challenger(register_untrained(s.registry, seed=2))
+    challenger = register_untrained(s.registry, seed=2)
+    s.registry.set_challenger(challenger)
     ray = wiring.local_ray(settings)
     ray.up()
     try:
         control.up(s, timeout=600)
-        yield settings, s, settings.serving.url
+        yield Served(settings, s, settings.serving.url, champion, challenger)
     finally:
         try:
             if s.admin.reachable():
@@ -77,16 +93,46 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings,
             ray.down()
 
 
+@pytest.fixture
+def ab(served: Served) -> Experiment:
+    """The module's champion and challenger back in place, a new experiment at 50/50, the app serving it."""
+    s = served.s
+    if not s.admin.reachable():  # a test stopped serving and failed before it started it again
+        control.up(s, timeout=600)
+    if s.registry.alias(CHAMPION) != served.champion:  # a test promoted the challenger
+        s.registry.promote(served.champion)
+    s.registry.set_challenger(served.challenger)
+    experiment = s.experiments.start(served.champion, served.challenger, 0.5, s.rule.to_dict(), salt=SALT)
+    assert control.follow(s) == experiment  # the aliases and the split match it: serving takes it as it is
+    return experiment
+
+
 def run(coro):
     """Run a coroutine to the end in its own thread (Playwright's sync API holds this thread's loop)."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
 
 
-def test_each_user_keeps_one_arm_and_the_split_holds(served: tuple[Settings, Serving, str]) -> None:
-    _, s, url = served
-    experiment = s.experiments.current()
-    assert experiment is not None and experiment.split == 0.5
+def wait_for_logs(settings: Settings, stats: DriveStats, timeout: float = 30.0) -> None:
+    """Until the app's writers have flushed every answered request of ``stats`` and every feedback event it sent."""
+    ids = [body["request_id"] for body in stats.responses]
+    where = pc.field("request_id").isin(ids)
+    deadline = time.monotonic() + timeout
+    while True:
+        predictions = len(PredictionLog(settings.predictions_dir).read(where=where))
+        feedback = len(FeedbackLog(settings.serving_dir / "feedback").read(where=where))
+        if (predictions, feedback) == (len(ids), stats.feedback):
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"after {timeout:.0f} s the logs hold {predictions} of {len(ids)} predictions and {feedback} of "
+                f"{stats.feedback} feedback events (the app flushes every {settings.serving.flush_every_s} s)"
+            )
+        time.sleep(settings.serving.flush_every_s / 4)
+
+
+def test_each_user_keeps_one_arm_and_the_split_holds(served: Served, ab: Experiment) -> None:
+    url, experiment = served.url, ab
     stats = run(drive(url, POSTS, Audience(viewers=300, seed=1), requests=600, concurrency=8, keep_responses=True))
     assert stats.failed == {} and stats.ok == 600
     arms: dict[str, set[str]] = {}
@@ -102,8 +148,8 @@ def test_each_user_keeps_one_arm_and_the_split_holds(served: tuple[Settings, Ser
     assert abs(share - 0.5) < 3 * (0.25 / n) ** 0.5  # within 3 standard errors of the configured split
 
 
-def test_bad_requests_get_a_clear_4xx_and_serving_goes_on(served: tuple[Settings, Serving, str]) -> None:
-    _, _, url = served
+def test_bad_requests_get_a_clear_4xx_and_serving_goes_on(served: Served, ab: Experiment) -> None:
+    url = served.url
     truncated = IMAGES[0][: len(IMAGES[0]) // 2]
     cases = [
         ("POST", "/predict?user_id=u1", {"content": b"<html>502 Bad Gateway</html>"}, 415, "not_an_image"),
@@ -129,18 +175,19 @@ def test_bad_requests_get_a_clear_4xx_and_serving_goes_on(served: tuple[Settings
             client.post("/feedback", json={"request_id": ok.json()["request_id"], "event": "like"}).status_code == 200
         )
         ready = client.get("/readyz").json()
-        assert ready["ready"] and ready["models"] == {
-            CHAMPION: ready["traffic"]["champion_version"],
-            CHALLENGER: ready["traffic"]["challenger_version"],
-        }
+        assert ready["ready"] and ready["models"] == {CHAMPION: served.champion, CHALLENGER: served.challenger}
+        assert (ready["traffic"]["champion_version"], ready["traffic"]["challenger_version"]) == (
+            ab.champion_version,
+            ab.challenger_version,
+        )
         spec = client.get("/openapi.json").json()
         assert {"/predict", "/feedback", "/ab", "/ab/report.json", "/healthz", "/readyz"} <= set(spec["paths"])
         body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
         assert "application/octet-stream" in body
 
 
-def test_every_record_survives_a_clean_restart(served: tuple[Settings, Serving, str]) -> None:
-    settings, s, url = served
+def test_every_record_survives_a_clean_restart(served: Served, ab: Experiment) -> None:
+    settings, s, url = served.settings, served.s, served.url
     stats = run(drive(url, POSTS, Audience(viewers=50, base_rate=0.3, seed=2), requests=120, concurrency=4, seed=5,
                       keep_responses=True))  # fmt: skip
     assert stats.failed == {}
@@ -159,56 +206,93 @@ def test_every_record_survives_a_clean_restart(served: tuple[Settings, Serving, 
         assert late.status_code == 200 and late.json()["arm"] == stats.responses[0]["arm"]
 
 
-def test_report_and_dashboard_in_a_real_browser(served: tuple[Settings, Serving, str], browser) -> None:
-    _, s, url = served
-    run(drive(url, POSTS, Audience(viewers=120, base_rate=0.2, seed=3), requests=300, concurrency=8, seed=9))
-    time.sleep(0.5)  # one flush interval
+def test_report_and_dashboard_in_a_real_browser(served: Served, ab: Experiment, browser) -> None:
+    s, url = served.s, served.url
+    stats = run(drive(url, POSTS, Audience(viewers=120, base_rate=0.2, seed=3), requests=300, concurrency=8, seed=9,
+                      keep_responses=True))  # fmt: skip
+    assert stats.failed == {}
+    wait_for_logs(served.settings, stats)
     found = control.report(s)
     arms = found["arms"]
-    assert arms[CHAMPION]["users"] + arms[CHALLENGER]["users"] >= 100
-    assert found["srm"]["ok"] and found["decision"]["verdict"] in ("continue", "insufficient", "promote", "rollback")
-    assert sum(r["exposures"] for r in found["timeline"]) == arms[CHAMPION]["exposures"] + arms[CHALLENGER]["exposures"]
+    # the report holds this test's traffic, as the viewers sent it
+    assert found["experiment"]["id"] == ab.id
+    for arm in (CHAMPION, CHALLENGER):
+        users = {body["user_id"] for body in stats.responses if body["arm"] == arm}
+        assert (arms[arm]["users"], arms[arm]["exposures"]) == (len(users), stats.arms[arm]), arm
+        assert arms[arm]["engagements"] == stats.engagements.get(arm, 0), arm
+    assert sum(r["exposures"] for r in found["timeline"]) == stats.ok
+    # about 55 users per arm, far below the rule's 500: no verdict can be reached yet, whatever the numbers say
+    assert found["srm"]["ok"] and found["decision"]["verdict"] == "insufficient"
 
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.goto(f"{url}/ab")
     page.wait_for_selector("body:not([data-renders='0'])", timeout=30_000)  # the page fetched and drew the report
+    # what the page shows is what the report says
+    assert page.get_attribute("#verdict", "data-verdict") == found["decision"]["verdict"]
     assert page.text_content("#headline").strip() == found["decision"]["headline"]
-    shown = page.text_content("#arms")
-    assert f"{arms[CHAMPION]['exposures']:,}" in shown and f"{arms[CHALLENGER]['exposures']:,}" in shown
+    assert page.locator("#reasons li").all_inner_texts() == found["decision"]["reasons"]
+    assert page.text_content("#experiment-id").strip() == ab.id
+    assert page.text_content("#champion-version").strip() == f"v{served.champion}"
+    assert page.text_content("#challenger-version").strip() == f"v{served.challenger}"
+    assert page.text_content("#split").strip() == "50% champion / 50% challenger"
+    for arm in (CHAMPION, CHALLENGER):
+        for metric in ("users", "exposures", "engagements"):
+            cell = page.text_content(f"#arms td[data-arm='{arm}'][data-metric='{metric}']").strip()
+            assert cell == f"{arms[arm][metric]:,}", (arm, metric)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-live.png"), full_page=True)
     assert errors == []
     page.close()
 
 
-def test_live_split_change_and_promotion_drop_no_request(served: tuple[Settings, Serving, str]) -> None:
-    _, s, url = served
-    before = s.experiments.current()
-    assert before is not None
-    challenger = before.challenger_version
-    outcome: dict[str, object] = {}
+def test_live_split_change_and_promotion_drop_no_request(served: Served, ab: Experiment) -> None:
+    s, url = served.s, served.url
+    requests = 900
+    progressed, reached, finished = threading.Condition(), 0, False  # requests the viewers got done; all of them
 
-    def operate() -> None:
-        time.sleep(2.0)
-        outcome["split"] = control.follow(s, split=0.2, note="ramp down")
-        time.sleep(2.0)
-        s.registry.promote(challenger)
-        s.experiments.finish(outcome["split"].id, "promote", "test")  # type: ignore[union-attr]
-        outcome["promoted"] = control.follow(s)
-        outcome["at"] = time.perf_counter()
+    def progress(stats: DriveStats) -> None:
+        nonlocal reached
+        with progressed:
+            reached = stats.done
+            progressed.notify_all()
 
-    worker = threading.Thread(target=operate)
-    worker.start()
-    stats = run(drive(url, POSTS, Audience(viewers=200, seed=4), requests=900, concurrency=16, seed=11,
-                      keep_responses=True))  # fmt: skip
-    worker.join()
+    def wait_for(n: int) -> None:
+        with progressed:
+            progressed.wait_for(lambda: reached >= n or finished, timeout=300)
+        assert reached >= n, f"the viewers got {reached} of {requests} requests done (finished: {finished}), not {n}"
+
+    def operate() -> tuple[Experiment, Experiment | None]:
+        """Ramp the challenger down to 20%, then promote it, each with requests coming before and after."""
+        wait_for(300)
+        ramped = control.follow(s, split=0.2, note="ramp down")
+        assert ramped is not None
+        wait_for(reached + 150)  # 150 requests under the ramped split
+        s.registry.promote(served.challenger)
+        s.experiments.finish(ramped.id, "promote", "test")
+        return ramped, control.follow(s)
+
+    with ThreadPoolExecutor(1) as operator:
+        operated = operator.submit(operate)
+        try:
+            stats = run(drive(url, POSTS, Audience(viewers=200, seed=4), requests=requests, concurrency=16, seed=11,
+                              keep_responses=True, progress=progress))  # fmt: skip
+        finally:
+            with progressed:  # an operator still waiting learns that no more requests will come
+                finished = True
+                progressed.notify_all()
+        ramped, promoted = operated.result()
     assert stats.failed == {}, stats.failed  # zero failed requests through both changes
-    assert outcome["split"].salt == before.salt and outcome["split"].split == 0.2  # type: ignore[union-attr]
-    assert outcome["promoted"] is None  # no challenger left: no test runs
+    assert ramped.salt == ab.salt and ramped.split == 0.2
+    assert promoted is None  # no challenger left: no test runs
+    # both changes took effect while the traffic flowed: the first experiment, the ramped one, then the champion
+    # alone (no experiment), now serving the promoted version
+    assert {body["experiment"] for body in stats.responses} == {ab.id, ramped.id, None}
+    served_by = {(body["arm"], body["model_version"]) for body in stats.responses}
+    assert served_by == {(CHAMPION, served.champion), (CHALLENGER, served.challenger), (CHAMPION, served.challenger)}
     with httpx.Client(base_url=url, trust_env=False, timeout=30) as client:
         after = [
             client.post("/predict", params={"user_id": f"late-{i}"}, content=IMAGES[i % 8]).json() for i in range(20)
         ]
-    assert {(b["arm"], b["model_version"]) for b in after} == {(CHAMPION, challenger)}
+    assert {(b["arm"], b["model_version"]) for b in after} == {(CHAMPION, served.challenger)}

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
@@ -37,6 +38,7 @@ from serving.experiment import (
 from serving.report import timeline, user_table
 from serving.router import Refused, RequestBook, Router, Traffic
 from serving.tagging import ArmModel, ModelNotLoaded, PostContext
+from serving.traffic import Audience, DriveStats, FeedPost, drive
 from tests.conftest import free_port
 from tests.models import register_untrained
 from trendloop import wiring
@@ -51,6 +53,7 @@ def run(coro):
         return pool.submit(asyncio.run, coro).result()
 
 
+@pytest.mark.unit
 def test_assignment_is_sticky_matches_the_split_and_only_moves_users_towards_the_challenger() -> None:
     arms = [assign_arm(u, "salt-1", 0.3) for u in USERS]
     assert arms == [assign_arm(u, "salt-1", 0.3) for u in USERS]  # same answer every time, every process
@@ -66,12 +69,38 @@ def test_assignment_is_sticky_matches_the_split_and_only_moves_users_towards_the
     assert {assign_arm(u, "s", 1.0) for u in USERS[:500]} == {CHALLENGER}
 
 
+@pytest.mark.unit
 def test_traffic_rejects_unknown_knobs_and_bad_splits() -> None:
     with pytest.raises(ValueError, match="unknown router settings"):
         Traffic.from_config({"split": 0.5, "spilt": 0.2})
     with pytest.raises(ValueError, match="split"):
         Traffic.from_config({"split": 1.5})
     assert Traffic.from_config({"split": 0.5, "challenger_version": None}).arm_of("anyone") == CHAMPION
+
+
+@pytest.mark.unit
+def test_the_traffic_driver_reports_each_request_done_to_its_progress_hook() -> None:
+    """Each request, answered (its feedback sent) or refused, is reported once, as the count of requests done."""
+
+    def app(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/feedback":
+            return httpx.Response(200, json={})
+        if request.content == b"broken":
+            return httpx.Response(415, json={"detail": "not_an_image"})
+        return httpx.Response(200, json={"request_id": "r", "arm": CHAMPION, "label": "food"})
+
+    seen: list[tuple[int, int, int]] = []
+
+    def progress(stats: DriveStats) -> None:
+        seen.append((stats.done, stats.ok, sum(stats.failed.values())))
+
+    posts = [FeedPost(None, b"fine"), FeedPost(None, b"broken")]
+    stats = run(drive("http://app", posts, Audience(viewers=10), 40, concurrency=4, transport=httpx.MockTransport(app),
+                      progress=progress))  # fmt: skip
+    assert [done for done, _, _ in seen] == list(range(1, 41))
+    assert (stats.done, stats.ok + stats.failed[415]) == (40, 40) and stats.ok > 0 and stats.failed[415] > 0
+    assert seen[-1] == (40, stats.ok, stats.failed[415])
+    assert stats.feedback >= stats.ok  # an impression at least for every answered request
 
 
 def record(i: int, when: datetime) -> dict:
@@ -82,6 +111,7 @@ def record(i: int, when: datetime) -> dict:
     }  # fmt: skip
 
 
+@pytest.mark.unit
 def test_the_writer_never_raises_keeps_records_through_failures_and_flushes_on_close(tmp_path: Path) -> None:
     root = tmp_path / "predictions"
     root.write_text("a file where the log's folder should be")  # every write fails
@@ -102,6 +132,7 @@ def test_the_writer_never_raises_keeps_records_through_failures_and_flushes_on_c
     assert len(log.read()) == 51
 
 
+@pytest.mark.unit
 def test_files_without_the_experiment_column_read_back_with_nulls(tmp_path: Path) -> None:
     import pyarrow as pa  # noqa: PLC0415
     import pyarrow.parquet as pq  # noqa: PLC0415
@@ -113,6 +144,7 @@ def test_files_without_the_experiment_column_read_back_with_nulls(tmp_path: Path
     assert found.column("experiment").to_pylist() == [None] and found.column("request_id").to_pylist() == ["r1"]
 
 
+@pytest.mark.unit
 def test_records_written_before_the_source_column_count_as_served_or_batch_by_their_post_id(tmp_path: Path) -> None:
     import pyarrow as pa  # noqa: PLC0415
     import pyarrow.parquet as pq  # noqa: PLC0415
@@ -150,6 +182,7 @@ def model() -> ArmModel:
     return arm
 
 
+@pytest.mark.unit
 def test_an_arm_predicts_a_batch_and_a_bad_upload_costs_only_itself(model: ArmModel) -> None:
     with pytest.raises(ModelNotLoaded):
         model.predict([png((1, 2, 3))])
@@ -181,6 +214,7 @@ def make_router(tmp_path: Path, model: ArmModel) -> Router:
     )
 
 
+@pytest.mark.unit
 def test_the_router_refuses_bad_requests_precisely_and_finds_old_requests_after_a_restart(
     tmp_path: Path, model: ArmModel
 ) -> None:
@@ -215,6 +249,7 @@ def test_the_router_refuses_bad_requests_precisely_and_finds_old_requests_after_
     assert sorted(events.column("event").to_pylist()) == ["click", "like"]
 
 
+@pytest.mark.unit
 def test_experiments_declare_the_rule_at_the_start_and_close_once(tmp_path: Path) -> None:
     experiments = Experiments(tmp_path)
     t0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -231,6 +266,7 @@ def test_experiments_declare_the_rule_at_the_start_and_close_once(tmp_path: Path
     assert [e.id for e in experiments.all()] == [second.id, first.id]
 
 
+@pytest.mark.unit
 def test_users_are_counted_by_their_assigned_arm_and_the_timeline_adds_up() -> None:
     experiments_start = datetime(2026, 3, 1, tzinfo=UTC)
     exp = Experiment("e", 1, 2, 0.5, "salt", {}, experiments_start.isoformat())
@@ -287,6 +323,7 @@ def write_test_traffic(s: Serving, experiment: Experiment, lift: float, users: i
 @pytest.mark.parametrize(
     ("lift", "verdict", "champion_after"), [(0.6, "promote", "challenger"), (-0.5, "rollback", "champion")]
 )
+@pytest.mark.integration
 def test_decide_applies_the_declared_rule_to_the_registry(
     tmp_path: Path, lift: float, verdict: str, champion_after: str
 ) -> None:
@@ -310,6 +347,7 @@ def test_decide_applies_the_declared_rule_to_the_registry(
         control.decide(s, apply=True)
 
 
+@pytest.mark.unit
 def test_a_failed_load_keeps_the_old_version_serving() -> None:
     tagger = build_tagger(TaggerSpec("resnet18", ("a", "b"), Preprocessing(image_size=32, resize=36)))
 
@@ -324,6 +362,7 @@ def test_a_failed_load_keeps_the_old_version_serving() -> None:
     assert arm.predict([png((5, 5, 5))])[0].model_version == 1
 
 
+@pytest.mark.unit
 def test_a_new_version_is_warmed_on_every_batch_size_and_one_that_cannot_predict_is_not_swapped_in() -> None:
     tagger = build_tagger(TaggerSpec("resnet18", ("a", "b"), Preprocessing(image_size=32, resize=36)))
     seen: list[int] = []
@@ -344,6 +383,7 @@ def test_a_new_version_is_warmed_on_every_batch_size_and_one_that_cannot_predict
     assert arm.predict([png((5, 5, 5))])[0].model_version == 1 and seen[-1] == 1
 
 
+@pytest.mark.unit
 def test_an_arm_on_the_wrong_version_or_failing_is_kept_out_of_the_test(tmp_path: Path, model: ArmModel) -> None:
     router = make_router(tmp_path, model)  # the arms serve version 1
     router.configure(Traffic(split=0.0, salt="s", experiment="e2", champion_version=2, challenger_version=None))
@@ -360,6 +400,7 @@ def test_an_arm_on_the_wrong_version_or_failing_is_kept_out_of_the_test(tmp_path
     router.close()
 
 
+@pytest.mark.integration
 def test_repeated_feedback_on_one_request_counts_once(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, serving={"ray_ports": {"dashboard": free_port()}})
     s = wiring.serving_control(settings)

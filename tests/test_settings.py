@@ -10,6 +10,8 @@ import pytest
 from components.errors import ConfigError
 from trendloop.settings import load_settings
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ from components.errors import ConfigError
 from components.simulator.feed import FeedSpec, make_users, plan_day, simulate
 from components.simulator.social import engagement_probability
 
+pytestmark = pytest.mark.unit
+
 
 def tree_digest(root: Path) -> dict[str, str]:
     """Every file under ``root`` (but the metadata file) -> hash of its bytes."""

@@ -16,7 +16,7 @@ from torch import nn
 
 from components.simulator.feed import FeedSpec, simulate
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 
 def load(feed: Path, spec: FeedSpec, days: range) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,8 @@ from components.data.posts import SNAPSHOT_SCHEMA
 from components.data.snapshot import Store, content_id
 from components.errors import SnapshotError
 
+pytestmark = pytest.mark.unit
+
 
 def post(post_id: str, label: str | None = None, sha: str = "ab" * 32) -> dict:
     return {

@@ -8,6 +8,8 @@ import torchvision
 from torchvision.ops import box_iou, nms
 from torchvision.transforms import v2
 
+pytestmark = pytest.mark.unit
+
 
 def test_torchvision_ops_run() -> None:
     boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], dtype=torch.float32)

@@ -8,6 +8,7 @@ old classes; replaying earlier posts keeps them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from components.model.retrain import EvaluationSet, evaluate_model
 from components.model.train import Base, TrainConfig, train
 from components.simulator.feed import FeedSpec, simulate
 from components.simulator.trends import NewClass
+
+pytestmark = pytest.mark.model
 
 # the input size these tests' margins were measured with (the default [train] preprocessing is larger)
 SMALL = Preprocessing(image_size=32, resize=36)
@@ -58,9 +61,16 @@ class Interrupted(Exception):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    torch.set_num_threads(2)
-    root = tmp_path_factory.mktemp("continual")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # for this module only: the modules after it get their own count back
+    try:
+        yield make_world(tmp_path_factory.mktemp("continual"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def make_world(root: Path) -> World:
     simulate(FEED, root / "feed", range(6), workers=2)
     store = Store(root / "store")
     oracle = read_labels(root / "feed" / "oracle" / "labels")

@@ -9,6 +9,8 @@ from components.simulator.feed import FeedSpec
 from components.simulator.scenes import BASE_TAGS
 from components.simulator.trends import NewClass, PriorShift, StyleShift, check_trends, class_shares, parse_trend
 
+pytestmark = pytest.mark.unit
+
 UNIFORM = {tag: 1.0 for tag in BASE_TAGS}
 
 

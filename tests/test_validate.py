@@ -12,6 +12,8 @@ from PIL.PngImagePlugin import PngInfo
 
 from components.data.validate import CleanImage, ImageLimits, Rejection, pixel_hash, validate_image
 
+pytestmark = pytest.mark.unit
+
 
 def clean(data: bytes, **limits) -> CleanImage:
     result = validate_image(data, ImageLimits(**limits))
