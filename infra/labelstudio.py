@@ -2,8 +2,10 @@
 
 It runs in its own environment (``uv tool run --from label-studio==<version>``:
 Label Studio pins Django, pytz and pyarrow versions that our environment cannot
-share); uv itself is one of our dependencies, found beside the interpreter
-(``find_uv``). Everything it keeps lives under ``state_dir``::
+share), every package of it pinned by ``labelstudio-<version>.txt`` beside this
+module where we ship one (a release of a package Label Studio leaves open must not
+break a machine's first install); uv itself is one of our dependencies, found
+beside the interpreter (``find_uv``). Everything it keeps lives under ``state_dir``::
 
     credentials.json   admin e-mail, password and API token, made on first start (mode 0600)
     data/              Label Studio's database and media (LABEL_STUDIO_BASE_DATA_DIR)
@@ -99,7 +101,9 @@ class LocalLabelStudio:
                 "environment (`make sync`: uv is one of its dependencies), set UV to a uv binary, "
                 "or set labelstudio.url to a running Label Studio"
             )
-        return [uv, "tool", "run", "--from", f"label-studio=={self.version}", "label-studio", "start"]
+        pins = constraints(self.version)
+        pinned = ["--constraints", str(pins)] if pins is not None else []
+        return [uv, "tool", "run", *pinned, "--from", f"label-studio=={self.version}", "label-studio", "start"]
 
     def environment(self) -> dict[str, str]:
         creds = self.credentials()
@@ -256,6 +260,13 @@ class LocalLabelStudio:
         if not self.log_path.exists():
             return "no log"
         return _tail(self.log_path) + f" (full log: {self.log_path})"
+
+
+def constraints(version: str) -> Path | None:
+    """The pins of Label Studio ``version``'s whole environment, shipped beside this module; None for a version
+    we ship none for (it then resolves afresh, as Label Studio's own requirements allow)."""
+    pins = Path(__file__).with_name(f"labelstudio-{version}.txt")
+    return pins if pins.exists() else None
 
 
 def find_uv(environ: Mapping[str, str], scripts: Path) -> str | None:

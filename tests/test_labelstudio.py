@@ -35,7 +35,7 @@ from components.errors import LabelingError
 from components.model.predict import Predictor
 from components.model.preprocess import Preprocessing
 from components.model.tagger import TaggerSpec, build_tagger
-from infra.labelstudio import LocalLabelStudio, find_uv
+from infra.labelstudio import LocalLabelStudio, constraints, find_uv
 from tests.conftest import SMALL_FEED, free_port
 from trendloop.settings import LabelStudioSettings
 
@@ -382,6 +382,29 @@ def newcomer_env(path: list[str], port: int) -> dict[str, str]:
 def run_cli(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     """Run a trendloop command as a shell would; the caller checks its exit code and output."""
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.integration
+def test_label_studio_runs_in_the_environment_its_pin_file_names(tmp_path: Path):
+    """Every package of the server's environment at its pinned version: left to resolve afresh, sentry-sdk 3.0
+    (which refuses an option Label Studio 1.23.2 passes) stopped the server from starting on a new machine."""
+    version = LabelStudioSettings().version
+    pins = constraints(version)
+    assert pins is not None, f"no pin file for the default Label Studio {version}"
+    pinned = dict(line.split("==") for line in pins.read_text().splitlines() if line and not line.startswith("#"))
+    assert pinned["label-studio"] == version and int(pinned["sentry-sdk"].split(".")[0]) < 3
+    server = LocalLabelStudio(tmp_path / "ls", free_port(), version, tmp_path)
+    start = server.command()
+    assert start[-1] == "start" and start[start.index("--constraints") + 1] == str(pins)
+    listing = "import importlib.metadata as m, json; print(json.dumps({d.name: d.version for d in m.distributions()}))"
+    done = subprocess.run(
+        [*start[:-2], "python", "-c", listing], capture_output=True, text=True, timeout=300, check=True
+    )
+    installed = json.loads(done.stdout.strip().splitlines()[-1])
+    norm = {name.lower().replace("_", "-"): v for name, v in installed.items()}
+    differing = {name: (norm.get(name), want) for name, want in pinned.items() if norm.get(name, want) != want}
+    assert not differing, f"installed vs pinned: {differing}"
+    assert norm["label-studio"] == version and norm["sentry-sdk"] == pinned["sentry-sdk"]
 
 
 @pytest.mark.unit
