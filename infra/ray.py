@@ -28,7 +28,7 @@ from pathlib import Path
 
 from components.errors import TrendloopError
 from components.files import write_atomic
-from infra.processes import alive
+from infra.processes import alive, port_taken
 
 
 class RayError(TrendloopError):
@@ -79,10 +79,12 @@ class LocalRay:
         )
         return done.returncode == 0
 
-    def up(self) -> bool:
-        """Start the head unless it runs; returns whether it was started now."""
+    def up(self, serve_port: int | None = None) -> bool:
+        """Start the head unless it runs; returns whether it was started now. ``serve_port``: Serve's HTTP port,
+        which the head's proxy will bind, checked free with the head's own."""
         if self.running():
             return False
+        self.check_ports(serve_port)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         p = self.ports
         command = [
@@ -103,6 +105,22 @@ class LocalRay:
             raise RayError(f"`ray start` failed: {_tail(done.stdout)} (full log: {self.state_dir / 'ray.log'})")
         write_atomic(self.state_dir / "ray.json", json.dumps({**asdict(p), "temp_dir": str(self.temp_dir)}))
         return True
+
+    def check_ports(self, serve_port: int | None = None) -> None:
+        """Raise, naming each taken port and its setting, unless every port the head binds is free.
+
+        Found late, a taken port fails ``ray start`` with a long log or, for Serve's HTTP port, leaves the
+        app deploying forever; a second trendloop home on the default ports would deploy over the first's app.
+        """
+        wanted = {f"serving.ray_ports.{name}": port for name, port in asdict(self.ports).items()}
+        if serve_port is not None:
+            wanted["serving.port"] = serve_port
+        taken = [f"{setting} = {port}" for setting, port in wanted.items() if port_taken(port)]
+        if taken:
+            raise RayError(
+                f"port taken on 127.0.0.1, perhaps by another trendloop home's Ray: {', '.join(taken)}; "
+                "set free ports there (or stop what holds them: `trendloop serve down` in that home)"
+            )
 
     def down(self) -> bool:
         """Stop the head this state folder started; False if none ran."""

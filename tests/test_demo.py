@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from components.errors import LabelingError
 from components.model.registry import CHAMPION, Registry
 from infra.labelstudio import LocalLabelStudio
+from infra.ray import RayError
 from tests.conftest import free_port
 from trendloop import wiring
 from trendloop.cli import main
@@ -202,3 +204,19 @@ def test_a_label_studio_port_held_by_another_server_stops_the_job_before_it_star
         run_demo(settings, SIZE)
     assert not settings.feed_dir.exists() and not (settings.home / "mlflow.db").exists()  # nothing simulated
     assert label_studio.status().running  # and the other server was left alone
+
+
+@pytest.mark.unit
+def test_a_serving_port_held_by_another_home_stops_the_job_before_it_starts(tmp_path: Path) -> None:
+    """Another home's app on serving.port: found when Ray starts, after the first training, it would cost minutes."""
+    port = free_port()
+    config = tmp_path / "trendloop.toml"
+    config.write_text(f'home = "{tmp_path / "home"}"\n[serving]\nport = {port}\n')
+    settings = load_settings(config)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        with pytest.raises(RayError, match=rf"serving\.port = {port}; set free ports"):
+            run_demo(settings, SIZE)
+    assert not settings.feed_dir.exists() and not (settings.home / "mlflow.db").exists()  # nothing simulated
+    assert not wiring.local_ray(settings).running()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +24,7 @@ from components.data.validate import Rejection
 from components.model.predict import Predictor
 from components.model.preprocess import Preprocessing
 from components.model.tagger import TaggerSpec, build_tagger
+from infra.ray import LocalRay, RayError, RayPorts
 from serving import control
 from serving.control import Serving
 from serving.deploy import ServingError
@@ -414,3 +417,19 @@ def test_repeated_feedback_on_one_request_counts_once(tmp_path: Path) -> None:
     s.feedback.write(clicks, "retried")  # every click sent a second time (a client retry)
     after = control.report(s)["arms"]
     assert after == before
+
+
+@pytest.mark.parametrize("taken", ["gcs", "dashboard", "agent", "client", "serve"])
+@pytest.mark.unit
+def test_a_taken_port_stops_the_local_ray_head_before_it_starts(tmp_path: Path, taken: str) -> None:
+    """Another home's head or app on one of our ports: the setting to change is named, and nothing starts."""
+    ports = {name: free_port() for name in ("gcs", "dashboard", "agent", "client", "serve")}
+    ray = LocalRay(tmp_path / "ray", RayPorts(**{k: v for k, v in ports.items() if k != "serve"}))
+    setting = "serving.port" if taken == "serve" else f"serving.ray_ports.{taken}"
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", ports[taken]))  # a listener on every address holds 127.0.0.1's port too
+        holder.listen()
+        with pytest.raises(RayError, match=rf"port taken on 127\.0\.0\.1.*: {re.escape(setting)} = {ports[taken]};"):
+            ray.up(serve_port=ports["serve"])
+    assert not (tmp_path / "ray").exists()  # no `ray start` ran: no log, no record
+    assert not ray.running()

@@ -95,7 +95,7 @@ def local_ray(settings: Settings) -> LocalRay:
 
 def ensure_ray(settings: Settings) -> bool:
     """Start the local Ray head unless one runs or a cluster is configured; returns whether it started."""
-    return settings.serving.ray_dashboard is None and local_ray(settings).up()
+    return settings.serving.ray_dashboard is None and local_ray(settings).up(settings.serving.port)
 
 
 def serve_args(settings: Settings) -> dict:
