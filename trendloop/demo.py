@@ -198,7 +198,7 @@ def _run(settings: Settings, size: DemoSize, log: Path) -> Outcome:
     if not settings.features.on_ingest and not settings.train.side:
         console.print("features: the image-only tagger reads none; ingest skips Feast (`trendloop features sync`)")
 
-    _check_serving_ports(settings)
+    wiring.check_ray_ports(settings)  # the head starts minutes in, after the first training: a taken port fails now
     labelling = _start_label_studio(settings)
 
     console.rule(f"[bold]1. simulate {size.days} days x {size.posts_per_day} posts")
@@ -398,16 +398,6 @@ def _verdict_line(registry, version: int) -> str:
         return "gate passed"
     trend = next((c for c in verdict.checks if c.name == "newest trend"), None)
     return f"gate passed ({trend.reason})" if trend else "gate passed"
-
-
-def _check_serving_ports(settings: Settings) -> None:
-    """The local Ray head and Serve's HTTP port start minutes in, after the first training: a port another
-    home holds fails the job now, with the setting to change. Our own head still running is no obstacle."""
-    if settings.serving.ray_dashboard is not None:
-        return
-    ray = wiring.local_ray(settings)
-    if not ray.running():
-        ray.check_ports(settings.serving.port)
 
 
 def _start_label_studio(settings: Settings) -> threading.Thread | None:

@@ -98,6 +98,15 @@ def ensure_ray(settings: Settings) -> bool:
     return settings.serving.ray_dashboard is None and local_ray(settings).up(settings.serving.port)
 
 
+def check_ray_ports(settings: Settings) -> None:
+    """Raise, naming the setting, if a port the local head or Serve's proxy would bind is taken; nothing to check
+    with a cluster configured or this home's own head running (those ports are its own)."""
+    if settings.serving.ray_dashboard is None:
+        ray = local_ray(settings)
+        if not ray.running():
+            ray.check_ports(settings.serving.port)
+
+
 def serve_args(settings: Settings) -> dict:
     """The serving app's ``args``: where replicas find models and write logs (absolute paths)."""
     reg = open_registry(settings)
