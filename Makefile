@@ -12,12 +12,12 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: demo test test-slow test-isolated bench sync clean browser docs-images
+.PHONY: demo test test-slow test-isolated bench sync clean browser servers docs-images
 
 demo: .venv/.synced
 	$(RUN) trendloop demo
 
-test: .venv/.synced browser
+test: .venv/.synced browser servers
 	$(RUN) pytest
 
 test-slow: .venv/.synced
@@ -26,7 +26,7 @@ test-slow: .venv/.synced
 # Each test module alone, in a pytest of its own (as shuffled as every run: each prints its seed), so that
 # no module leans on what another set up. About as long as `make test`; exit 5 is a module whose every test
 # is deselected (all slow).
-test-isolated: .venv/.synced browser
+test-isolated: .venv/.synced browser servers
 	@failed=""; for module in tests/test_*.py; do \
 	  echo "== $$module"; \
 	  $(RUN) pytest -q -p no:cacheprovider "$$module" || [ $$? -eq 5 ] || failed="$$failed $$module"; \
@@ -61,6 +61,18 @@ browser:
 	    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
 	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
 	  else echo "no Chromium: the dashboard's browser tests will skip, or fail under CI (Debian: sudo apt-get install chromium)"; fi; }
+
+# The cluster's backing stores, run for real by the registry, feature and labelling tests (tests/databases.py):
+# Debian's PostgreSQL and Redis servers. Installed here when missing and we may (root with apt); else those
+# tests skip, or fail where CI is set. Nothing is started here: each test session starts and stops its own.
+servers:
+	@missing=""; { command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } \
+	  || missing="postgresql"; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; \
+	  else echo "no$$missing: the PostgreSQL/Redis-backed tests will skip, or fail under CI (Debian: sudo apt-get install$$missing)"; fi; fi
 
 sync: .venv/.synced
 

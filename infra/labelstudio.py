@@ -15,6 +15,10 @@ beside the interpreter (``find_uv``). Everything it keeps lives under ``state_di
 The server reads task images from ``document_root`` (local-files serving), which
 is the image store: nothing else on the machine is readable through it.
 
+Its database is a SQLite file under ``data/`` unless ``database`` names a PostgreSQL
+one (``postgresql://user:password@host:port/name``, as on a cluster): Label Studio
+then migrates that database on its first start, and ``data/`` keeps only media.
+
 A new state folder's database starts as a copy of an empty, migrated one that is
 built once per machine and Label Studio version (``prepare``; ``make`` does it at
 install): migrating Label Studio's schema takes about 35 s of CPU on 2 cores, a
@@ -35,6 +39,7 @@ import subprocess
 import sysconfig
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -66,12 +71,23 @@ class ServerStatus:
 
 
 class LocalLabelStudio:
-    def __init__(self, state_dir: Path, port: int, version: str, document_root: Path, template_dir: Path | None = None):
+    def __init__(
+        self,
+        state_dir: Path,
+        port: int,
+        version: str,
+        document_root: Path,
+        template_dir: Path | None = None,
+        database: str | None = None,
+    ):
         self.state_dir = state_dir.resolve()
         self.port = port
         self.version = version
         self.document_root = document_root.resolve()
         self.template_dir = (template_dir or _machine_cache()).resolve()  # where empty migrated databases are kept
+        self.database = database  # a PostgreSQL URL; None: SQLite under data/
+        if database is not None:
+            _postgres_environment(database)  # a malformed URL is refused here, not by a server that never starts
 
     @property
     def url(self) -> str:
@@ -119,6 +135,7 @@ class LocalLabelStudio:
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
             "SSRF_PROTECTION_ENABLED": "false",  # webhooks to 127.0.0.1
             "COLLECT_ANALYTICS": "false",
+            **(_postgres_environment(self.database) if self.database else {}),
         }
 
     # -- the empty database a new state folder starts from ----------------------------------
@@ -161,7 +178,7 @@ class LocalLabelStudio:
     def _seed_database(self, timeout: float) -> None:
         """A state folder without a database starts from a copy of the template (see ``prepare``)."""
         database = self.state_dir / "data" / DATABASE
-        if database.exists():
+        if self.database is not None or database.exists():
             return
         template = self.prepare(timeout)
         partial = database.with_name(f".{DATABASE}.copying")
@@ -260,6 +277,25 @@ class LocalLabelStudio:
         if not self.log_path.exists():
             return "no log"
         return _tail(self.log_path) + f" (full log: {self.log_path})"
+
+
+def _postgres_environment(url: str) -> dict[str, str]:
+    """Label Studio's settings for a PostgreSQL database (its ``DJANGO_DB`` and ``POSTGRE_*`` variables)."""
+    parts = urllib.parse.urlsplit(url)
+    name = parts.path.lstrip("/")
+    if parts.scheme not in ("postgresql", "postgres") or not (parts.hostname and parts.username and name):
+        raise ConfigError(
+            "labelstudio.database must be a PostgreSQL URL, postgresql://user:password@host:port/name; "
+            f"got {parts.scheme or 'no scheme'}://{parts.hostname or ''}/{name}"
+        )
+    return {
+        "DJANGO_DB": "postgresql",
+        "POSTGRE_NAME": name,
+        "POSTGRE_USER": urllib.parse.unquote(parts.username),
+        "POSTGRE_PASSWORD": urllib.parse.unquote(parts.password or ""),
+        "POSTGRE_HOST": parts.hostname,
+        "POSTGRE_PORT": str(parts.port or 5432),
+    }
 
 
 def constraints(version: str) -> Path | None:

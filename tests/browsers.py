@@ -32,10 +32,10 @@ def find_chromium(environ: Mapping[str, str]) -> str | None:
     return path if path and Path(path).is_file() else None
 
 
-def missing(why: str, environ: Mapping[str, str]) -> None:
-    """Skip the test, or fail it under CI."""
+def missing(why: str, environ: Mapping[str, str], tests: str = "browser tests") -> None:
+    """Skip the test, or fail it under CI (``tests`` names what may not skip there)."""
     if under_ci(environ):
-        pytest.fail(f"{why} (CI is set: browser tests may not skip)", pytrace=False)
+        pytest.fail(f"{why} (CI is set: {tests} may not skip)", pytrace=False)
     pytest.skip(why)
 
 

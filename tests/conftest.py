@@ -13,9 +13,11 @@ import pytest
 from components.data.snapshot import Store
 from components.simulator.feed import FeedSpec, simulate
 from components.simulator.trends import NewClass, PriorShift, StyleShift
+from infra.databases import LocalPostgres
 from infra.labelstudio import LocalLabelStudio
 from infra.ray import RayPorts
 from tests.browsers import browser, chromium  # noqa: F401 - fixtures for every test module
+from tests.databases import fresh_name, postgres, redis_server  # noqa: F401 - fixtures for every test module
 from tests.kinds import pytest_collection_modifyitems  # noqa: F401 - every test carries one kind
 from trendloop.settings import LabelStudioSettings
 
@@ -95,9 +97,33 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLabe
         server.down()
 
 
+@pytest.fixture(scope="session")
+def label_studio_pg(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[LocalLabelStudio]:
+    """A second real Label Studio for the session, on a database of the session's PostgreSQL (the cluster's)."""
+    pg: LocalPostgres = request.getfixturevalue("postgres")
+    root = tmp_path_factory.mktemp("labelstudio-pg")
+    (root / "homes").mkdir()
+    database = pg.url(pg.create_database(fresh_name("labelstudio")), "postgresql")
+    server = LocalLabelStudio(
+        root / "state", free_port(), LabelStudioSettings().version, root / "homes", database=database
+    )
+    try:
+        server.up(timeout=900)  # the first start migrates the empty database: minutes of CPU on 2 cores
+        yield server
+    finally:
+        server.down()
+
+
 @pytest.fixture
 def ls_home(label_studio: LocalLabelStudio, request: pytest.FixtureRequest) -> Path:
     """A state folder for one test, inside what the session's Label Studio may read images from."""
-    home = label_studio.document_root / re.sub(r"\W+", "_", request.node.name)[:80]
+    return home_under(label_studio, request.node.name)
+
+
+def home_under(server: LocalLabelStudio, test: str) -> Path:
+    """A new folder for ``test`` under what ``server`` may read images from."""
+    home = server.document_root / re.sub(r"\W+", "_", test)[:80]
     home.mkdir()
     return home

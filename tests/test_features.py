@@ -1,14 +1,21 @@
-"""The Feast feature store: point-in-time joins, row order, the online round trip, feature services."""
+"""The Feast feature store: point-in-time joins, row order, the online round trip, feature services.
+
+Every test of a store runs on the embedded default (SQLite online store, file registry) and on the cluster's
+(``feature_store.redis.yaml``: the session's redis-server and a SQL registry in a PostgreSQL database).
+"""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psycopg
 import pyarrow as pa
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +25,7 @@ from components.data.snapshot import Store
 from components.errors import ConfigError, FeatureError
 from components.features.store import SOURCE_SCHEMAS, Features
 from components.features.sync import sync
+from tests.databases import BACKENDS, fresh_name
 
 pytestmark = pytest.mark.integration
 
@@ -29,9 +37,16 @@ def at(hours: float) -> datetime:
     return DAY0 + timedelta(hours=hours)
 
 
-@pytest.fixture
-def features(tmp_path: Path) -> Features:
-    store = Features.open(tmp_path / "features")
+@pytest.fixture(params=BACKENDS)
+def features(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Features:
+    if request.param == "sqlite":
+        store = Features.open(tmp_path / "features")
+    else:
+        redis_server, postgres = request.getfixturevalue("redis_server"), request.getfixturevalue("postgres")
+        redis.Redis(host="127.0.0.1", port=redis_server.port).flushall()  # what an earlier test put online
+        monkeypatch.setenv("TRENDLOOP_REDIS", redis_server.connection_string)
+        monkeypatch.setenv("TRENDLOOP_FEAST_REGISTRY", postgres.url(postgres.create_database(fresh_name("feast"))))
+        store = Features.open(tmp_path / "features", "feature_store.redis.yaml")
     store.apply()
     return store
 
@@ -165,6 +180,20 @@ def test_materialize_then_read_online(features: Features) -> None:
     features.write("user_profile", profiles([("u1", at(48), 7)]), "b")
     features.materialize(end=at(54))
     assert features.online(PROFILE, {"user_id": ["u1"]})["posts_7d"].tolist() == [7]
+
+
+@pytest.mark.parametrize("features", ["postgresql"], indirect=True)
+def test_the_cluster_store_keeps_values_in_redis_and_definitions_in_postgresql(features: Features) -> None:
+    """What the round trip above read on the cluster's store came from the servers, not from files."""
+    client = redis.Redis(host="127.0.0.1", port=int(os.environ["TRENDLOOP_REDIS"].rsplit(":", 1)[1]))
+    assert client.dbsize() == 0
+    features.write("user_profile", profiles([("u1", at(0), 1), ("u2", at(0), 4)]), "a")
+    features.materialize(end=at(6))
+    assert client.dbsize() == 2  # one hash per user entity
+    with psycopg.connect(os.environ["TRENDLOOP_FEAST_REGISTRY"].replace("postgresql+psycopg", "postgresql")) as conn:
+        views = {name for (name,) in conn.execute("SELECT feature_view_name FROM feature_views")}
+    assert "user_profile_fv" in views
+    assert not list(features.data_dir.glob("*.db"))  # no SQLite registry or online store beside the sources
 
 
 def test_each_model_version_names_its_own_features(features: Features) -> None:

@@ -36,7 +36,8 @@ from components.model.predict import Predictor
 from components.model.preprocess import Preprocessing
 from components.model.tagger import TaggerSpec, build_tagger
 from infra.labelstudio import LocalLabelStudio, constraints, find_uv
-from tests.conftest import SMALL_FEED, free_port
+from tests.conftest import SMALL_FEED, free_port, home_under
+from tests.databases import BACKENDS
 from trendloop.settings import LabelStudioSettings
 
 LABELS = ("food", "pets", "selfie", "cars", "fitness", "flowers", "landscape", "city")
@@ -89,17 +90,25 @@ class Loop:
         return pd.DataFrame(rows)
 
 
+@pytest.fixture(params=BACKENDS)
+def server(request: pytest.FixtureRequest) -> LocalLabelStudio:
+    """The session's Label Studio on SQLite (the embedded default), then the one on PostgreSQL (a cluster's)."""
+    return request.getfixturevalue("label_studio" if request.param == "sqlite" else "label_studio_pg")
+
+
 @pytest.fixture
-def loop(label_studio: LocalLabelStudio, ls_home: Path, small_feed: Path, request: pytest.FixtureRequest) -> Loop:
+def loop(server: LocalLabelStudio, small_feed: Path, request: pytest.FixtureRequest) -> Loop:
     name = request.node.name
-    return Loop(label_studio, ls_home, small_feed, f"{name[:40]} {hashlib.sha256(name.encode()).hexdigest()[:8]}")
+    return Loop(
+        server, home_under(server, name), small_feed, f"{name[:40]} {hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    )
 
 
 @pytest.mark.integration
-def test_project_is_created_once_and_only_grows(loop: Loop, label_studio: LocalLabelStudio):
+def test_project_is_created_once_and_only_grows(loop: Loop, server: LocalLabelStudio):
     project = loop.project
     first = project.ensure(["food", "pets"], overlap=3, local_files=loop.images)
-    again = LabelingProject(project.url, label_studio.credentials().token, project.title)
+    again = LabelingProject(project.url, server.credentials().token, project.title)
     assert again.ensure(["pets", "food"], local_files=loop.images) == first  # found by title, not made twice
     assert project.labels() == ["food", "pets"]
     project.ensure(["food", "pets", "meme"], overlap=3)
@@ -111,7 +120,7 @@ def test_project_is_created_once_and_only_grows(loop: Loop, label_studio: LocalL
 
 
 @pytest.mark.integration
-def test_push_creates_pre_annotated_tasks_once(loop: Loop, label_studio: LocalLabelStudio):
+def test_push_creates_pre_annotated_tasks_once(loop: Loop, server: LocalLabelStudio):
     loop.select(12, strategy="entropy", control_share=0.25)
     queued = {p.post_id: p for p in loop.queue.posts()}
     report = loop.push()
@@ -129,7 +138,7 @@ def test_push_creates_pre_annotated_tasks_once(loop: Loop, label_studio: LocalLa
     assert sum(p.arm == "control" for p in queued.values()) == 3
     # Label Studio serves the stored image itself, byte for byte
     request = urllib.request.Request(
-        label_studio.url + task.data["image"], headers={"Authorization": f"Token {label_studio.credentials().token}"}
+        server.url + task.data["image"], headers={"Authorization": f"Token {server.credentials().token}"}
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.read() == (loop.store.root / post.image).read_bytes()
@@ -258,15 +267,15 @@ class FlakyProxy:
 
 
 @pytest.mark.integration
-def test_push_when_label_studio_is_down_keeps_the_batch_queued(loop: Loop, label_studio: LocalLabelStudio):
+def test_push_when_label_studio_is_down_keeps_the_batch_queued(loop: Loop, server: LocalLabelStudio):
     loop.select(9, control_share=0.0)
-    token = label_studio.credentials().token
+    token = server.credentials().token
     down = LabelingProject(f"http://127.0.0.1:{free_port()}", token, loop.project.title, timeout=5)
     with pytest.raises(LabelingError, match=r"unreachable while trying to list projects.*9 posts stay queued"):
         loop.push(project=down)
     assert len(loop.queue.pending()) == 9
     # the server goes down half-way: the chunks it took are marked pushed, the rest stay queued
-    proxy = FlakyProxy(label_studio.url, limit=8)
+    proxy = FlakyProxy(server.url, limit=8)
     try:
         flaky = LabelingProject(proxy.url, token, loop.project.title, timeout=5)
         with pytest.raises(LabelingError, match="stay queued"):
@@ -281,16 +290,16 @@ def test_push_when_label_studio_is_down_keeps_the_batch_queued(loop: Loop, label
 
 
 @pytest.mark.integration
-def test_pull_when_label_studio_is_down_changes_nothing(loop: Loop, label_studio: LocalLabelStudio):
+def test_pull_when_label_studio_is_down_changes_nothing(loop: Loop, server: LocalLabelStudio):
     loop.select(6, control_share=0.0)
     loop.push()
     annotate(loop.project, loop.truth, AnnotatorsConfig(count=1, per_task=1, error_rate=0.0))
-    token = label_studio.credentials().token
+    token = server.credentials().token
     down = LabelingProject(f"http://127.0.0.1:{free_port()}", token, loop.project.title, timeout=5)
     with pytest.raises(LabelingError, match="unreachable"):
         pull_labels(loop.queue, down, LABELS)
     # down after the first page: nothing of the half-read pull is stored, not even the cursor
-    proxy = FlakyProxy(label_studio.url, limit=2)
+    proxy = FlakyProxy(server.url, limit=2)
     try:
         flaky = LabelingProject(proxy.url, token, loop.project.title, timeout=5)
         with pytest.raises(LabelingError, match="unreachable while trying to pull annotations"):

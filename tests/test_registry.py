@@ -1,4 +1,7 @@
-"""MLflow for real (SQLite tracking and registry in a temporary folder): runs, verdicts, versions, aliases, loading.
+"""MLflow for real, on both backend stores: runs, verdicts, versions, aliases, loading.
+
+Every test runs twice: on the embedded default's SQLite file in a temporary folder, and on a database of the
+session's PostgreSQL server (the cluster's backend store, ``tests/databases.py``).
 
 The retrain use-case (``components.model.retrain.retrain``) end to end: a candidate is a run
 until the gate passes it; the first that passes is the champion, later ones challengers;
@@ -10,12 +13,19 @@ registry and of the training runs, so what it promotes, rolls back or adds stays
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 import torch
 
@@ -27,6 +37,9 @@ from components.model.preprocess import Preprocessing
 from components.model.registry import CHALLENGER, CHAMPION, PLACED_TAG, Registry, RegistryError
 from components.model.retrain import Retrained, register_candidate, retrain, train_candidate
 from components.model.train_config import TrainConfig
+from infra.databases import LocalPostgres
+from tests.conftest import free_port
+from tests.databases import BACKENDS, copy_database, fresh_name
 
 pytestmark = pytest.mark.integration
 
@@ -38,41 +51,60 @@ LENIENT = PromotionGate(old_class_margin=1.0, newest_slice_gain=-1.0, stability_
 STRICT = PromotionGate(stability_margin=-1.0)  # no lower bound reaches +1: every challenger is refused
 
 
-def open_registry(root: Path, artifacts: Path) -> Registry:
-    return Registry(f"sqlite:///{root / 'mlflow.db'}", artifact_location=artifacts.as_uri(), cache_dir=root / "models")
+class Backend:
+    """Where one registry keeps its runs and versions: a SQLite file under ``root``, or a PostgreSQL database."""
+
+    def __init__(self, root: Path, postgres: LocalPostgres | None = None, database: str | None = None):
+        self.root, self.postgres = root, postgres
+        self.database = database or (postgres.create_database(fresh_name("mlflow")) if postgres else None)
+
+    @property
+    def uri(self) -> str:
+        return self.postgres.url(self.database) if self.postgres else f"sqlite:///{self.root / 'mlflow.db'}"
+
+    def copy(self, root: Path) -> Backend:
+        """The same registry as it stands now, for another test to change."""
+        if self.postgres:
+            return Backend(root, self.postgres, copy_database(self.postgres, self.database, "mlflow"))
+        with sqlite3.connect(self.root / "mlflow.db") as source, sqlite3.connect(root / "mlflow.db") as copy:
+            source.backup(copy)
+        source.close()
+        copy.close()
+        return Backend(root)
+
+    def open(self, artifacts: Path) -> Registry:
+        return Registry(self.uri, artifact_location=artifacts.as_uri(), cache_dir=self.root / "models")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, small_feed: Path) -> Iterator[tuple[Store, Path, Retrained]]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def trained(
+    tmp_path_factory: pytest.TempPathFactory, small_feed: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[Store, Backend, Retrained]]:
     """The feed ingested and a first model through the retrain use-case: version 1 of a registry under the root."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         root = tmp_path_factory.mktemp("registry")
+        backend = Backend(root, request.getfixturevalue("postgres") if request.param == "postgresql" else None)
         store = Store(root / "store")
         ingest(small_feed, store, labels=read_labels(small_feed / "oracle" / "labels"), label_source="seed", workers=1)
-        registry = open_registry(root, root / "art")
-        yield store, root, retrain(store, store.head(), QUICK, LENIENT, registry, root / "runs")
+        yield store, backend, retrain(store, store.head(), QUICK, LENIENT, backend.open(root / "art"), root / "runs")
     finally:
         torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
-def first(trained: tuple[Store, Path, Retrained]) -> Retrained:
+def first(trained: tuple[Store, Backend, Retrained]) -> Retrained:
     return trained[2]
 
 
 @pytest.fixture
-def setup(trained: tuple[Store, Path, Retrained], tmp_path: Path) -> tuple[Store, Registry, Path]:
+def setup(trained: tuple[Store, Backend, Retrained], tmp_path: Path) -> tuple[Store, Registry, Path]:
     """This test's copy of the registry just after the first model (its database and the training runs to resume);
     the versions' files stay where the first registry wrote them, and new runs write theirs beside them."""
-    store, root, _ = trained
-    with sqlite3.connect(root / "mlflow.db") as source, sqlite3.connect(tmp_path / "mlflow.db") as copy:
-        source.backup(copy)
-    source.close()
-    copy.close()
-    shutil.copytree(root / "runs", tmp_path / "runs")
-    return store, open_registry(tmp_path, root / "art"), tmp_path / "runs"
+    store, backend, _ = trained
+    shutil.copytree(backend.root / "runs", tmp_path / "runs")
+    return store, backend.copy(tmp_path).open(backend.root / "art"), tmp_path / "runs"
 
 
 def test_a_training_run_logs_params_metrics_snapshot_code_labels_and_its_verdict(
@@ -182,3 +214,46 @@ def test_unknown_versions_and_aliases_are_clear_errors(setup: tuple[Store, Regis
         registry.version_of(99)
     with pytest.raises(RegistryError, match="has no @nightly"):
         registry.load_predictor("nightly")
+
+
+@pytest.mark.parametrize("trained", ["postgresql"], indirect=True)
+def test_a_tracking_server_on_postgresql_serves_the_registry_and_keeps_what_clients_change_there(
+    trained: tuple[Store, Backend, Retrained], first: Retrained, tmp_path: Path
+) -> None:
+    """The cluster's topology: clients talk HTTP to `mlflow server`, whose backend store is PostgreSQL."""
+    store, backend, _ = trained
+    copy = backend.copy(tmp_path)
+    port = free_port()
+    with (tmp_path / "mlflow-server.log").open("wb") as log:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", copy.uri,
+             "--no-serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while not _answers(url + "/health"):
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "mlflow-server.log").read_text()
+            time.sleep(0.5)
+        registry = Registry(url, artifact_location=(backend.root / "art").as_uri(), cache_dir=tmp_path / "models")
+        assert registry.alias(CHAMPION) == first.placed.version == 1
+        images = [(store.root / ref).read_bytes() for ref in store.head().manifest().column("image").to_pylist()[:8]]
+        assert registry.load_predictor(CHAMPION).predict(images).labels == (
+            Predictor(first.candidate.result.tagger).predict(images).labels
+        )
+        registry.client.set_registered_model_alias(registry.model_name, "nightly", "1")
+        with psycopg.connect(copy.postgres.url(copy.database, "postgresql")) as conn:
+            rows = conn.execute("SELECT alias, version FROM registered_model_aliases ORDER BY alias").fetchall()
+        assert rows == [(CHAMPION, 1), ("nightly", 1)]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False

@@ -74,6 +74,9 @@ class LabelStudioSettings(BaseModel):
     token: str | None = None  # its API token (legacy or personal access token); unset: the embedded admin's
     port: int = Field(default=8089, gt=0, lt=65536)  # the embedded server's port on 127.0.0.1
     version: str = "1.23.2"  # the label-studio release the embedded server runs
+    # the embedded server's database: unset, SQLite in its state folder; postgresql://user:password@host:port/name
+    # for a PostgreSQL one (better set as TRENDLOOP_LABELSTUDIO__DATABASE: it holds a password)
+    database: str | None = None
     project: str = Field(default="trendloop: what is this post about?", min_length=3, max_length=50)  # found by title
     image_url: str = "/data/local-files/?d={image}"  # a task's image; {image} is its path in the store
     serve_store: bool = True  # connect a local-files storage to the store (the server must see its disk)

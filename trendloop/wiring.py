@@ -53,7 +53,9 @@ def label_queue(settings: Settings) -> LabelQueue:
 def label_studio_server(settings: Settings) -> LocalLabelStudio:
     """The embedded Label Studio: its state under <home>/services, images read from the store."""
     ls = settings.labelstudio
-    return LocalLabelStudio(settings.home / "services" / "labelstudio", ls.port, ls.version, settings.store_dir)
+    return LocalLabelStudio(
+        settings.home / "services" / "labelstudio", ls.port, ls.version, settings.store_dir, database=ls.database
+    )
 
 
 def labeling_project(settings: Settings) -> LabelingProject:
