@@ -110,7 +110,7 @@ def label_studio_pg(
         root / "state", free_port(), LabelStudioSettings().version, root / "homes", database=database
     )
     try:
-        server.up(timeout=900)  # the first start migrates the empty database: minutes of CPU on 2 cores
+        server.up(timeout=900)  # the first start migrates the empty database (37 s on 2 cores, idle)
         yield server
     finally:
         server.down()
