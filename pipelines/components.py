@@ -192,10 +192,14 @@ class StepOptions:
     mount_path: str = "/data/trendloop"  # where it is mounted: the settings' home
     secrets: dict[str, str] = field(default_factory=dict)  # env var -> "secret-name/key"
     cache: bool = True  # False: no step reuses outputs (compiled into every task, nested ones included)
+    train_gpus: int = 0  # accelerators the train step's pod asks for (its limit); 0: none
+    train_accelerator: str = "nvidia.com/gpu"  # their Kubernetes resource name
 
-    def apply(self, task: PipelineTask) -> PipelineTask:
+    def apply(self, task: PipelineTask, step: str = "") -> PipelineTask:
         if not self.cache:
             task.set_caching_options(False)
+        if step == "train" and self.train_gpus:
+            task.set_accelerator_type(self.train_accelerator).set_accelerator_limit(self.train_gpus)
         if self.volume is None and not self.secrets:
             return task
         from kfp import kubernetes  # kfp-kubernetes only matters when compiling for a cluster
@@ -244,12 +248,15 @@ class Components:
 def build(image: str, options: StepOptions | None = None) -> Components:
     """The components for the project's image ``image`` (from configuration: ``[pipelines] image``)."""
     options = options or StepOptions()
-    made = {f.__name__: _placed(dsl.component(f, base_image=image, install_kfp_package=False), options) for f in STEPS}
+    made = {
+        f.__name__: _placed(dsl.component(f, base_image=image, install_kfp_package=False), options, f.__name__)
+        for f in STEPS
+    }
     return Components(image=image, options=options, **made)
 
 
-def _placed(component: PythonComponent, options: StepOptions) -> Step:
+def _placed(component: PythonComponent, options: StepOptions, step: str) -> Step:
     def task(**arguments: object) -> PipelineTask:
-        return options.apply(component(**arguments))
+        return options.apply(component(**arguments), step)
 
     return task

@@ -69,7 +69,9 @@ def step_options(settings: Settings, cache: bool = True) -> StepOptions:
     pl = settings.pipelines
     if pl.volume is not None and not settings.home.is_absolute():
         raise ConfigError(f"home {settings.home} must be an absolute path to mount [pipelines] volume there")
-    return StepOptions(pl.volume, str(settings.home), dict(pl.secrets), cache and pl.cache)
+    return StepOptions(
+        pl.volume, str(settings.home), dict(pl.secrets), cache and pl.cache, pl.train_gpus, pl.train_accelerator
+    )
 
 
 def compile_all(out_dir: Path, image: str, options: StepOptions | None = None) -> list[Path]:

@@ -37,7 +37,7 @@ from components.simulator.feed import FeedSpec, simulate
 from components.simulator.trends import NewClass
 from pipelines import steps
 from pipelines.components import StepOptions, configure
-from pipelines.runner import LocalRun, PipelineError, compile_all, pipeline_arguments, run_local
+from pipelines.runner import LocalRun, PipelineError, compile_all, pipeline_arguments, run_local, step_options
 from pipelines.steps import READS
 from tests.conftest import SMALL_FEED, free_port
 from trendloop import wiring
@@ -109,6 +109,23 @@ def test_steps_that_read_the_world_as_it_is_never_reuse_outputs_and_no_cache_rea
     for path in compile_all(tmp_path / "no-cache", IMAGE, StepOptions(cache=False)):
         tasks = _task_specs(yaml.safe_load(path.read_text()))
         assert not [t for t, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")]
+
+
+@pytest.mark.unit
+def test_on_a_cluster_only_the_train_step_asks_for_the_configured_gpus(tmp_path: Path) -> None:
+    settings = Settings(home="/data/trendloop", pipelines={"train_gpus": 4, "train_accelerator": "amd.com/gpu"})
+    for path in compile_all(tmp_path, IMAGE, step_options(settings)):
+        executors = yaml.safe_load(path.read_text())["deploymentSpec"]["executors"]
+        asking = {name: e["container"]["resources"] for name, e in executors.items() if "resources" in e["container"]}
+        if path.stem == "drift_monitor":  # it never trains
+            assert asking == {}
+        else:
+            accelerator = asking.pop("exec-train")["accelerator"]
+            assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("amd.com/gpu", "4")
+            assert asking == {}
+    for path in compile_all(tmp_path / "none", IMAGE, step_options(Settings(home=tmp_path))):  # the default: none
+        executors = yaml.safe_load(path.read_text())["deploymentSpec"]["executors"]
+        assert not [name for name, e in executors.items() if "resources" in e["container"]]
 
 
 @pytest.mark.unit

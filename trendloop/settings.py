@@ -156,6 +156,10 @@ class PipelineSettings(BaseModel):
         return value
 
     cache: bool = True  # reuse a step's outputs when its inputs did not change (`--no-cache` per run)
+    # cluster: GPUs the train step's pod asks for, and their resource name; with [train] processes = 0 it
+    # trains data-parallel on all of them (one process each). 0: the step asks for none
+    train_gpus: int = Field(default=0, ge=0)
+    train_accelerator: str = "nvidia.com/gpu"
 
 
 class Settings(BaseSettings):

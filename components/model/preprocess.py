@@ -56,24 +56,29 @@ class Preprocessing:
         crop = batch[..., top : top + self.image_size, top : top + self.image_size]
         return self.normalise(crop.float() / 255)
 
-    def training(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def training(self, batch: torch.Tensor, generator: torch.Generator, rows: Rows | None = None) -> torch.Tensor:
         """uint8 (B, 3, resize, resize) -> augmented, normalised float (B, 3, image_size, image_size).
 
         Random parameters are drawn on the CPU from ``generator``, so a seed gives the
-        same augmentation on any device.
+        same augmentation on any device. ``rows``: ``batch`` is these rows of a larger
+        batch (one data-parallel process's share); parameters are drawn for the whole
+        batch and these rows' taken, so every share is augmented as in one process.
         """
         import torch  # noqa: PLC0415
         from torchvision.ops import roi_align  # noqa: PLC0415
 
         n, size = batch.shape[0], batch.shape[-1]
+        rows = rows or Rows(slice(0, n), n)
         x = batch.float() / 255
-        boxes = self._crop_boxes(n, size, generator).to(x.device)
+        boxes = self._crop_boxes(rows.total, size, generator)[rows.share]
+        boxes[:, 0] = torch.arange(n, dtype=boxes.dtype)  # each box's image index within this share
         # sampling_ratio=0: as many samples per output pixel as the crop shrinks by (antialiasing)
-        x = roi_align(x, boxes, output_size=self.image_size, sampling_ratio=0, aligned=True)
-        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device).view(n, 1, 1, 1)
+        x = roi_align(x, boxes.to(x.device), output_size=self.image_size, sampling_ratio=0, aligned=True)
+        flip = (torch.rand(rows.total, generator=generator)[rows.share] < 0.5).to(x.device).view(n, 1, 1, 1)
         x = torch.where(flip, x.flip(-1), x)
         if self.jitter > 0:
-            factors = 1 + (torch.rand(3, n, 1, 1, 1, generator=generator) * 2 - 1) * self.jitter
+            draws = torch.rand(3, rows.total, 1, 1, 1, generator=generator)[:, rows.share]
+            factors = 1 + (draws * 2 - 1) * self.jitter
             brightness, contrast, saturation = factors.to(x.device)
             x = (x * brightness).clamp(0, 1)
             grey = _grey(x)
@@ -96,6 +101,14 @@ class Preprocessing:
         x1 = torch.rand(n, generator=generator) * (size - w)
         y1 = torch.rand(n, generator=generator) * (size - h)
         return torch.stack([torch.arange(n, dtype=torch.float32), x1, y1, x1 + w, y1 + h], dim=1)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Which rows of a batch of ``total`` a tensor holds (components.model.distributed.Peers.shard)."""
+
+    share: slice
+    total: int
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,9 @@ class TrainConfig(BaseModel):
     distill: float = Field(default=1.0, ge=0)
     distill_temperature: float = Field(default=2.0, gt=0)
     device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:1 ...
+    # data-parallel training processes (torch.distributed DDP: gloo on a CPU, NCCL with process k on cuda:k);
+    # 0: one per CUDA device (1 on a CPU). The result matches one process's to float rounding
+    processes: int = Field(default=1, ge=0)
     loader_workers: int | None = Field(default=None, ge=0)  # None: 0 on a CPU, 8 with CUDA
     weights: Path | None = None  # torchvision state dict a from-scratch backbone starts from
     # feature groups a fusion tagger reads beside the image (components.features.side: caption, user); () image only
