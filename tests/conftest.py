@@ -17,7 +17,7 @@ from infra.databases import LocalPostgres
 from infra.labelstudio import LocalLabelStudio
 from infra.ray import RayPorts
 from tests.browsers import browser, chromium  # noqa: F401 - fixtures for every test module
-from tests.databases import fresh_name, postgres, redis_server  # noqa: F401 - fixtures for every test module
+from tests.databases import fresh_name, postgres, postgres_binaries, redis_server  # noqa: F401 - fixtures for every test module
 from tests.kinds import pytest_collection_modifyitems  # noqa: F401 - every test carries one kind
 from trendloop.settings import LabelStudioSettings
 

@@ -30,12 +30,19 @@ def fresh_name(prefix: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[LocalPostgres]:
+def postgres_binaries() -> Path:
+    """Where Debian's PostgreSQL programs are, for tests that start servers of their own."""
+    found = postgres_bin()
+    if found is None:
+        missing(NO_POSTGRES, os.environ, "the PostgreSQL-backed tests")
+    return found
+
+
+@pytest.fixture(scope="session")
+def postgres(postgres_binaries: Path) -> Iterator[LocalPostgres]:
     """A PostgreSQL server for the session (its folder under /tmp: under root the server runs as `postgres`)."""
     from tests.conftest import free_port  # noqa: PLC0415 - conftest imports this module
 
-    if postgres_bin() is None:
-        missing(NO_POSTGRES, os.environ, "the PostgreSQL-backed tests")
     folder = Path(tempfile.mkdtemp(prefix="trendloop-pg-"))
     server = LocalPostgres(folder, free_port())
     try:

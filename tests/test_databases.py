@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import tempfile
@@ -14,12 +15,13 @@ import redis
 from components.errors import ConfigError
 from infra.databases import DatabaseError, LocalPostgres, LocalRedis
 from infra.labelstudio import LocalLabelStudio
+from tests.browsers import missing
 from tests.conftest import free_port
 from tests.databases import copy_database, fresh_name
 
 
 @pytest.mark.integration
-def test_a_restarted_postgres_keeps_its_databases_and_password(postgres: LocalPostgres) -> None:
+def test_a_restarted_postgres_keeps_its_databases_and_password(postgres_binaries: Path) -> None:
     folder = Path(tempfile.mkdtemp(prefix="trendloop-pg-"))
     server = LocalPostgres(folder, free_port())
     try:
@@ -38,6 +40,21 @@ def test_a_restarted_postgres_keeps_its_databases_and_password(postgres: LocalPo
     finally:
         server.down()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.integration
+def test_a_folder_the_server_account_cannot_reach_is_refused_before_initdb(
+    postgres_binaries: Path, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        missing("only root hands the server's folder to the postgres account", os.environ, "this test")
+    closed = tmp_path / "closed"  # pytest's folders are 0700 root's: closed to the postgres account
+    closed.mkdir(mode=0o700)
+    server = LocalPostgres(closed / "pg", free_port())
+    with pytest.raises(DatabaseError, match=r"closed/pg: the postgres account cannot reach it.*under /tmp"):
+        server.up()
+    assert not (closed / "pg" / "cluster").exists()
+    assert server.running() is False
 
 
 @pytest.mark.integration
