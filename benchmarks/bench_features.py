@@ -10,7 +10,10 @@ embedding, a tag, a confidence, model version 1), one file per day; ``user_profi
 one row per user per day (as of each midnight), one file ``as_of=YYYY-MM-DD`` per day.
 
 It measures, on the embedded store (file offline store joined by Feast's Dask
-engine, SQLite online store):
+engine, SQLite online store), or with ``--store redis`` on the cluster's (a local
+redis-server online store, Feast's SQL registry in a local PostgreSQL; Debian's
+packages, as ``make test`` installs them), which also prints Redis memory per
+entity key (docs/cluster.md sizes Redis from it):
 
 - ``historical``: every post as an entity row (post_id, user_id, event_timestamp =
   created_at, in shuffled order) joined with caption embedding, engagement rate,
@@ -28,11 +31,14 @@ engine, SQLite online store):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -161,12 +167,12 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def run(args: argparse.Namespace, data_dir: Path) -> None:
+def run(args: argparse.Namespace, data_dir: Path, online_memory: Callable[[], tuple[int, int]] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     results: list[tuple[str, str]] = []
 
     t0 = time.perf_counter()
-    features = Features.open(data_dir)
+    features = Features.open(data_dir, "feature_store.redis.yaml" if online_memory else "feature_store.yaml")
     features.apply()
     frame = posts_frame(rng, args.posts, args.users, args.days)
     written = write_sources(features, frame, args.users, args.days, args.seed + 1)
@@ -209,6 +215,10 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
     results.append(
         (f"materialize ({len(views)} views)", f"{seconds:.1f} s ({keys / seconds:,.0f} entity keys written/s)")
     )
+    if online_memory is not None:
+        used, hashes = online_memory()
+        per = f"{used / hashes:,.0f} B per entity hash, {hashes:,} hashes"
+        results.append(("Redis used_memory after materialize", f"{used / 2**20:,.1f} MiB ({per})"))
 
     # -- online reads ---------------------------------------------------------------------
     pick = rng.integers(0, len(frame), WARMUP + args.requests)
@@ -275,17 +285,44 @@ def main() -> None:
     parser.add_argument("--batch-calls", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dir", type=Path, help="data folder (default: a temporary one, removed after)")
+    parser.add_argument("--store", choices=("embedded", "redis"), default="embedded")
     args = parser.parse_args()
     print(
         f"feature store: {args.posts:,} posts, {args.users:,} users, {args.days} days "
         f"({args.users * args.days:,} profile rows); {platform.platform()}, {os.cpu_count()} CPUs",
         flush=True,
     )
-    if args.dir:
-        run(args, args.dir)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        run(args, Path(tmp) / "features")
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as servers:
+        data_dir = args.dir or Path(tmp) / "features"
+        if args.store == "embedded":
+            run(args, data_dir)
+            return
+        memory = cluster_stores(servers)
+        run(args, data_dir, memory)
+
+
+def cluster_stores(servers: contextlib.ExitStack) -> Callable[[], tuple[int, int]]:
+    """A redis-server and a PostgreSQL (for Feast's registry) on free ports, stopped on exit; returns a reader of
+    Redis's used_memory above what it used empty, and of its key count (one hash per entity)."""
+    import redis  # noqa: PLC0415
+
+    from infra.databases import LocalPostgres, LocalRedis  # noqa: PLC0415
+    from infra.processes import free_port  # noqa: PLC0415
+
+    folders = [Path(tempfile.mkdtemp(prefix=f"trendloop-bench-{what}-")) for what in ("redis", "pg")]
+    for folder in folders:
+        servers.callback(shutil.rmtree, folder, ignore_errors=True)
+    online = LocalRedis(folders[0], free_port())
+    online.up()
+    servers.callback(online.down)
+    registry = LocalPostgres(folders[1], free_port())  # directly under /tmp: the postgres account reaches it
+    registry.up()
+    servers.callback(registry.down)
+    os.environ["TRENDLOOP_REDIS"] = online.connection_string
+    os.environ["TRENDLOOP_FEAST_REGISTRY"] = registry.url(registry.create_database("feast"))
+    client = redis.Redis(host="127.0.0.1", port=online.port)
+    empty = int(client.info("memory")["used_memory"])
+    return lambda: (int(client.info("memory")["used_memory"]) - empty, int(client.dbsize()))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import asyncio
 import io
 import multiprocessing
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from components.data.predlog import PredictionLog
 from components.model.predict import Predictor
 from components.model.preprocess import Preprocessing
 from components.model.tagger import TaggerSpec, build_tagger, save_tagger
+from infra.processes import free_port
 from infra.ray import LocalRay, RayPorts
 from serving.deploy import ArmSpec, ServeAdmin, serve_config
 from serving.eventlog import EventWriter, FeedbackLog
@@ -51,12 +51,6 @@ from serving.tagging import ArmModel
 from serving.traffic import Audience, DriveStats, drive, plain_posts
 
 LABELS = ("food", "pets", "fitness", "travel", "fashion", "meme")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def uploads(n: int = 16, side: int = 512) -> list[bytes]:

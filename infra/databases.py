@@ -109,7 +109,7 @@ class LocalPostgres:
             if reach.returncode != 0:  # the account itself says: no guessing at modes, ACLs or mounts
                 raise DatabaseError(
                     f"{self.data_dir}: the postgres account cannot reach it (a parent folder is closed to others); "
-                    "put the server's folder under /tmp"
+                    "give the server a folder of its own directly under /tmp"
                 )
         self._run(
             [

@@ -1,11 +1,15 @@
-"""Whether a process of a local service still runs (Linux), and whether a port is free, for the services trendloop
-starts and stops."""
+"""Whether a process of a local service still runs (Linux), whether a port is free, and a free one, for the
+services trendloop starts and stops (and the suite's and benchmarks' own)."""
 
 from __future__ import annotations
 
 import os
+import random
 import socket
+from collections.abc import Collection
 from pathlib import Path
+
+_HANDED_OUT: set[int] = set()  # ports this process gave out: not given twice, whether bound yet or not
 
 
 def alive(pid: int) -> bool:
@@ -38,3 +42,29 @@ def port_taken(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return True
     return False
+
+
+def free_port(avoid: Collection[int] = ()) -> int:
+    """A port nothing listens on, for a server about to start, from below the ephemeral range.
+
+    A port the kernel lends to outgoing connections (``bind(0)``'s kind) can be taken between this check and
+    the server's own bind: seen as Ray's dashboard failing on a port a client connection held. Ports from
+    20000 up to the ephemeral range are never lent out; Ray's workers stay below 20000. SystemRandom: the
+    suite's test order plugin reseeds ``random`` for every test, which would hand two tests the same guesses.
+    """
+    pick = random.SystemRandom()
+    for _ in range(500):
+        port = pick.randrange(20000, _ephemeral_low())
+        if port in _HANDED_OUT or port in avoid or port_taken(port):
+            continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free port between 20000 and the ephemeral range")
+
+
+def _ephemeral_low() -> int:
+    """Where the kernel starts handing out ports for outgoing connections (Linux: 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import random
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 from components.data.snapshot import Store
 from components.simulator.feed import FeedSpec, simulate
 from components.simulator.trends import NewClass, PriorShift, StyleShift
+from infra import processes
 from infra.databases import LocalPostgres
 from infra.labelstudio import LocalLabelStudio
 from infra.ray import RayPorts
@@ -50,38 +49,10 @@ def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "store")
 
 
-def _ephemeral_low() -> int:
-    """Where the kernel starts handing out ports for outgoing connections (Linux: 32768)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-_HANDED_OUT: set[int] = set()
-
-
 def free_port() -> int:
-    """A port nothing listens on, for a server a test starts, from below the ephemeral range.
-
-    A port the kernel lends to outgoing connections (``bind(0)``'s kind) can be taken between this check and
-    the server's own bind: seen as Ray's dashboard failing on a port a client connection held. Ports from
-    20000 up to the ephemeral range are never lent out; Ray's workers stay below 20000. SystemRandom: the
-    test order plugin reseeds ``random`` for every test, which would hand two tests the same guesses.
-    """
-    pick = random.SystemRandom()
-    for _ in range(500):
-        port = pick.randrange(20000, _ephemeral_low())
-        if port in _HANDED_OUT or port == RayPorts().client:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
-    raise RuntimeError("no free port between 20000 and the ephemeral range")
+    """A free port for a server a test starts (infra.processes.free_port), never the local Ray head's client
+    port, which every test's settings default to."""
+    return processes.free_port(avoid={RayPorts().client})
 
 
 @pytest.fixture(scope="session")

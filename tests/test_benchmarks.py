@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from infra.databases import NO_REDIS
+from tests.browsers import missing
 
 pytestmark = pytest.mark.bench
 
@@ -116,3 +121,21 @@ def test_fusion_benchmark_prints_accuracy_per_input_set() -> None:
     assert all(0 <= float(v) <= 1 for v in rows.values())
     assert re.search(r"^image\+caption\+user, all side inputs unknown\s+[\d.]+$", result.stdout, re.M)
     assert re.search(r"^test posts: \d+; classes: \d+$", result.stdout, re.M)
+
+
+def test_feature_benchmark_on_the_cluster_stores_prints_redis_memory_per_key(postgres_binaries: Path) -> None:
+    if shutil.which("redis-server") is None:
+        missing(NO_REDIS, os.environ, "the Redis-backed tests")
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_features.py", "--posts", "600", "--users", "60", "--days", "3",
+         "--requests", "20", "--batch-calls", "3", "--store", "redis"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    memory = re.search(r"^\| Redis used_memory after materialize \| [\d.,]+ MiB \(([\d,]+) B per entity hash, "
+                       r"([\d,]+) hashes\) \|$", result.stdout, re.M)  # fmt: skip
+    assert memory, result.stdout
+    per_hash, hashes = (int(g.replace(",", "")) for g in memory.groups())
+    assert hashes == 600 + 60  # one per post (its views' fields together), one per user
+    assert 4 * 384 * 600 / hashes < per_hash < 20_000  # posts hold at least their 384-d float32 caption embedding
+    assert re.search(r"^\| rows out / in, order kept \| 600 / 600, yes \|$", result.stdout, re.M)
+    assert not list(Path("/tmp").glob("trendloop-bench-*"))  # both servers' folders removed

@@ -51,7 +51,7 @@ def test_a_folder_the_server_account_cannot_reach_is_refused_before_initdb(
     closed = tmp_path / "closed"  # pytest's folders are 0700 root's: closed to the postgres account
     closed.mkdir(mode=0o700)
     server = LocalPostgres(closed / "pg", free_port())
-    with pytest.raises(DatabaseError, match=r"closed/pg: the postgres account cannot reach it.*under /tmp"):
+    with pytest.raises(DatabaseError, match=r"closed/pg: the postgres account cannot reach it.*directly under /tmp"):
         server.up()
     assert not (closed / "pg" / "cluster").exists()
     assert server.running() is False

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import datetime
 import queue
-import socket
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -148,7 +150,8 @@ def launch(fit: Fit, job: object, world: int, device: torch.device, on_step: obj
     """
     context = torch.multiprocessing.get_context("spawn")
     failures = context.SimpleQueue()
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    meeting = Path(tempfile.mkdtemp(prefix="trendloop-ddp-"))
+    address = f"file://{meeting / 'store'}"  # a file rendezvous: no port to pick and lose to a race
     backend = "nccl" if device.type == "cuda" else "gloo"
     threads = max(1, torch.get_num_threads() // world)  # CPU processes split the cores
     peers = [
@@ -175,6 +178,7 @@ def launch(fit: Fit, job: object, world: int, device: torch.device, on_step: obj
             if peer.is_alive():
                 peer.terminate()
             peer.join(10)
+        shutil.rmtree(meeting, ignore_errors=True)
 
 
 def _peer(
@@ -210,9 +214,3 @@ def _peer_failure(peers: list[Any], failures: Any) -> str | None:
             how = f"signal {-peer.exitcode}" if peer.exitcode < 0 else f"exit status {peer.exitcode}"
             return f"training process {rank} of {world} died ({how})"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
