@@ -1,18 +1,22 @@
-"""The second node's plumbing without a second node: namespace set-up and clean-up against a scripted ``ip``,
-and the worker's ``ray start`` line in a namespace and on the host fallback."""
+"""The second node's plumbing: namespace set-up and clean-up against a scripted ``ip`` and against the kernel's
+(root and iproute2: skipped without them, failed under CI), and the worker's ``ray start`` line in a namespace
+and on the host fallback."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from infra.netns import NetNamespace, NetnsError
+from infra.netns import NetNamespace, NetnsError, unavailable
 from infra.ray import RayError, RayWorker
-
-pytestmark = pytest.mark.unit
+from tests.browsers import missing
 
 
 def scripted_ip(tmp_path: Path, fail_on: str | None) -> tuple[str, Path]:
@@ -26,6 +30,7 @@ def scripted_ip(tmp_path: Path, fail_on: str | None) -> tuple[str, Path]:
     return str(script), calls
 
 
+@pytest.mark.unit
 def test_a_failed_step_names_its_command_and_what_was_made_is_removed(tmp_path: Path) -> None:
     ip, calls = scripted_ip(tmp_path, fail_on="addr add 10.211.7.1/24")
     ns = NetNamespace("tlx", subnet=7, ip=ip)
@@ -48,6 +53,7 @@ def test_a_failed_step_names_its_command_and_what_was_made_is_removed(tmp_path: 
     assert ns.made == []
 
 
+@pytest.mark.unit
 def test_a_namespace_that_failed_at_once_removes_nothing_it_did_not_make(tmp_path: Path) -> None:
     ip, calls = scripted_ip(tmp_path, fail_on="netns add")
     with pytest.raises(NetnsError, match=r"netns add tlx` failed \(exit 2\)"):
@@ -55,6 +61,7 @@ def test_a_namespace_that_failed_at_once_removes_nothing_it_did_not_make(tmp_pat
     assert calls.read_text().splitlines() == ["netns add tlx"]  # no `link del` of a link someone else may own
 
 
+@pytest.mark.unit
 def test_a_missing_ip_command_is_named_and_names_are_checked_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(NetnsError, match=r"`/no/such/ip netns add tlx` could not run"):
         NetNamespace("tlx", subnet=7, ip="/no/such/ip").up()
@@ -62,6 +69,7 @@ def test_a_missing_ip_command_is_named_and_names_are_checked_before_anything_run
         NetNamespace("a-name-too-long", subnet=7)
 
 
+@pytest.mark.unit
 def test_up_cut_restore_and_remove_run_the_commands_a_node_loss_needs(tmp_path: Path) -> None:
     ip, calls = scripted_ip(tmp_path, fail_on=None)
     ns = NetNamespace("tly", subnet=9, ip=ip).up()
@@ -83,6 +91,7 @@ def test_up_cut_restore_and_remove_run_the_commands_a_node_loss_needs(tmp_path: 
     ]
 
 
+@pytest.mark.unit
 def test_the_worker_joins_from_its_namespace_or_beside_the_head_on_ports_of_its_own(tmp_path: Path) -> None:
     ns = NetNamespace("tlz", subnet=3, ip="ip")
     inside = RayWorker("10.211.3.1:6390", tmp_path, 2, {"arm_node": 2}, ns).command()
@@ -97,3 +106,56 @@ def test_the_worker_joins_from_its_namespace_or_beside_the_head_on_ports_of_its_
     assert beside[beside.index("--num-cpus") + 1] == "1"
     with pytest.raises(RayError, match="needs ports of its own"):
         RayWorker("127.0.0.1:6390", tmp_path, 1, {"arm_node": 2})
+
+
+def real_namespaces() -> None:
+    why = unavailable()
+    if why is not None:
+        missing(why, os.environ, "network namespace tests")
+
+
+def connects(ns: NetNamespace, port: int) -> bool:
+    """Whether a process inside ``ns`` reaches the host's end of the veth on ``port`` within a second."""
+    probe = f"import socket; socket.create_connection(({ns.host_ip!r}, {port}), timeout=1).close()"
+    done = subprocess.run(
+        [*ns.exec_prefix(), sys.executable, "-c", probe], capture_output=True, timeout=30, check=False
+    )
+    return done.returncode == 0
+
+
+@pytest.mark.integration
+def test_a_real_namespace_reaches_the_host_until_cut_and_again_once_restored() -> None:
+    real_namespaces()
+    ns = NetNamespace(f"tlt{os.getpid() % 100_000}").up()
+    try:
+        with socket.socket() as server:
+            server.bind((ns.host_ip, 0))
+            server.listen(8)
+            port = server.getsockname()[1]
+            assert connects(ns, port)
+            ns.cut()
+            assert not connects(ns, port)  # silence, as a lost node's: the connect times out
+            ns.restore()
+            assert connects(ns, port)
+    finally:
+        ns.remove()
+    assert not ns.exists()
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    assert ns.host_link not in links
+
+
+@pytest.mark.integration
+def test_a_real_set_up_that_fails_half_way_leaves_nothing_of_its_own_and_names_the_command() -> None:
+    real_namespaces()
+    name = f"tlf{os.getpid() % 100_000}"
+    # someone else's link, under the name the namespace's host end would take
+    subprocess.run(["ip", "link", "add", f"{name}-h", "type", "veth", "peer", "name", f"{name}-x"], check=True)
+    try:
+        ns = NetNamespace(name)
+        with pytest.raises(NetnsError, match=rf"`ip link add {name}-h type veth peer name {name}-n` failed \(exit 2\)"):
+            ns.up()
+        assert not ns.exists()  # the namespace it made is gone
+        shown = subprocess.run(["ip", "link", "show", f"{name}-h"], capture_output=True, check=False)
+        assert shown.returncode == 0  # the link it did not make is left alone
+    finally:
+        subprocess.run(["ip", "link", "del", f"{name}-h"], check=False)
