@@ -12,7 +12,8 @@ Endpoints:
     GET  /ab/report.json        the A/B analysis the dashboard shows
     GET  /openapi.json          this, as an OpenAPI spec
 
-Every refusal is a 4xx with ``{"detail": "..."}`` saying what was wrong.
+Every refusal is a 4xx with ``{"detail": "..."}`` saying what was wrong; when no arm can answer,
+a 503 with a ``Retry-After`` header (seconds).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class Prediction(BaseModel):
     side_inputs: Literal["none", "online", "unavailable"] = Field(
         description="stored features the version read: none (image only), online, or unavailable (image alone)"
     )
+    fallback: bool = Field(
+        False, description="the user's own arm failed and `arm` answered instead (not counted in the A/B test)"
+    )
 
 
 class Recorded(BaseModel):
@@ -93,7 +97,8 @@ def build_api(
 
     @api.exception_handler(Refused)
     async def refused(request: Request, err: Refused) -> JSONResponse:
-        return JSONResponse({"detail": err.message}, status_code=err.status)
+        headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
+        return JSONResponse({"detail": err.message}, status_code=err.status, headers=headers)
 
     @api.post("/predict", response_model=Prediction, openapi_extra=_IMAGE_BODY)
     async def predict(
@@ -119,7 +124,7 @@ def build_api(
     async def readyz() -> JSONResponse:
         loaded = {arm: await _probe(probe) for arm, probe in probes.items()}
         ready = loaded.get("champion") is not None
-        body = {"ready": ready, "models": loaded, "traffic": router.traffic.__dict__}
+        body = {"ready": ready, "models": loaded, "traffic": router.traffic.__dict__, "outcomes": dict(router.outcomes)}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @api.get("/ab/report.json")

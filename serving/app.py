@@ -82,6 +82,8 @@ class Ingress:
         pre_days: float = 14.0,
         cuped_covariate: str = "serving_log",
         features: dict | None = None,
+        arm_timeout_s: float = 10.0,
+        retry_after_s: int = 5,
     ):
         predictions, feedback = PredictionLog(Path(logs["predictions"])), FeedbackLog(Path(logs["feedback"]))
         self.experiments = Experiments(Path(logs["experiments"]))
@@ -92,11 +94,13 @@ class Ingress:
         writer = f"serve-{os.getpid()}"
         self.handles = {CHAMPION: champion, CHALLENGER: challenger}
         self.router = Router(
-            arms={arm: handle.predict.remote for arm, handle in self.handles.items()},
+            arms={arm: asker(handle) for arm, handle in self.handles.items()},
             predictions=EventWriter(predictions, writer, flush_every_s),
             feedback=EventWriter(feedback, writer, flush_every_s),
             book=RequestBook(predictions),
             max_upload_bytes=max_upload_bytes,
+            arm_timeout_s=arm_timeout_s,
+            retry_after_s=retry_after_s,
         )
 
     def __serve_build_asgi_app__(self):
@@ -113,6 +117,20 @@ class Ingress:
 
     def __del__(self) -> None:
         self.router.close()  # a clean shutdown writes every queued record
+
+
+def asker(handle: DeploymentHandle) -> Callable:
+    """An arm for the router: one request to the deployment, cancelled there when the router stops waiting."""
+
+    async def ask(upload: bytes, context: dict):
+        response = handle.predict.remote(upload, context)
+        try:
+            return await response
+        except asyncio.CancelledError:  # the router's arm timeout: the replica need not finish it
+            response.cancel()
+            raise
+
+    return ask
 
 
 def version_loader(models: dict, device: str) -> Callable[[int], Predictor]:
@@ -161,4 +179,6 @@ def build(args: dict) -> serve.Application:
         pre_days=float(args.get("pre_days", 14.0)),
         cuped_covariate=str(args.get("cuped_covariate", "serving_log")),
         features=args.get("features"),
+        arm_timeout_s=float(args.get("arm_timeout_s", 10.0)),
+        retry_after_s=int(args.get("retry_after_s", 5)),
     )

@@ -15,7 +15,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from components.errors import TrendloopError
@@ -42,6 +42,9 @@ class ArmSpec:
     max_batch_size: int = 32  # requests one forward pass takes (@serve.batch)
     batch_wait_ms: float = 5.0  # how long a batch waits to fill
     max_ongoing_requests: int = 64
+    # custom Ray resources each replica requires, e.g. {"arm_node": 1}: only nodes advertising them
+    # (``ray start --resources``) take it, as ``num_gpus`` keeps an arm on a GPU node of a cluster
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class RouterSpec:
     replicas: int = 1
     num_cpus: float = 0.25
     max_ongoing_requests: int = 256
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {"router_node": 0.01}
 
 
 def serve_config(
@@ -68,7 +72,7 @@ def serve_config(
             "name": "router",
             "num_replicas": router.replicas,
             "max_ongoing_requests": router.max_ongoing_requests,
-            "ray_actor_options": {"num_cpus": router.num_cpus},
+            "ray_actor_options": actor_options(router.num_cpus, None, router.resources),
             "user_config": asdict(traffic),
             "graceful_shutdown_timeout_s": 30,
         }
@@ -80,7 +84,7 @@ def serve_config(
                 "name": arm,
                 "num_replicas": spec.replicas,
                 "max_ongoing_requests": spec.max_ongoing_requests,
-                "ray_actor_options": {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
+                "ray_actor_options": actor_options(spec.num_cpus, spec.num_gpus, spec.resources),
                 "user_config": {
                     "version": versions.get(arm),
                     "max_batch_size": spec.max_batch_size,
@@ -101,6 +105,16 @@ def serve_config(
             }
         ],
     }
+
+
+def actor_options(num_cpus: float, num_gpus: float | None, resources: dict[str, float]) -> dict:
+    """A replica's ``ray_actor_options``: what it reserves on the node that takes it."""
+    options: dict = {"num_cpus": num_cpus}
+    if num_gpus is not None:
+        options["num_gpus"] = num_gpus
+    if resources:
+        options["resources"] = dict(resources)
+    return options
 
 
 class ServeAdmin:

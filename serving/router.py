@@ -4,14 +4,22 @@ It knows nothing of HTTP or Ray: ``serving.api`` puts FastAPI in front of it and
 ``serving.app`` runs both in Ray Serve; the benchmark and tests call it directly.
 An arm is any ``async (upload bytes) -> Tagged | Rejection`` callable: a Ray Serve
 handle in the app, an in-process batcher elsewhere.
+
+When the user's arm fails (its replica died, its node is gone, or it does not answer
+within ``arm_timeout_s``) the router asks the other arm; when that fails too it
+answers 503 with ``Retry-After``. Each request ends as one of ``OUTCOMES``, counted
+in ``Router.outcomes`` and logged. An answer from the other arm is logged with the
+arm that answered and no experiment: the user's assigned arm did not serve it, so it
+is no exposure of the A/B test (the analysis counts users by their assigned arm).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,13 +37,20 @@ from serving.tagging import ModelNotLoaded, Tagged
 Arm = Callable[[bytes, dict], Awaitable["Tagged | Rejection"]]
 log = logging.getLogger(__name__)
 
+# how a request that reached an arm ended: its assigned arm answered, the other arm answered, or neither (503)
+OUTCOMES = ("served", "fallback", "unavailable")
+
 
 class Refused(Exception):
     """A request we refuse (4xx: the caller's fault; 503: retry later), with the message the caller sees."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, retry_after: int | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.retry_after = status, message, retry_after
+
+
+class ArmFailed(Exception):
+    """One arm did not answer: why, in words (the exception's type, or the timeout)."""
 
 
 @dataclass(frozen=True)
@@ -118,11 +133,15 @@ class Router:
         book: RequestBook,
         traffic: Traffic | None = None,
         max_upload_bytes: int = 10 * 2**20,
+        arm_timeout_s: float = 10.0,
+        retry_after_s: int = 5,
     ):
         self.arms = arms
         self.predictions, self.feedback_log, self.book = predictions, feedback, book
         self.traffic = traffic or Traffic()
         self.max_upload_bytes = max_upload_bytes
+        self.arm_timeout_s, self.retry_after_s = arm_timeout_s, retry_after_s
+        self.outcomes: Counter[str] = Counter({outcome: 0 for outcome in OUTCOMES})
 
     def configure(self, traffic: Traffic) -> None:
         self.traffic = traffic  # one assignment: a request reads either the old knobs or the new ones
@@ -145,22 +164,17 @@ class Router:
         if len(upload) > self.max_upload_bytes:
             raise Refused(413, f"the image is {len(upload):,} bytes; the limit is {self.max_upload_bytes:,}")
         traffic = self.traffic
-        arm = traffic.arm_of(user_id)
-        try:
-            result = await self._ask(arm, upload, context)
-        except ModelNotLoaded:
-            if arm == CHAMPION:
-                raise Refused(503, "no champion model is loaded yet; retry shortly") from None
-            arm = CHAMPION  # the challenger is between versions: serve and log the champion
-            result = await self._ask(arm, upload, context)
+        assigned = traffic.arm_of(user_id)
+        arm, result = await self._answer(assigned, traffic, upload, context)
         if isinstance(result, Rejection):
             raise Refused(415 if result.reason in ("not_an_image", "unsupported_format") else 422, _said(result))
         request_id = uuid.uuid4().hex
         latency_ms = 1000 * (time.perf_counter() - start)
         now = datetime.now(UTC)
         expected = traffic.champion_version if arm == CHAMPION else traffic.challenger_version
-        # an arm still loading the experiment's version answered with another: not part of the test
-        experiment = traffic.experiment if result.model_version == expected else None
+        # an arm still loading the experiment's version answered with another, or the other arm answered for the
+        # user's (a fallback): not part of the test
+        experiment = traffic.experiment if arm == assigned and result.model_version == expected else None
         self.predictions.append(
             {
                 "request_id": request_id,
@@ -190,16 +204,45 @@ class Router:
             "tags": [{"label": lab, "score": s} for lab, s in zip(result.labels, result.scores, strict=True)],
             "latency_ms": round(latency_ms, 3),
             "side_inputs": result.side,
+            "fallback": arm != assigned,
         }
+
+    async def _answer(
+        self, assigned: str, traffic: Traffic, upload: bytes, context: dict
+    ) -> tuple[str, Tagged | Rejection]:
+        """(the arm that answered, its answer): the assigned arm's, else the other arm's; else 503."""
+        other = CHALLENGER if assigned == CHAMPION else CHAMPION
+        # the challenger stands in only while it serves a version (a test runs); the champion always may
+        order = [assigned] if other == CHALLENGER and traffic.challenger_version is None else [assigned, other]
+        failed = []
+        for arm in order:
+            try:
+                result = await self._ask(arm, upload, context)
+            except ArmFailed as err:
+                failed.append(f"{arm}: {err}")
+                continue
+            outcome = "served" if arm == assigned else "fallback"
+            self.outcomes[outcome] += 1
+            if outcome == "fallback":
+                log.warning("the %s arm answered for the %s arm (%s)", arm, assigned, "; ".join(failed))
+            return arm, result
+        self.outcomes["unavailable"] += 1
+        log.warning("no arm answered (%s): 503, retry after %s s", "; ".join(failed), self.retry_after_s)
+        raise Refused(
+            503,
+            f"the model is unavailable right now ({'; '.join(failed)}); retry in {self.retry_after_s} s",
+            retry_after=self.retry_after_s,
+        )
 
     async def _ask(self, arm: str, upload: bytes, context: dict) -> Tagged | Rejection:
         try:
-            return await self.arms[arm](upload, context)
+            return await asyncio.wait_for(self.arms[arm](upload, context), self.arm_timeout_s)
         except ModelNotLoaded:
-            raise
+            raise ArmFailed("no model version loaded yet") from None
+        except TimeoutError:
+            raise ArmFailed(f"no answer in {self.arm_timeout_s:g} s") from None
         except Exception as err:  # noqa: BLE001 - a replica died, is overloaded or unreachable: say so, not 500
-            log.warning("the %s arm failed: %s: %s", arm, type(err).__name__, err)
-            raise Refused(503, f"the {arm} model is unavailable right now ({type(err).__name__}); retry") from None
+            raise ArmFailed(type(err).__name__) from None
 
     def feedback(self, request_id: str, event: str) -> dict:
         if event not in EVENTS:
@@ -239,4 +282,4 @@ def _said(rejection: Rejection) -> str:
     return f"the upload is not an image we can read ({rejection.reason}): {rejection.detail}"
 
 
-__all__ = ["ARMS", "CHALLENGER", "CHAMPION", "Refused", "RequestBook", "Router", "Served", "Traffic"]
+__all__ = ["ARMS", "CHALLENGER", "CHAMPION", "OUTCOMES", "Refused", "RequestBook", "Router", "Served", "Traffic"]

@@ -6,6 +6,7 @@ import asyncio
 import io
 import re
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,8 +27,9 @@ from components.model.preprocess import Preprocessing
 from components.model.tagger import TaggerSpec, build_tagger
 from infra.ray import LocalRay, RayError, RayPorts
 from serving import control
+from serving.api import build_api
 from serving.control import Serving
-from serving.deploy import ServingError
+from serving.deploy import ServingError, serve_config
 from serving.eventlog import EventWriter, FeedbackLog
 from serving.experiment import (
     CHALLENGER,
@@ -40,7 +42,7 @@ from serving.experiment import (
 )
 from serving.report import timeline, user_table
 from serving.router import Refused, RequestBook, Router, Traffic
-from serving.tagging import ArmModel, ModelNotLoaded, PostContext
+from serving.tagging import ArmModel, ModelNotLoaded, PostContext, Tagged
 from serving.traffic import Audience, DriveStats, FeedPost, drive
 from tests.conftest import free_port
 from tests.models import register_untrained
@@ -403,6 +405,99 @@ def test_an_arm_on_the_wrong_version_or_failing_is_kept_out_of_the_test(tmp_path
     router.close()
 
 
+class FakeArm:
+    """An arm that answers as ``version``, fails with ``error``, or never answers (``hang``); counts its calls."""
+
+    def __init__(self, version: int, error: Exception | None = None, hang: bool = False):
+        self.version, self.error, self.hang, self.calls = version, error, hang, 0
+
+    async def __call__(self, upload: bytes, context: dict) -> Tagged:
+        self.calls += 1
+        if self.hang:
+            await asyncio.sleep(3600)
+        if self.error is not None:
+            raise self.error
+        return Tagged(self.version, ["food", "pets"], [0.7, 0.3], np.array([0.7, 0.3]), np.zeros(4))
+
+
+def fake_router(tmp_path: Path, champion: FakeArm, challenger: FakeArm, challenger_version: int | None = 2) -> Router:
+    predictions = PredictionLog(tmp_path / "predictions")
+    traffic = Traffic(split=0.5, salt="s", experiment="e1", champion_version=1, challenger_version=challenger_version)
+    return Router(
+        {CHAMPION: champion, CHALLENGER: challenger},
+        EventWriter(predictions, "r", flush_every_s=0.05),
+        EventWriter(FeedbackLog(tmp_path / "feedback"), "r", flush_every_s=0.05),
+        RequestBook(predictions),
+        traffic,
+        arm_timeout_s=0.2,
+        retry_after_s=7,
+    )
+
+
+def users_of(arm: str, n: int) -> list[str]:
+    """``n`` users the test's salt and split assign to ``arm``."""
+    return [u for u in USERS if assign_arm(u, "s", 0.5) == arm][:n]
+
+
+@pytest.mark.parametrize("failure", ["error", "timeout", "not_loaded"])
+@pytest.mark.unit
+def test_the_other_arm_answers_when_the_users_arm_fails_and_is_kept_out_of_the_test(
+    tmp_path: Path, failure: str
+) -> None:
+    broken = {
+        "error": FakeArm(1, error=ConnectionError("node gone")),
+        "timeout": FakeArm(1, hang=True),
+        "not_loaded": FakeArm(1, error=ModelNotLoaded("loading")),
+    }[failure]
+    router = fake_router(tmp_path, champion=broken, challenger=FakeArm(2))
+    started = time.perf_counter()
+    bodies = [run(router.predict(png((9, 9, 9)), user)) for user in users_of(CHAMPION, 3) + users_of(CHALLENGER, 2)]
+    elapsed = time.perf_counter() - started
+    # the champion's users: the challenger answered, flagged, outside the experiment; the challenger's own: as usual
+    assert [(b["arm"], b["model_version"], b["fallback"], b["experiment"]) for b in bodies] == [
+        (CHALLENGER, 2, True, None)
+    ] * 3 + [(CHALLENGER, 2, False, "e1")] * 2
+    assert router.outcomes == {"served": 2, "fallback": 3, "unavailable": 0}
+    assert broken.calls == 3
+    if failure == "timeout":  # each fallback waited one arm timeout (0.2 s), not longer
+        assert 0.6 <= elapsed < 0.6 + 1.0
+    assert router.close() == 0
+    logged = PredictionLog(tmp_path / "predictions").read().to_pandas()
+    assert sorted(zip(logged["arm"], logged["experiment"].fillna("-"), strict=True)) == sorted(
+        [(CHALLENGER, "-")] * 3 + [(CHALLENGER, "e1")] * 2
+    )  # a fallback is logged with the arm that answered and no experiment: the report never counts it
+
+
+@pytest.mark.unit
+def test_when_no_arm_answers_the_router_says_503_with_retry_after_and_counts_it(tmp_path: Path) -> None:
+    champion, challenger = FakeArm(1, error=ConnectionError("replica died")), FakeArm(2, hang=True)
+    router = fake_router(tmp_path, champion, challenger)
+    user = users_of(CHALLENGER, 1)[0]
+    with pytest.raises(Refused) as err:
+        run(router.predict(png((9, 9, 9)), user))
+    assert (err.value.status, err.value.retry_after) == (503, 7)
+    assert "challenger: no answer in 0.2 s; champion: ConnectionError" in err.value.message
+    assert router.outcomes == {"served": 0, "fallback": 0, "unavailable": 1}
+
+    # with no test running, the champion's users never reach the challenger (it serves no version)
+    alone = fake_router(tmp_path / "alone", FakeArm(1, error=ConnectionError("gone")), FakeArm(2), None)
+    with pytest.raises(Refused) as err:
+        run(alone.predict(png((9, 9, 9)), user))
+    assert err.value.status == 503 and alone.arms[CHALLENGER].calls == 0  # type: ignore[attr-defined]
+
+    api = build_api(router, {}, dict)
+
+    async def post() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://t") as client:
+            return await client.post("/predict", params={"user_id": user}, content=png((9, 9, 9)))
+
+    response = run(post())
+    assert response.status_code == 503 and response.headers["retry-after"] == "7"
+    assert "unavailable" in response.json()["detail"] and router.outcomes["unavailable"] == 2
+    router.close()
+    alone.close()
+
+
 @pytest.mark.integration
 def test_repeated_feedback_on_one_request_counts_once(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, serving={"ray_ports": {"dashboard": free_port()}})
@@ -433,3 +528,30 @@ def test_a_taken_port_stops_the_local_ray_head_before_it_starts(tmp_path: Path, 
             ray.up(serve_port=ports["serve"])
     assert not (tmp_path / "ray").exists()  # no `ray start` ran: no log, no record
     assert not ray.running()
+
+
+@pytest.mark.unit
+def test_custom_resources_from_settings_reach_each_replicas_actor_options(tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path,
+        serving={
+            "champion": {"resources": {"arm_node": 1}},
+            "challenger": {"resources": {"arm_node": 1}, "num_gpus": 0.5},
+            "router": {"resources": {"router_node": 0.01}},
+            "arm_timeout_s": 3,
+            "retry_after_s": 2,
+        },
+    )
+    sv = settings.serving
+    config = serve_config(
+        {"arm_timeout_s": sv.arm_timeout_s}, {CHAMPION: 1, CHALLENGER: 2}, Traffic(), {CHAMPION: sv.champion,
+        CHALLENGER: sv.challenger}, sv.router)  # fmt: skip
+    options = {d["name"]: d["ray_actor_options"] for d in config["applications"][0]["deployments"]}
+    assert options == {
+        "router": {"num_cpus": 0.25, "resources": {"router_node": 0.01}},
+        CHAMPION: {"num_cpus": 0.5, "num_gpus": 0.0, "resources": {"arm_node": 1.0}},
+        CHALLENGER: {"num_cpus": 0.5, "num_gpus": 0.5, "resources": {"arm_node": 1.0}},
+    }
+    plain = serve_config({}, {CHAMPION: 1, CHALLENGER: None}, Traffic(), {CHAMPION: Settings().serving.champion,
+                         CHALLENGER: Settings().serving.challenger})  # fmt: skip
+    assert all("resources" not in d["ray_actor_options"] for d in plain["applications"][0]["deployments"])

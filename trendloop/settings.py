@@ -115,6 +115,9 @@ class ServingSettings(BaseModel):
     # feature read from Feast at the test's start, e.g. user_profile_fv:engagement_rate_28d
     cuped_covariate: str = Field(default="serving_log", pattern=r"^(serving_log|[A-Za-z0-9_]+:[A-Za-z0-9_]+)$")
     start_timeout: float = Field(default=600.0, gt=0)  # seconds `serve up` waits for the app
+    # the router's wait for one arm (a replica died, its node is gone or overloaded) before it asks the other
+    arm_timeout_s: float = Field(default=10.0, gt=0)
+    retry_after_s: int = Field(default=5, ge=0)  # the Retry-After (seconds) of a 503 when neither arm answers
 
     @property
     def url(self) -> str:

@@ -136,6 +136,8 @@ def serve_args(settings: Settings) -> dict:
         "pre_days": settings.serving.pre_days,
         "features": {"data_dir": str(settings.features_dir.resolve()), "config": settings.features.config},
         "cuped_covariate": settings.serving.cuped_covariate,
+        "arm_timeout_s": settings.serving.arm_timeout_s,
+        "retry_after_s": settings.serving.retry_after_s,
     }
 
 
