@@ -149,7 +149,9 @@ def test_images_ports_and_the_state_volume_agree_across_manifests_settings_and_d
     image = defaults.pipelines.image
     lock = (ROOT / "uv.lock").read_text()
     ray_version = re.search(r'name = "ray"\nversion = "([^"]+)"', lock).group(1)  # type: ignore[union-attr]
-    assert f"-t {image} ." in (ROOT / "infra" / "Dockerfile").read_text()
+    dockerfile = (ROOT / "infra" / "Dockerfile").read_text()
+    uid = int(re.search(r"useradd .*--uid (\d+)", dockerfile).group(1))  # type: ignore[union-attr]
+    assert f"-t {image} ." in dockerfile
     assert f"-t {image} ." in CLUSTER_DOC.read_text() and "docs/cluster.md" in (ROOT / "README.md").read_text()
     for overlay, objects in built.items():
         settings = settings_of(overlay)
@@ -157,6 +159,9 @@ def test_images_ports_and_the_state_volume_agree_across_manifests_settings_and_d
         containers = [c for spec in pod_specs(objects) for c in spec["containers"]]
         ours = {c["image"] for c in containers if c["image"].startswith("trendloop")}
         assert ours == {image}
+        ours_pods = [s for s in pod_specs(objects) if any(c["image"] == image for c in s["containers"])]
+        assert {s.get("securityContext", {}).get("fsGroup") for s in ours_pods} == {uid}  # the volume is theirs
+        assert settings.pipelines.namespace == one(objects, "Namespace", "trendloop")["metadata"]["name"]
         assert f"heartexlabs/label-studio:{defaults.labelstudio.version}" in {c["image"] for c in containers}
         service = one(objects, "RayService", "trendloop")
         assert service["spec"]["rayClusterConfig"]["rayVersion"] == ray_version
