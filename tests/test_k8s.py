@@ -4,7 +4,8 @@ Each overlay builds with ``kubectl kustomize`` (kubectl 1.32, kustomize 5.5); ev
 validates against the schemas of Kubernetes 1.32 (``kubernetes-validate``), the RayService against the
 openAPIV3Schema of KubeRay v1.6.2's CRD (vendored in infra/k8s/crds); its serveConfigV2 is what
 ``trendloop serve config --fresh`` prints for the overlay's trendloop.toml; and the names, images and
-ports the pieces share agree with each other, with the settings' defaults, the Dockerfile and the docs.
+ports the pieces share agree with each other, with the settings' defaults, the Dockerfile and the docs,
+and with the pipelines compiled for the overlay (their volume, mount path, secrets and image).
 Without kubectl these tests skip, and fail under CI (tests/browsers.py).
 """
 
@@ -244,3 +245,25 @@ def test_without_kubectl_the_tests_skip_and_under_ci_they_fail(tmp_path: Path) -
     found.write_text("#!/bin/sh\n")
     found.chmod(0o755)
     assert require_kubectl({"PATH": str(found.parent), "CI": "true"}) == str(found)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_pipelines_compiled_for_the_overlay_mount_its_claim_where_its_pods_do(
+    built: dict[str, list[dict]], overlay: str, tmp_path: Path
+) -> None:
+    from pipelines.runner import compile_all, step_options  # noqa: PLC0415 - kfp's import is slow
+
+    settings = settings_of(overlay)
+    pvc = one(built[overlay], "PersistentVolumeClaim", "trendloop-state")["metadata"]["name"]
+    job = one(built[overlay], "Job", "trendloop-cli")["spec"]["template"]["spec"]["containers"][0]
+    for path in compile_all(tmp_path, settings.pipelines.image, step_options(settings)):
+        _, platform = yaml.safe_load_all(path.read_text())
+        executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        assert len(executors) >= 3, path.name
+        for name, spec in executors.items():
+            assert [(m["constant"], m["mountPath"]) for m in spec["pvcMount"]] == [(pvc, str(settings.home))], name
+            secrets = {(s["secretName"], k["secretKey"]) for s in spec["secretAsEnv"] for k in s["keyToEnv"]}
+            assert secrets == {tuple(r.split("/", 1)) for r in settings.pipelines.secrets.values()}, name
+        ir, _ = yaml.safe_load_all(path.read_text())
+        images = {e["container"]["image"] for e in ir["deploymentSpec"]["executors"].values()}
+        assert images == {job["image"]}, path.name  # steps run in the image the cluster's pods run
