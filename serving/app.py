@@ -49,9 +49,8 @@ class TaggerArm:
     ):
         torch.set_num_threads(threads)
         device = pick_device(num_gpus)
-        self.model = ArmModel(
-            version_loader(models, device), top_k, ImageLimits(**(limits or {})), side_reader(features, device)
-        )
+        load, alias_of = version_loader(models, device)
+        self.model = ArmModel(load, top_k, ImageLimits(**(limits or {})), side_reader(features, device), alias_of)
 
     async def reconfigure(self, config: dict) -> None:
         largest = int(config.get("max_batch_size", 32))
@@ -133,14 +132,14 @@ def asker(handle: DeploymentHandle) -> Callable:
     return ask
 
 
-def version_loader(models: dict, device: str) -> Callable[[int], Predictor]:
-    """Where versions come from: ``{"registry": {...Registry arguments}}`` (MLflow), or
-    ``{"folders": path}`` (``<path>/<version>/`` holds a saved tagger: a baked-in image, a benchmark)."""
+def version_loader(models: dict, device: str) -> tuple[Callable[[int], Predictor], Callable[[str], int | None] | None]:
+    """Where versions come from, and what resolves an alias: ``{"registry": {...Registry arguments}}`` (MLflow), or
+    ``{"folders": path}`` (``<path>/<version>/`` holds a saved tagger: a baked-in image, a benchmark; no aliases)."""
     if "folders" in models:
         root = Path(models["folders"])
-        return lambda version: Predictor.from_folder(root / str(version), device)
+        return (lambda version: Predictor.from_folder(root / str(version), device)), None
     registry = Registry(**{**models["registry"], "cache_dir": Path(models["registry"]["cache_dir"])})
-    return lambda version: registry.load_predictor(version, device)
+    return (lambda version: registry.load_predictor(version, device)), registry.alias
 
 
 def open_features(features: dict | None) -> Features:

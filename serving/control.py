@@ -20,6 +20,11 @@ from serving.eventlog import FeedbackLog
 from serving.experiment import CHALLENGER, CHAMPION, Experiment, Experiments
 from serving.report import Covariate, ab_report
 from serving.router import Traffic
+from serving.tagging import alias_ref
+
+# the full Serve config for arm versions (a number, an "@alias" a replica resolves as it starts, None: nothing)
+# and the router's knobs
+ConfigFor = Callable[[dict[str, int | str | None], Traffic], dict]
 
 
 @dataclass
@@ -29,7 +34,7 @@ class Serving:
     admin: ServeAdmin
     registry: Registry
     experiments: Experiments
-    config_for: Callable[[dict[str, int | None], Traffic], dict]  # the full Serve config for versions + knobs
+    config_for: ConfigFor
     split: float  # the challenger's share when a test starts
     rule: DecisionRule  # declared into each experiment as it starts
     predictions: PredictionLog
@@ -65,6 +70,23 @@ def traffic_of(experiment: Experiment | None, champion: int) -> Traffic:
         champion_version=experiment.champion_version,
         challenger_version=experiment.challenger_version,
     )
+
+
+def current_config(s: Serving) -> dict:
+    """The Serve config for the registry's aliases and the running test: what ``up`` applies."""
+    wanted = versions(s.registry)
+    return s.config_for(wanted, traffic_of(s.experiments.current(), wanted[CHAMPION]))
+
+
+def fresh_config(config_for: ConfigFor) -> dict:
+    """The Serve config for a cluster that has not served yet: a KubeRay RayService's ``serveConfigV2``.
+
+    It needs no registry or experiment state: the champion arm loads whatever @champion names when its
+    replica starts (nothing, until a first model is promoted), the challenger serves nothing and no test
+    runs. ``up`` and ``follow`` then pin versions live, as everywhere; a head that restarts comes back on
+    this document and so on the champion of that moment.
+    """
+    return config_for({CHAMPION: alias_ref(CHAMPION), CHALLENGER: None}, Traffic())
 
 
 def align_experiment(s: Serving, split: float | None = None, note: str = "") -> Experiment | None:

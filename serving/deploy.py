@@ -57,7 +57,7 @@ class RouterSpec:
 
 def serve_config(
     args: dict,
-    versions: dict[str, int | None],
+    versions: dict[str, int | str | None],
     traffic: Traffic,
     arms: dict[str, ArmSpec],
     router: RouterSpec = RouterSpec(),

@@ -37,6 +37,14 @@ if TYPE_CHECKING:  # torch loads where a model does (the router and `trendloop s
 log = logging.getLogger(__name__)
 
 
+ALIAS = "@"  # a version written "@champion" is the one that alias names when the replica loads it
+
+
+def alias_ref(alias: str) -> str:
+    """How a Serve config asks an arm for an alias's version rather than a number."""
+    return f"{ALIAS}{alias}"
+
+
 class ModelNotLoaded(RuntimeError):
     """The arm has no model version to serve (e.g. no challenger yet)."""
 
@@ -102,8 +110,10 @@ class ArmModel:
         top_k: int = 3,
         limits: ImageLimits | None = None,
         side_reader: SideReader | None = None,
+        alias_of: Callable[[str], int | None] | None = None,
     ):
         self._load_version = load_version
+        self._alias_of = alias_of  # an alias's version now (the registry's); None: numbers only
         self.side_reader = side_reader  # the online store fusion versions read
         self.top_k = top_k
         self.limits = limits or ImageLimits()
@@ -116,8 +126,9 @@ class ArmModel:
     def ready(self) -> bool:
         return self._predictor is not None
 
-    def use(self, version: int | None, warm_up: int = 0) -> bool:
-        """Serve ``version`` from now on (None: serve nothing); returns whether anything changed.
+    def use(self, wanted: int | str | None, warm_up: int = 0) -> bool:
+        """Serve version ``wanted`` from now on (None: serve nothing; "@alias": the version the alias names
+        now, nothing if it names none); returns whether anything changed.
 
         With ``warm_up`` the new model first predicts blank batches of every size up to it (the
         sizes dynamic batching will hand it), so its first requests do not pay for kernel
@@ -127,9 +138,10 @@ class ArmModel:
         serving in place and says why in ``load_error``: a bad rollout never takes the arm down.
         """
         with self._swap:
-            if version == self.version and (version is None or self._predictor is not None):
-                return False
             try:
+                version = self._resolve(wanted)
+                if version == self.version and (version is None or self._predictor is not None):
+                    return False
                 predictor = self._load_version(version) if version is not None else None
                 if predictor is not None and predictor.side:
                     if self.side_reader is None:
@@ -138,12 +150,19 @@ class ArmModel:
                 if predictor is not None:
                     warm(predictor, warm_up)
             except Exception as err:  # noqa: BLE001 - any loader failure: keep serving what we have
-                self.load_error = f"version {version}: {type(err).__name__}: {err}"
+                self.load_error = f"version {wanted}: {type(err).__name__}: {err}"
                 log.error("could not load model %s; still serving version %s", self.load_error, self.version)
                 return False
             self._predictor, self.version = predictor, version  # one swap: in-flight batches keep the old one
             self.load_error = None
             return True
+
+    def _resolve(self, wanted: int | str | None) -> int | None:
+        if not isinstance(wanted, str):
+            return wanted
+        if not wanted.startswith(ALIAS) or self._alias_of is None:
+            raise ConfigError(f"{wanted!r} is not a version number, and this arm resolves no aliases")
+        return self._alias_of(wanted.removeprefix(ALIAS))
 
     def predict(
         self, uploads: Sequence[bytes], contexts: Sequence[PostContext] | None = None

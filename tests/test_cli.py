@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -132,3 +133,21 @@ def test_services_prepare_names_the_database_new_label_studios_copy(
     code, out, _ = run(capsys, "services", "prepare")
     assert code == 0 and out.startswith(f"label-studio {version}: new state folders start")
     assert template.stat().st_size > 1_000_000  # Label Studio's schema: ~1.4 MB of empty tables
+
+
+def test_a_fresh_serve_config_needs_no_registry_and_serves_the_champion_alias(
+    capsys: pytest.CaptureFixture, in_tmp: Path
+) -> None:
+    code, out, _ = run(capsys, "serve", "config", "--fresh")
+    assert code == 0 and not (in_tmp / ".trendloop").exists()  # nothing was opened or created
+    app = json.loads(out)["applications"][0]
+    user_configs = {d["name"]: d["user_config"] for d in app["deployments"]}
+    assert user_configs["champion"]["version"] == "@champion" and user_configs["challenger"]["version"] is None
+    assert user_configs["router"] == {
+        "split": 0.0,
+        "salt": "trendloop",
+        "experiment": None,
+        "champion_version": None,
+        "challenger_version": None,
+    }
+    assert app["args"]["models"]["registry"]["tracking_uri"] == f"sqlite:///{in_tmp / '.trendloop' / 'mlflow.db'}"

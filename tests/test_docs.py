@@ -122,6 +122,7 @@ OTHER_PROGRAMS = {  # commands the documents show that need what the suite does 
     "curl": "a running serving app (tests/test_serving.py drives the same endpoints)",
     "docker": "a container engine and registry (the cluster path)",
     "git": "a remote to pull from",
+    "kubectl": "a Kubernetes cluster (tests/test_k8s.py builds and validates the manifests offline)",
     "source": "the reader's shell",
     "tar": "a home worth backing up",
 }

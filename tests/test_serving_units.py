@@ -555,3 +555,18 @@ def test_custom_resources_from_settings_reach_each_replicas_actor_options(tmp_pa
     plain = serve_config({}, {CHAMPION: 1, CHALLENGER: None}, Traffic(), {CHAMPION: Settings().serving.champion,
                          CHALLENGER: Settings().serving.challenger})  # fmt: skip
     assert all("resources" not in d["ray_actor_options"] for d in plain["applications"][0]["deployments"])
+
+
+@pytest.mark.unit
+def test_an_arm_asked_for_an_alias_serves_the_version_it_names_when_it_loads() -> None:
+    tagger = build_tagger(TaggerSpec("resnet18", ("a", "b"), Preprocessing(image_size=32, resize=36)))
+    aliases: dict[str, int | None] = {"champion": None}
+    loaded: list[int] = []
+    arm = ArmModel(lambda v: loaded.append(v) or Predictor(tagger), alias_of=aliases.get)
+    assert not arm.use("@champion") and arm.version is None and arm.load_error is None  # a fresh cluster: nothing
+    aliases["champion"] = 4
+    assert arm.use("@champion") and arm.version == 4 and loaded == [4]
+    assert arm.predict([png((5, 5, 5))])[0].model_version == 4  # records carry the number, never the alias
+    assert not arm.use("@champion") and loaded == [4]  # same version: nothing reloads
+    plain = ArmModel(lambda v: Predictor(tagger))  # folders of versions: no aliases to resolve
+    assert not plain.use("@champion") and "resolves no aliases" in (plain.load_error or "")

@@ -504,13 +504,18 @@ def serve_status(ctx: typer.Context) -> None:
 def serve_config_cmd(
     ctx: typer.Context,
     out: Annotated[Path | None, typer.Option(help="Write it here (default: print).")] = None,
+    fresh: Annotated[
+        bool, typer.Option(help="For a cluster that has not served yet (a RayService): the arm loads @champion.")
+    ] = False,
 ) -> None:
-    """The Serve config for the current aliases: what `serve up` applies, and a RayService's serveConfigV2."""
+    """The Serve config for the current aliases: what `serve up` applies; with --fresh, a RayService's serveConfigV2."""
     from serving import control
 
-    s = wiring.serving_control(_settings(ctx))
-    wanted = control.versions(s.registry)
-    config = s.config_for(wanted, control.traffic_of(s.experiments.current(), wanted["champion"]))
+    settings = _settings(ctx)
+    if fresh:
+        config = control.fresh_config(wiring.serve_config_for(settings))
+    else:
+        config = control.current_config(wiring.serving_control(settings))
     text = json.dumps(config, indent=2)
     if out is None:
         print(text)

@@ -9,6 +9,7 @@ so reading the settings, and the CLI's help, stay fast.
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from active_learning.queue import LabelQueue
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from components.features.store import Features
     from components.features.sync import SyncReport
     from components.model.registry import Registry
-    from serving.control import Serving
+    from serving.control import ConfigFor, Serving
     from serving.deploy import ServeAdmin
     from serving.router import Traffic
 
@@ -71,22 +72,28 @@ def labeling_project(settings: Settings) -> LabelingProject:
     return LabelingProject(server.url, server.credentials().token, ls.project, ls.timeout)
 
 
+def registry_spec(settings: Settings) -> dict:
+    """The ``Registry`` arguments of these settings, as plain values: what a pipeline step or a Serve replica
+    opens the registry with (nothing is opened or created here)."""
+    embedded = settings.registry.tracking_uri is None
+    return {
+        "tracking_uri": settings.tracking_uri,
+        "registry_uri": settings.registry.registry_uri or settings.tracking_uri,
+        "experiment": settings.registry.experiment,
+        "artifact_location": settings.registry.artifact_location
+        or ((settings.home / "mlartifacts").resolve().as_uri() if embedded else None),
+        "model_name": settings.registry.model_name,
+        "cache_dir": str((settings.home / "models").resolve()),
+    }
+
+
 def open_registry(settings: Settings) -> Registry:
     """MLflow's tracking server and model registry: the configured one, or SQLite under ``home``."""
     settings.home.mkdir(parents=True, exist_ok=True)
     from components.model.registry import Registry
 
-    embedded = settings.registry.tracking_uri is None
-    return Registry(
-        tracking_uri=settings.tracking_uri,
-        registry_uri=settings.registry.registry_uri,
-        experiment=settings.registry.experiment,
-        artifact_location=settings.registry.artifact_location
-        or ((settings.home / "mlartifacts").resolve().as_uri() if embedded else None),
-        model_name=settings.registry.model_name,
-        cache_dir=settings.home / "models",
-        side_reader=side_reader(settings),
-    )
+    spec = registry_spec(settings)
+    return Registry(**{**spec, "cache_dir": Path(spec["cache_dir"])}, side_reader=side_reader(settings))
 
 
 def local_ray(settings: Settings) -> LocalRay:
@@ -111,18 +118,8 @@ def check_ray_ports(settings: Settings) -> None:
 
 def serve_args(settings: Settings) -> dict:
     """The serving app's ``args``: where replicas find models and write logs (absolute paths)."""
-    reg = open_registry(settings)
     return {
-        "models": {
-            "registry": {
-                "tracking_uri": reg.tracking_uri,
-                "registry_uri": reg.registry_uri,
-                "experiment": reg.experiment,
-                "artifact_location": reg.artifact_location,
-                "model_name": reg.model_name,
-                "cache_dir": str(reg.cache_dir.resolve()),
-            }
-        },
+        "models": {"registry": registry_spec(settings)},
         "logs": {
             "predictions": str(settings.predictions_dir.resolve()),
             "feedback": str((settings.serving_dir / "feedback").resolve()),
@@ -148,28 +145,35 @@ def serve_admin(settings: Settings) -> ServeAdmin:
     return ServeAdmin(settings.serving.ray_dashboard or local_ray(settings).dashboard_url)
 
 
-def serving_control(settings: Settings) -> Serving:
-    """The serving app of these settings: the cluster's (serving.ray_dashboard) or the local head's."""
-    from components.data.predlog import PredictionLog
-    from serving.control import Serving
+def serve_config_for(settings: Settings) -> ConfigFor:
+    """The Serve config of these settings for given arm versions and router knobs (opens nothing)."""
     from serving.deploy import serve_config
-    from serving.eventlog import FeedbackLog
-    from serving.experiment import Experiments
-    from serving.report import covariate_from
 
     sv = settings.serving
     args = serve_args(settings)
     arms = {"champion": sv.champion, "challenger": sv.challenger}
 
-    def config_for(versions: dict[str, int | None], traffic: Traffic) -> dict:
+    def config_for(versions: dict[str, int | str | None], traffic: Traffic) -> dict:
         return serve_config(args, versions, traffic, arms, sv.router, sv.host, sv.port, sv.route_prefix)
 
+    return config_for
+
+
+def serving_control(settings: Settings) -> Serving:
+    """The serving app of these settings: the cluster's (serving.ray_dashboard) or the local head's."""
+    from components.data.predlog import PredictionLog
+    from serving.control import Serving
+    from serving.eventlog import FeedbackLog
+    from serving.experiment import Experiments
+    from serving.report import covariate_from
+
+    sv = settings.serving
     predictions, feedback = PredictionLog(settings.predictions_dir), FeedbackLog(settings.serving_dir / "feedback")
     return Serving(
         admin=serve_admin(settings),
         registry=open_registry(settings),
         experiments=Experiments(settings.serving_dir / "experiments"),
-        config_for=config_for,
+        config_for=serve_config_for(settings),
         split=sv.split,
         rule=settings.ab,
         predictions=predictions,
