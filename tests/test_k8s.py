@@ -247,6 +247,10 @@ def test_without_kubectl_the_tests_skip_and_under_ci_they_fail(tmp_path: Path) -
     assert require_kubectl({"PATH": str(found.parent), "CI": "true"}) == str(found)
 
 
+# KFP 2.17 writes the accelerator under both its old and its new field names
+ANY_ONE_GPU = {"count": "1", "resourceCount": "1", "resourceType": "nvidia.com/gpu", "type": "nvidia.com/gpu"}
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_pipelines_compiled_for_the_overlay_mount_its_claim_where_its_pods_do(
     built: dict[str, list[dict]], overlay: str, tmp_path: Path
@@ -267,3 +271,9 @@ def test_the_pipelines_compiled_for_the_overlay_mount_its_claim_where_its_pods_d
         ir, _ = yaml.safe_load_all(path.read_text())
         images = {e["container"]["image"] for e in ir["deploymentSpec"]["executors"].values()}
         assert images == {job["image"]}, path.name  # steps run in the image the cluster's pods run
+        asking = {n: e["container"]["resources"] for n, e in ir["deploymentSpec"]["executors"].items()
+                  if "resources" in e["container"]}  # fmt: skip
+        if overlay == "gpu" and path.stem != "drift_monitor":  # the train step asks for its GPU; nothing else
+            assert asking == {"exec-train": {"accelerator": ANY_ONE_GPU}}, path.name
+        else:
+            assert asking == {}, path.name
