@@ -190,6 +190,7 @@ def test_the_cluster_store_keeps_values_in_redis_and_definitions_in_postgresql(f
     features.write("user_profile", profiles([("u1", at(0), 1), ("u2", at(0), 4)]), "a")
     features.materialize(end=at(6))
     assert client.dbsize() == 2  # one hash per user entity
+    assert all(2 * 86400 - 60 < client.ttl(key) <= 2 * 86400 for key in client.scan_iter())  # they expire in two days
     with psycopg.connect(os.environ["TRENDLOOP_FEAST_REGISTRY"].replace("postgresql+psycopg", "postgresql")) as conn:
         views = {name for (name,) in conn.execute("SELECT feature_view_name FROM feature_views")}
     assert "user_profile_fv" in views
