@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from components.errors import TrendloopError
-from infra.processes import alive, port_taken
+from infra.processes import alive, port_taken, tail
 
 NO_POSTGRES = "no PostgreSQL server binaries (initdb, pg_ctl): install Debian's postgresql package"
 NO_REDIS = "no redis-server: install Debian's redis-server package"
@@ -73,8 +73,8 @@ class LocalPostgres:
         except subprocess.TimeoutExpired as err:
             raise DatabaseError(f"PostgreSQL: {what} did not finish within {timeout:.0f} s") from err
         if done.returncode != 0:
-            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-            raise DatabaseError(f"PostgreSQL: {what} failed (exit {done.returncode}): {tail}")
+            said = tail(done.stderr or done.stdout, 3)
+            raise DatabaseError(f"PostgreSQL: {what} failed (exit {done.returncode}): {said}")
         return done.stdout
 
     def up(self, timeout: float = 60.0) -> None:

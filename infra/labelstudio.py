@@ -48,7 +48,7 @@ from pathlib import Path
 
 from components.errors import ConfigError, LabelingError
 from components.files import write_atomic
-from infra.processes import alive
+from infra.processes import alive, tail
 
 ADMIN = "admin@trendloop.local"
 DATABASE = "label_studio.sqlite3"  # under LABEL_STUDIO_BASE_DATA_DIR
@@ -168,9 +168,9 @@ class LocalLabelStudio:
                     ) from err
             database = Path(building) / DATABASE
             if done.returncode != 0 or not database.exists():
-                tail = _tail(log) or "no output"
+                said = _tail(log) or "no output"
                 raise LabelingError(
-                    f"Label Studio {self.version} could not build its database (exit {done.returncode}): {tail}"
+                    f"Label Studio {self.version} could not build its database (exit {done.returncode}): {said}"
                 )
             os.replace(database, self.template)
         return self.template
@@ -316,9 +316,8 @@ def find_uv(environ: Mapping[str, str], scripts: Path) -> str | None:
     return shutil.which("uv", path=str(scripts)) or shutil.which("uv", path=environ.get("PATH", os.defpath))
 
 
-def _tail(log: Path, lines: int = 5) -> str:
-    """A log's last lines on one line, for an error message."""
-    return " | ".join(line.strip() for line in log.read_text(errors="replace").strip().splitlines()[-lines:])
+def _tail(log: Path) -> str:
+    return tail(log.read_text(errors="replace"))
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -33,6 +33,11 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def tail(text: str, lines: int = 5) -> str:
+    """The last ``lines`` lines of a command's or a log's output, on one line: what an error message quotes."""
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+
 def port_taken(port: int, host: str = "127.0.0.1") -> bool:
     """True when something holds ``port`` on ``host`` (a listener on 0.0.0.0 counts): a bind there fails."""
     with socket.socket() as probe:

@@ -29,7 +29,7 @@ from pathlib import Path
 from components.errors import TrendloopError
 from components.files import write_atomic
 from infra.netns import NetNamespace
-from infra.processes import alive, port_taken
+from infra.processes import alive, port_taken, tail
 
 
 class RayError(TrendloopError):
@@ -117,7 +117,7 @@ class LocalRay:
             command += ["--resources", json.dumps(self.resources)]
         done = self._run(command)
         if done.returncode != 0:
-            raise RayError(f"`ray start` failed: {_tail(done.stdout)} (full log: {self.state_dir / 'ray.log'})")
+            raise RayError(f"`ray start` failed: {tail(done.stdout)} (full log: {self.state_dir / 'ray.log'})")
         write_atomic(self.state_dir / "ray.json", json.dumps({**asdict(p), "temp_dir": str(self.temp_dir)}))
         return True
 
@@ -228,7 +228,7 @@ class RayWorker:
             if "Ray runtime started" in said:
                 return
             if self.process.poll() is not None:
-                raise RayError(f"the worker node's `ray start` exited {self.process.returncode}: {_tail(said)}")
+                raise RayError(f"the worker node's `ray start` exited {self.process.returncode}: {tail(said)}")
             time.sleep(0.2)
         self.stop()
         raise RayError(f"the worker node did not start in {timeout:.0f} s (log: {log_path})")
@@ -282,7 +282,3 @@ def _with_descendants(roots: list[int]) -> list[int]:
             found.append(pid)
             todo.extend(children.get(pid, []))
     return found
-
-
-def _tail(text: str, lines: int = 5) -> str:
-    return " | ".join(text.strip().splitlines()[-lines:])
