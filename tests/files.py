@@ -89,3 +89,13 @@ def gps_jpeg() -> bytes:
     exif[0x0132] = "2026:01:05 10:00:00"
     exif[0x8825] = {1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)}
     return encode(noise_rgb(), "JPEG", quality=90, exif=exif.tobytes())
+
+
+def gif_cut_in_its_second_frame() -> tuple[bytes, bytes]:
+    """(a two-frame GIF, the same bytes cut five bytes into its second frame's image descriptor)."""
+    frames = [noise_rgb(16, 12, seed=1), noise_rgb(16, 12, seed=2)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    whole = buf.getvalue()
+    second = whole.index(b"\x21\xf9", whole.index(b"\x21\xf9") + 1)  # the second frame's graphic control block
+    return whole, whole[: second + 8 + 1 + 5]  # the 8-byte block, the descriptor's 0x2c, 5 of its 9 bytes

@@ -138,3 +138,11 @@ def _pnginfo(key: str, value: str) -> PngInfo:
     info = PngInfo()
     info.add_text(key, value)
     return info
+
+
+def test_a_gif_cut_after_its_first_frame_keeps_that_frame() -> None:
+    # found by tests/test_decoder_fuzz.py: counting the frames raised struct.error out of validate_image
+    whole, cut = files.gif_cut_in_its_second_frame()
+    kept, full = clean(cut), clean(whole)
+    assert "later-frames-unreadable" in kept.fixes and "first-frame-only" in full.fixes
+    assert kept.sha256 == full.sha256  # the same first frame, pixel for pixel

@@ -103,7 +103,15 @@ def decode_image(
         return opened
     image = opened
     fmt = image.format or "unknown"
-    if getattr(image, "n_frames", 1) > 1:
+    try:
+        frames = getattr(image, "n_frames", 1)
+    except Exception:  # noqa: BLE001 - a later frame's header is cut or garbled (struct.error from GIF): keep the first
+        reopened = _open(data, limits)  # counting left the decoder past the first frame
+        if isinstance(reopened, Rejection):
+            return reopened
+        image, frames = reopened, 1
+        fixes.append("later-frames-unreadable")
+    if frames > 1:
         fixes.append("first-frame-only")
     draft_side = draft_side or limits.max_side
     if draft_side and fmt == "JPEG" and max(image.size) > 2 * draft_side:
