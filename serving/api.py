@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
@@ -63,6 +64,34 @@ class Prediction(BaseModel):
     )
 
 
+class Problem(BaseModel):
+    """Every refusal's body."""
+
+    detail: str = Field(description="what was wrong, in one line")
+
+
+class Readiness(BaseModel):
+    ready: bool = Field(description="the champion has a model loaded")
+    models: dict[str, int | None] = Field(description="the version each arm has loaded (null: none)")
+    traffic: dict = Field(description="the router's knobs: split, experiment, versions")
+    outcomes: dict[str, int] = Field(description="requests answered by their own arm, by the other one, by neither")
+
+
+_WHY = {
+    400: "the upload is empty (predict), or the body is not JSON (feedback)",
+    404: "no such request id (feedback) or file",
+    413: "the upload is larger than the limit",
+    415: "the upload is not an image, or of a format not accepted",
+    422: "a parameter or the body is invalid, or the image cannot be decoded",
+    503: "no arm can answer right now (see the Retry-After header), or the report cannot be computed",
+}
+
+
+def _problems(*codes: int) -> dict:
+    """OpenAPI responses for refusals: every one is a ``Problem``."""
+    return {code: {"model": Problem, "description": _WHY[code]} for code in codes}
+
+
 class Recorded(BaseModel):
     request_id: str
     event: str
@@ -100,10 +129,23 @@ def build_api(
         headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
         return JSONResponse({"detail": err.message}, status_code=err.status, headers=headers)
 
-    @api.post("/predict", response_model=Prediction, openapi_extra=_IMAGE_BODY)
+    @api.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        # one line in the same shape as every other refusal, not FastAPI's list of error objects
+        said = "; ".join(f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in err.errors())
+        return JSONResponse({"detail": said or "invalid request"}, status_code=422)
+
+    @api.post(
+        "/predict",
+        response_model=Prediction,
+        openapi_extra=_IMAGE_BODY,
+        responses=_problems(400, 413, 415, 422, 503),
+    )
     async def predict(
         request: Request,
-        user_id: str = Query(description="who posted: decides the arm, sticky"),
+        user_id: str = Query(
+            min_length=1, max_length=128, pattern=r"\S", description="who posted: decides the arm, sticky"
+        ),
         caption: str | None = Query(None, max_length=2200, description="the post's caption"),
         hashtags: Annotated[list[str] | None, Query(max_length=64, description="the post's hashtags, no #")] = None,
         post_id: str | None = Query(None, max_length=128, description="the post, if the feature store knows it"),
@@ -111,7 +153,7 @@ def build_api(
         upload = await _read_capped(request, router.max_upload_bytes)
         return await router.predict(upload, user_id, caption, hashtags or (), post_id)
 
-    @api.post("/feedback", response_model=Recorded)
+    @api.post("/feedback", response_model=Recorded, responses=_problems(400, 404, 422))
     async def feedback(body: Feedback) -> dict:
         # a request id not in memory is looked up in the log: off the event loop
         return await asyncio.to_thread(router.feedback, body.request_id, body.event)
@@ -120,14 +162,14 @@ def build_api(
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @api.get("/readyz")
+    @api.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
     async def readyz() -> JSONResponse:
         loaded = {arm: await _probe(probe) for arm, probe in probes.items()}
         ready = loaded.get("champion") is not None
         body = {"ready": ready, "models": loaded, "traffic": router.traffic.__dict__, "outcomes": dict(router.outcomes)}
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @api.get("/ab/report.json")
+    @api.get("/ab/report.json", responses=_problems(503))
     async def ab_report() -> dict:
         now = time.monotonic()
         if "report" not in cache or now - cache["report"][0] > report_ttl_s:
