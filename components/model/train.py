@@ -261,6 +261,8 @@ def _fit(
     config, pre = job.config, job.spec.preprocessing
     device = device_of(torch.device(job.device), peers)
     world, lead = (1, True) if peers is None else (peers.world, peers.rank == 0)
+    if peers is not None and device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's collectives (and Peers.sum's .cuda()) use this process's own GPU
     tagger = build_tagger(job.spec)
     tagger.load_state_dict(job.start)
     if peers is not None:
