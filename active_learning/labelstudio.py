@@ -234,6 +234,12 @@ class LabelingProject:
                 found.setdefault(task.data["post_id"], task.id)
         return found
 
+    def delete_tasks(self, task_ids: Sequence[int]) -> int:
+        """Delete these tasks (their annotations and predictions go with them); returns how many were deleted."""
+        for task_id in task_ids:
+            self._call(f"delete task {task_id}", lambda t=task_id: self.client.tasks.delete(str(t)))
+        return len(task_ids)
+
     def import_tasks(self, tasks: list[dict]) -> int:
         """Create tasks (with their predictions) in one request; returns how many were created."""
         result = self._call(

@@ -27,6 +27,7 @@ from components.model.predict import Predictor
 from components.model.train import TrainConfig, train
 from components.monitor.checks import predict_window, reference_windows
 from components.monitor.drift import DriftConfig, Window, detect_drift
+from components.privacy.pseudonyms import Pseudonyms
 from components.simulator.feed import FeedSpec, read_feed, simulate
 from components.simulator.trends import NewClass, PriorShift, StyleShift
 
@@ -56,7 +57,13 @@ def main() -> None:
         root = Path(tmp)
         simulate(feed, root / "seed", range(SEED_DAYS), workers=2)
         store = Store(root / "store")
-        ingest(root / "seed", store, labels=read_labels(root / "seed" / "oracle" / "labels"), workers=2)
+        ingest(
+            root / "seed",
+            store,
+            Pseudonyms.ephemeral(),
+            labels=read_labels(root / "seed" / "oracle" / "labels"),
+            workers=2,
+        )
         snapshot = store.head()
         result = train(store, snapshot, TrainConfig(epochs=args.epochs, patience=args.epochs), root / "run")
         champion = Predictor(result.tagger)

@@ -38,6 +38,7 @@ from components.model.predict import Predictor
 from components.model.preprocess import Preprocessing
 from components.model.train import TrainConfig, train
 from components.monitor.batch import log_batch_predictions
+from components.privacy.pseudonyms import Pseudonyms
 from components.simulator.feed import FeedSpec, simulate
 
 VARIANTS = {"image": (), "caption": ("caption",), "user": ("user",), "fusion": ("caption", "user")}
@@ -58,7 +59,13 @@ def main() -> None:
         started = time.perf_counter()
         simulate(spec, tmp / "feed", range(args.days), workers=2)
         store = Store(tmp / "store")
-        ingest(tmp / "feed", store, labels=read_labels(tmp / "feed" / "oracle" / "labels"), workers=2)
+        ingest(
+            tmp / "feed",
+            store,
+            Pseudonyms.ephemeral(),
+            labels=read_labels(tmp / "feed" / "oracle" / "labels"),
+            workers=2,
+        )
         snap = store.head()
         features = Features.open(tmp / "features")
         features.apply()

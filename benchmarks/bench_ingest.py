@@ -26,6 +26,7 @@ from PIL import Image
 from components.data.ingest import ingest
 from components.data.snapshot import Store
 from components.data.validate import ImageLimits
+from components.privacy.pseudonyms import Pseudonyms
 from components.simulator.feed import FeedSpec, simulate
 from components.simulator.uploads import phone_exif
 
@@ -65,7 +66,7 @@ def folder_bytes(folder: Path) -> int:
 def measure(name: str, source: Path, work: Path, workers: int, input_bytes: int) -> None:
     store = Store(work / f"store-{name}-{workers}")
     start = time.perf_counter()
-    report = ingest(source, store, limits=ImageLimits(), workers=workers)
+    report = ingest(source, store, Pseudonyms.ephemeral(), limits=ImageLimits(), workers=workers)
     seconds = time.perf_counter() - start
     images = report.offered
     print(

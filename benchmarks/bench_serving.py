@@ -41,6 +41,7 @@ from components.data.predlog import PredictionLog
 from components.model.predict import Predictor
 from components.model.preprocess import Preprocessing
 from components.model.tagger import TaggerSpec, build_tagger, save_tagger
+from components.privacy.pseudonyms import Pseudonyms
 from infra.processes import free_port
 from infra.ray import LocalRay, RayPorts
 from serving.deploy import ArmSpec, ServeAdmin, serve_config
@@ -82,6 +83,7 @@ def router_for(root: Path, arms: dict, traffic: Traffic) -> Router:
         EventWriter(FeedbackLog(root / "feedback"), "bench"),
         RequestBook(predictions),
         traffic,
+        pseudonyms=Pseudonyms.from_file(root / "pseudonym.key"),
     )
 
 
@@ -257,6 +259,7 @@ def main() -> None:
                     {
                         "models": {"folders": str(root / "models")},
                         "logs": {k: str(root / "ray-logs" / k) for k in ("predictions", "feedback", "experiments")},
+                        "privacy": {"key_file": str(root / "pseudonym.key")},
                     },
                     {"champion": 1, "challenger": 2},
                     traffic,

@@ -27,6 +27,7 @@ from components.model.datasets import decode_images, labelled_posts, targets_for
 from components.model.preprocess import Preprocessing
 from components.model.tagger import TaggerSpec, build_tagger
 from components.model.train import TrainConfig, pick_device, train
+from components.privacy.pseudonyms import Pseudonyms
 from components.simulator.feed import FeedSpec, simulate
 
 
@@ -35,7 +36,9 @@ def make_snapshot(root: Path, posts: int) -> tuple[Store, Snapshot]:
     spec = FeedSpec(seed=1, posts_per_day=posts // days, exif_share=0, corrupt_share=0, repost_share=0, trends=[])
     simulate(spec, root / "feed", range(days), workers=2)
     store = Store(root / "store")
-    ingest(root / "feed", store, labels=read_labels(root / "feed" / "oracle" / "labels"), workers=2)
+    ingest(
+        root / "feed", store, Pseudonyms.ephemeral(), labels=read_labels(root / "feed" / "oracle" / "labels"), workers=2
+    )
     return store, store.head()
 
 

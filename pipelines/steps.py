@@ -43,7 +43,7 @@ RUN_FILE = "trendloop-run.json"  # inside a Model artifact: the training run it 
 # The settings sections each step reads (``home`` always comes along). A step that reads a
 # section it does not list fails at once (``settings_for_step``), so this stays true.
 READS: dict[str, tuple[str, ...]] = {
-    "ingest": (),
+    "ingest": ("privacy",),
     "validate": ("ingest",),
     "head_state": (),
     "snapshot": ("features",),
@@ -86,11 +86,14 @@ def ingest(config: str, source: str, since: str, until: str, posts: Artifact) ->
     from components.data.batches import write_batch
     from components.data.sources import Candidate, read_source
 
-    settings_for_step(config)  # a bad config fails here, at the first step
-    offered = read_source(Path(source), since=parse_time(since, "since"), until=parse_time(until, "until"))
+    settings = settings_for_step(config)  # a bad config fails here, at the first step
+    window = {"since": parse_time(since, "since"), "until": parse_time(until, "until")}
+    offered = read_source(Path(source), wiring.pseudonyms(settings), **window)
     write_batch(offered, None, Path(posts.path))
     bad = sum(1 for r in offered.records if not isinstance(r, Candidate))
-    posts.metadata.update(kind=offered.kind, uri=offered.uri, records=len(offered.records), bad_records=bad)
+    posts.metadata.update(
+        kind=offered.kind, uri=offered.uri, records=len(offered.records), bad_records=bad, forgotten=offered.forgotten
+    )
     return len(offered.records)
 
 

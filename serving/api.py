@@ -48,7 +48,7 @@ class Tag(BaseModel):
 
 class Prediction(BaseModel):
     request_id: str
-    user_id: str
+    user_id: str = Field(description="the user_id sent; what is logged is its keyed pseudonym, never this")
     arm: str = Field(description="champion or challenger")
     model_version: int
     experiment: str | None

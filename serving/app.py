@@ -28,6 +28,7 @@ from components.features.side import SideReader
 from components.features.store import Features
 from components.model.predict import Predictor
 from components.model.registry import Registry
+from components.privacy.pseudonyms import Pseudonyms
 from serving.api import build_api
 from serving.eventlog import EventWriter, FeedbackLog
 from serving.experiment import CHALLENGER, CHAMPION, Experiments
@@ -83,7 +84,10 @@ class Ingress:
         features: dict | None = None,
         arm_timeout_s: float = 10.0,
         retry_after_s: int = 5,
+        privacy: dict | None = None,
     ):
+        if not privacy:
+            raise ConfigError("the serving app needs args.privacy.key_file: where its pseudonym key is")
         predictions, feedback = PredictionLog(Path(logs["predictions"])), FeedbackLog(Path(logs["feedback"]))
         self.experiments = Experiments(Path(logs["experiments"]))
         self.pre_days = pre_days
@@ -100,6 +104,7 @@ class Ingress:
             max_upload_bytes=max_upload_bytes,
             arm_timeout_s=arm_timeout_s,
             retry_after_s=retry_after_s,
+            pseudonyms=Pseudonyms.from_file(Path(privacy["key_file"])),  # the key stays in its file
         )
 
     def __serve_build_asgi_app__(self):
@@ -180,4 +185,5 @@ def build(args: dict) -> serve.Application:
         features=args.get("features"),
         arm_timeout_s=float(args.get("arm_timeout_s", 10.0)),
         retry_after_s=int(args.get("retry_after_s", 5)),
+        privacy=args.get("privacy"),
     )

@@ -11,6 +11,10 @@ answers 503 with ``Retry-After``. Each request ends as one of ``OUTCOMES``, coun
 in ``Router.outcomes`` and logged. An answer from the other arm is logged with the
 arm that answered and no experiment: the user's assigned arm did not serve it, so it
 is no exposure of the A/B test (the analysis counts users by their assigned arm).
+
+The raw user id stops here: the router turns it into its pseudonym (``components.privacy``)
+before anything else sees it, so the arm assignment, the arms' feature lookups, the logs and
+the request book hold only pseudonyms; the caller's own id is echoed back to it, never stored.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import pyarrow.compute as pc
 from components.data import predlog
 from components.data.predlog import SERVED, PredictionLog
 from components.data.validate import Rejection
+from components.privacy.pseudonyms import Pseudonyms
 from serving.eventlog import EVENTS, EventWriter
 from serving.experiment import ARMS, CHALLENGER, CHAMPION, assign_arm
 from serving.tagging import ModelNotLoaded, Tagged
@@ -83,7 +88,7 @@ class Traffic:
 class Served:
     """What the router remembers of a request, to attach feedback to it."""
 
-    user_id: str
+    user_id: str  # the pseudonym
     arm: str
     model_version: int
     experiment: str | None
@@ -135,8 +140,10 @@ class Router:
         max_upload_bytes: int = 10 * 2**20,
         arm_timeout_s: float = 10.0,
         retry_after_s: int = 5,
+        *,
+        pseudonyms: Pseudonyms,
     ):
-        self.arms = arms
+        self.arms, self.pseudonyms = arms, pseudonyms
         self.predictions, self.feedback_log, self.book = predictions, feedback, book
         self.traffic = traffic or Traffic()
         self.max_upload_bytes = max_upload_bytes
@@ -156,7 +163,8 @@ class Router:
     ) -> dict:
         """Tag one upload for ``user_id``; the caption, hashtags and post id feed fusion versions."""
         start = time.perf_counter()
-        user_id = _user_id(user_id)
+        given = _user_id(user_id)
+        user_id = self.pseudonyms.of(given)  # from here on, only the pseudonym
         tags = tuple(t.lstrip("#") for t in hashtags if t.lstrip("#"))  # as stored: without the #
         context = {"user_id": user_id, "post_id": post_id, "caption": caption, "hashtags": tags}
         if not upload:
@@ -195,7 +203,7 @@ class Router:
         self.book.remember(request_id, Served(user_id, arm, result.model_version, experiment))
         return {
             "request_id": request_id,
-            "user_id": user_id,
+            "user_id": given,
             "arm": arm,
             "model_version": result.model_version,
             "experiment": experiment,

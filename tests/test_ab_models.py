@@ -33,6 +33,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from personal import PSEUDONYMS
 
 from components.data.ingest import ingest, read_labels
 from components.data.predlog import PredictionLog
@@ -98,15 +99,15 @@ def build_world(root: Path, seed: int = SEED) -> World:
     config = CONFIG.model_copy(update={"seed": seed})
 
     store = Store(root / "store")
-    ingest(root / "feed", store, labels=old, label_source="seed", until=until)
+    ingest(root / "feed", store, PSEUDONYMS, labels=old, label_source="seed", until=until)
     before = store.head()
-    ingest(root / "feed", store, labels=memes, label_source="annotators", until=until)  # memes named
+    ingest(root / "feed", store, PSEUDONYMS, labels=memes, label_source="annotators", until=until)  # memes named
     champion = train(store, before, config, root / "runs" / "champion").tagger
     finetune = FINETUNE.model_copy(update={"seed": seed})
     good = train(store, store.head(), finetune, root / "runs" / "good", base=Base(champion, before)).tagger
 
     one_day = Store(root / "one-day")
-    ingest(root / "feed", one_day, labels=old, label_source="seed", until=spec.day_start(1))
+    ingest(root / "feed", one_day, PSEUDONYMS, labels=old, label_source="seed", until=spec.day_start(1))
     worse = train(one_day, one_day.head(), config, root / "runs" / "worse").tagger
     posts = feed_posts(root / "feed", SERVED_DAYS)
     return World(posts, Predictor(champion), Predictor(good), Predictor(worse))
@@ -141,6 +142,7 @@ def run_ab(
         EventWriter(feedback, "ab"),
         RequestBook(predictions),
         Traffic(0.5, experiment.salt, experiment.id, 1, 2),
+        pseudonyms=PSEUDONYMS,
     )
     api = build_api(router, {}, dict)
     transport = httpx.ASGITransport(app=api)

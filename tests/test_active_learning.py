@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from personal import PSEUDONYMS
 
 from active_learning.consensus import OTHER, agreement, decide, decide_all, normalise_trend
 from active_learning.labelstudio import config_labels, label_config, parse_annotation
@@ -238,7 +239,7 @@ def test_queue_is_idempotent(tmp_path: Path):
 
 
 def test_relabel_commits_labels_once_and_reports_missing_posts(small_feed: Path, store: Store):
-    ingest(small_feed, store)
+    ingest(small_feed, store, PSEUDONYMS)
     head = store.head()
     unlabelled = [r["post_id"] for r in head.manifest().select(["post_id", "label"]).to_pylist() if r["label"] is None]
     unlabelled = unlabelled[:3]
@@ -263,7 +264,7 @@ def test_relabel_needs_a_snapshot(store: Store):
 @pytest.fixture(scope="module")
 def scored_store(small_feed: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, Predictor, list, list]:
     store = Store(tmp_path_factory.mktemp("pool") / "store")
-    ingest(small_feed, store, labels=read_labels(small_feed / "oracle" / "labels"))
+    ingest(small_feed, store, PSEUDONYMS, labels=read_labels(small_feed / "oracle" / "labels"))
     posts = labelled_posts(store, store.head()).head(50)
     torch.manual_seed(0)
     spec = TaggerSpec("resnet18", ("a", "b", "c"), Preprocessing(image_size=32, resize=36))

@@ -18,6 +18,7 @@ import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from personal import PSEUDONYMS
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
@@ -56,6 +57,7 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         EventWriter(FeedbackLog(root / "feedback"), "contract"),
         RequestBook(predictions),
         Traffic(0.5, "contract-salt", "exp-contract", 1, 2),
+        pseudonyms=PSEUDONYMS,
     )
 
     async def loaded(version: int) -> int:

@@ -30,6 +30,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from personal import PSEUDONYMS
 from PIL import Image
 
 from components.data.predlog import PredictionLog
@@ -275,7 +276,7 @@ def dashboard_api(tmp_path: Path, answer: Callable[[], dict]) -> tuple[FastAPI, 
     """The serving app's FastAPI (no Ray, no model); its /ab/report.json answers ``answer()`` each time."""
     predictions = PredictionLog(tmp_path / "predictions")
     writers = EventWriter(predictions, "dash"), EventWriter(FeedbackLog(tmp_path / "feedback"), "dash")
-    router = Router({}, *writers, RequestBook(predictions))
+    router = Router({}, *writers, RequestBook(predictions), pseudonyms=PSEUDONYMS)
     return build_api(router, {}, answer, report_ttl_s=0.0, refresh_s=1), router
 
 

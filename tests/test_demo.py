@@ -123,7 +123,8 @@ def test_the_cli_and_the_main_job_reach_the_same_first_verdict(finished, tmp_pat
     another home on the same feed and days register the same snapshot with the same verdict."""
     settings, _, config = finished
     other = tmp_path / "cli.toml"
-    other.write_text(re.sub(r'home = ".*"', f'home = "{tmp_path / "home"}"', config.read_text(), count=1))
+    shared_key = f'\n[privacy]\nkey_file = "{settings.key_file.resolve()}"\n'  # snapshots hold its pseudonyms
+    other.write_text(re.sub(r'home = ".*"', f'home = "{tmp_path / "home"}"', config.read_text(), count=1) + shared_key)
     feed, labels = str(settings.feed_dir), str(settings.feed_dir / "oracle" / "labels")
     until = settings.simulate.day_start(SIZE.seed_days).isoformat()
     for args in (["ingest", feed, "--until", until, "--labels", labels], ["train"]):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from personal import PSEUDONYMS
 from torch import nn
 
 from components.data.ingest import ingest, read_labels
@@ -50,7 +51,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     simulate(FEED, root / "feed", range(4), workers=2)
     store = Store(root / "store")
     oracle = read_labels(root / "feed" / "oracle" / "labels")
-    ingest(root / "feed", store, labels=oracle, label_source="seed", workers=2)
+    ingest(root / "feed", store, PSEUDONYMS, labels=oracle, label_source="seed", workers=2)
     return store
 
 

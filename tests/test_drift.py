@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from personal import PSEUDONYMS
 from sklearn.metrics import roc_auc_score
 
 from components.data.ingest import ingest, read_labels
@@ -191,7 +192,7 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Traffic:
     root = tmp_path_factory.mktemp("drift")
     simulate(FEED, root / "seed", range(TREND_DAY), workers=2)
     store = Store(root / "store")
-    ingest(root / "seed", store, labels=read_labels(root / "seed" / "oracle" / "labels"), workers=2)
+    ingest(root / "seed", store, PSEUDONYMS, labels=read_labels(root / "seed" / "oracle" / "labels"), workers=2)
     snapshot = store.head()
     result = train(store, snapshot, TrainConfig(epochs=6, patience=6, preprocessing=SMALL), root / "run")
     champion = Predictor(result.tagger)

@@ -18,6 +18,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from personal import PSEUDONYMS
 
 from components.data.ingest import ingest, read_labels
 from components.data.predlog import PredictionLog
@@ -255,7 +256,7 @@ def test_the_store_is_chosen_by_configuration(tmp_path: Path, monkeypatch: pytes
 
 
 def test_sync_writes_the_offline_store_once_per_batch(small_feed: Path, store: Store, features: Features) -> None:
-    ingest(small_feed, store, labels=read_labels(small_feed / "oracle" / "labels"), label_source="seed")
+    ingest(small_feed, store, PSEUDONYMS, labels=read_labels(small_feed / "oracle" / "labels"), label_source="seed")
     head = store.head()
     log = PredictionLog(store.root.parent / "predictions")
     first = sync(features, head, log)

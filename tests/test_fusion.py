@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from personal import PSEUDONYMS
 from PIL import Image
 from torch import nn
 
@@ -153,7 +154,7 @@ def test_encoding_marks_unknown_groups_and_puts_interests_under_their_labels() -
 def fed(small_feed: Path, tmp_path: Path) -> tuple[Store, Features, PredictionLog]:
     """The small feed ingested (all labelled), its features written, and an image-only champion's scores."""
     store = Store(tmp_path / "store")
-    ingest(small_feed, store, labels=read_labels(small_feed / "oracle" / "labels"), label_source="seed")
+    ingest(small_feed, store, PSEUDONYMS, labels=read_labels(small_feed / "oracle" / "labels"), label_source="seed")
     features = Features.open(tmp_path / "features")
     features.apply()
     log = PredictionLog(tmp_path / "predictions")

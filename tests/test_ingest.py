@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from conftest import SMALL_FEED
+from personal import PSEUDONYMS
 from PIL import Image
 
 from components.data import ingest as ingest_module
@@ -48,7 +49,7 @@ def mixed_folder(tmp_path: Path) -> Path:
 
 
 def test_a_bad_file_never_stops_the_batch(mixed_folder: Path, store: Store) -> None:
-    report = ingest(mixed_folder, store, folder_labels=True)
+    report = ingest(mixed_folder, store, PSEUDONYMS, folder_labels=True)
     assert report.offered == 11 and report.skipped == 1
     assert report.accepted == 6
     assert report.duplicates == 1  # copy-of-a.png has a.png's pixels
@@ -75,9 +76,9 @@ def test_a_bad_file_never_stops_the_batch(mixed_folder: Path, store: Store) -> N
 
 
 def test_reingesting_the_same_files_adds_nothing(mixed_folder: Path, store: Store) -> None:
-    first = ingest(mixed_folder, store, folder_labels=True)
+    first = ingest(mixed_folder, store, PSEUDONYMS, folder_labels=True)
     images = sorted(store.images.rglob("*.png"))
-    second = ingest(mixed_folder, store, folder_labels=True)
+    second = ingest(mixed_folder, store, PSEUDONYMS, folder_labels=True)
     assert second.accepted == 0 and second.duplicates == first.accepted + first.duplicates
     assert not second.new_snapshot and second.snapshot == first.snapshot
     assert len(store.list()) == 1
@@ -86,7 +87,9 @@ def test_reingesting_the_same_files_adds_nothing(mixed_folder: Path, store: Stor
 
 def test_simulator_source_end_to_end(small_feed: Path, store: Store) -> None:
     oracle = pd.read_parquet(small_feed / "oracle" / "labels").set_index("post_id")
-    report = ingest(small_feed, store, labels=read_labels(small_feed / "oracle" / "labels"), label_source="seed")
+    report = ingest(
+        small_feed, store, PSEUDONYMS, labels=read_labels(small_feed / "oracle" / "labels"), label_source="seed"
+    )
     manifest = store.head().manifest().to_pandas().set_index("post_id")
 
     # every broken upload is refused for the reason its breakage implies
@@ -114,8 +117,8 @@ def test_simulator_source_end_to_end(small_feed: Path, store: Store) -> None:
 
 
 def test_parallel_validation_gives_the_same_snapshot(small_feed: Path, tmp_path: Path) -> None:
-    one = ingest(small_feed, Store(tmp_path / "one"), workers=1)
-    two = ingest(small_feed, Store(tmp_path / "two"), workers=2)
+    one = ingest(small_feed, Store(tmp_path / "one"), PSEUDONYMS, workers=1)
+    two = ingest(small_feed, Store(tmp_path / "two"), PSEUDONYMS, workers=2)
     assert one.offered >= 4  # enough files for the process pool
     assert one.snapshot == two.snapshot and one.rejected == two.rejected
 
@@ -123,7 +126,7 @@ def test_parallel_validation_gives_the_same_snapshot(small_feed: Path, tmp_path:
 def test_time_window_selects_days(small_feed: Path, store: Store) -> None:
     day1 = datetime.combine(SMALL_FEED.day_date(1), datetime.min.time(), tzinfo=UTC)
     day3 = datetime.combine(SMALL_FEED.day_date(3), datetime.min.time(), tzinfo=UTC)
-    report = ingest(small_feed, store, since=day1, until=day3)
+    report = ingest(small_feed, store, PSEUDONYMS, since=day1, until=day3)
     assert report.offered == 2 * SMALL_FEED.posts_per_day
     created = store.head().manifest().column("created_at").to_pylist()
     assert min(created) >= day1 and max(created) < day3
@@ -150,7 +153,7 @@ def test_jsonl_manifest_with_bad_records(tmp_path: Path, store: Store) -> None:
     ]
     text = "\n".join(json.dumps(line) for line in lines) + "\n{not json\n"
     manifest = write(tmp_path / "posts.jsonl", text.encode())
-    report = ingest(manifest, store)
+    report = ingest(manifest, store, PSEUDONYMS)
     assert report.accepted == 2
     assert report.rejected == {"bad_record": 3, "missing_file": 1}
     rows = store.head().manifest().to_pandas().set_index("post_id")
@@ -169,20 +172,20 @@ def test_parquet_manifest_and_post_id_conflict(tmp_path: Path, store: Store) -> 
     pd.DataFrame({"post_id": ["p1", "p9", "p9", "p9"], "image": ["2.png", "1.png", "1.png", "2.png"]}).to_parquet(
         tmp_path / "b.parquet"
     )
-    assert ingest(tmp_path / "a.parquet", store).accepted == 1
-    report = ingest(tmp_path / "b.parquet", store)
+    assert ingest(tmp_path / "a.parquet", store, PSEUDONYMS).accepted == 1
+    report = ingest(tmp_path / "b.parquet", store, PSEUDONYMS)
     # p1 now names another image: refused. p9 shows p1's image: a duplicate, twice.
     # Then p9 with another image: refused.
     assert report.rejected == {"post_id_conflict": 2} and report.duplicates == 2 and report.accepted == 0
 
 
 def test_labels_relabel_existing_posts_in_a_new_snapshot(small_feed: Path, store: Store, tmp_path: Path) -> None:
-    first = ingest(small_feed, store)
+    first = ingest(small_feed, store, PSEUDONYMS)
     assert store.head().labelled == 0
     post_ids = store.head().manifest().column("post_id").to_pylist()[:5]
     labels = tmp_path / "labels.csv"
     pd.DataFrame({"post_id": post_ids, "label": ["food"] * 5}).to_csv(labels, index=False)
-    second = ingest(small_feed, store, labels=read_labels(labels), label_source="annotators")
+    second = ingest(small_feed, store, PSEUDONYMS, labels=read_labels(labels), label_source="annotators")
     assert second.accepted == 0 and second.relabelled == 5 and second.new_snapshot
     assert store.head().parent == first.snapshot
     diff = store.diff(store.resolve(first.snapshot), store.head())
@@ -193,7 +196,7 @@ def test_labels_relabel_existing_posts_in_a_new_snapshot(small_feed: Path, store
 def test_a_crash_while_committing_leaves_nothing_half_written(
     mixed_folder: Path, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ingest(mixed_folder / "cats", store)
+    ingest(mixed_folder / "cats", store, PSEUDONYMS)
     head_before = store.head()
     real_write = snapshot_module.write_table
 
@@ -203,12 +206,12 @@ def test_a_crash_while_committing_leaves_nothing_half_written(
 
     monkeypatch.setattr(snapshot_module, "write_table", write_then_die)
     with pytest.raises(OSError, match="disk full"):
-        ingest(mixed_folder / "dogs", store)
+        ingest(mixed_folder / "dogs", store, PSEUDONYMS)
     assert store.head() == head_before
     assert [p.name for p in store.snapshots.iterdir() if p.name != "HEAD"] == [head_before.id]
 
     monkeypatch.undo()
-    report = ingest(mixed_folder / "dogs", store)
+    report = ingest(mixed_folder / "dogs", store, PSEUDONYMS)
     assert report.new_snapshot and report.accepted == 4 and store.head().parent == head_before.id
 
 
@@ -224,7 +227,7 @@ def test_a_file_that_crashes_the_decoder_is_quarantined(
         return real(data, limits)
 
     monkeypatch.setattr(ingest_module, "validate_image", validate_or_crash)
-    report = ingest(mixed_folder / "dogs", store)
+    report = ingest(mixed_folder / "dogs", store, PSEUDONYMS)
     assert report.rejected == {"corrupt": 1} and report.accepted == 4  # the other four dogs/ files
     rejections = pq.read_table(Path(report.quarantine) / "rejections.parquet").to_pandas()
     assert rejections.detail[0] == "validation failed: MemoryError: decoder ran out of memory"
@@ -232,12 +235,12 @@ def test_a_file_that_crashes_the_decoder_is_quarantined(
 
 def test_unreadable_sources_fail_with_a_clear_message(tmp_path: Path, store: Store) -> None:
     with pytest.raises(SourceError, match="no such file or folder"):
-        ingest(tmp_path / "nope", store)
+        ingest(tmp_path / "nope", store, PSEUDONYMS)
     write(tmp_path / "posts.csv", b"post_id,image\n")
     with pytest.raises(SourceError, match=r"must be \.jsonl, \.json or \.parquet"):
-        ingest(tmp_path / "posts.csv", store)
+        ingest(tmp_path / "posts.csv", store, PSEUDONYMS)
     pd.DataFrame({"id": ["x"]}).to_parquet(tmp_path / "m.parquet")
     with pytest.raises(SourceError, match="lacks column"):
-        ingest(tmp_path / "m.parquet", store)
+        ingest(tmp_path / "m.parquet", store, PSEUDONYMS)
     with pytest.raises(SourceError, match="no such labels file"):
         read_labels(tmp_path / "labels.parquet")

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import skimage.data  # a development dependency: real photos shipped in the package
 import torch
+from personal import PSEUDONYMS
 from PIL import Image
 
 from active_learning.annotators import AnnotatorsConfig, annotate
@@ -56,8 +57,10 @@ class Loop:
 
     def __init__(self, server: LocalLabelStudio, home: Path, feed: Path, title: str):
         self.store = Store(home / "store")
-        ingest(feed, self.store, labels=read_labels(feed / "oracle" / "labels"), until=SMALL_FEED.day_start(2))
-        ingest(feed, self.store, since=SMALL_FEED.day_start(2))
+        ingest(
+            feed, self.store, PSEUDONYMS, labels=read_labels(feed / "oracle" / "labels"), until=SMALL_FEED.day_start(2)
+        )
+        ingest(feed, self.store, PSEUDONYMS, since=SMALL_FEED.day_start(2))
         self.truth = read_labels(feed / "oracle" / "labels")
         self.queue = LabelQueue(home / "labeling" / "queue.db")
         self.project = LabelingProject(server.url, server.credentials().token, title)
@@ -572,7 +575,7 @@ def test_the_labelling_page_fits_one_screen(label_studio: LocalLabelStudio, ls_h
     """At each size the image, every choice and Submit show at once, with nothing scrolled; choosing
     "other / new trend" shows the box to name it, also in view. Screenshots: test-artifacts/labelstudio-*.png."""
     store = Store(ls_home / "store")
-    ingest(photo_posts(ls_home / "feed"), store)
+    ingest(photo_posts(ls_home / "feed"), store, PSEUDONYMS)
     queue = LabelQueue(ls_home / "labeling" / "queue.db")
     select_posts(store, store.head(), untrained_tagger(), "3", queue, SelectionConfig(control_share=0.0), budget=2)
     labels = [*LABELS, "meme", "vintage_cars", "street_food"]  # the seed labels and three trends annotators named

@@ -24,6 +24,7 @@ import numpy as np
 import psutil
 import pytest
 import yaml
+from personal import PSEUDONYMS
 
 from components.data.batches import read_batch, write_batch
 from components.data.ingest import check_source, commit_checked, ingest, read_labels
@@ -224,10 +225,10 @@ def _evaluation(model: str, correct: list[int]) -> dict:
 def test_an_ingest_split_into_steps_commits_what_one_ingest_does(small_feed: Path, tmp_path: Path):
     until = SMALL_FEED.day_start(2)
     labels = read_labels(small_feed / "oracle" / "labels")
-    whole = ingest(small_feed, Store(tmp_path / "whole"), labels=labels, until=until)
+    whole = ingest(small_feed, Store(tmp_path / "whole"), PSEUDONYMS, labels=labels, until=until)
 
     store, batch = Store(tmp_path / "steps"), tmp_path / "batch.parquet"
-    write_batch(read_source(small_feed, until=until), None, batch)
+    write_batch(read_source(small_feed, PSEUDONYMS, until=until), None, batch)
     source, outcomes = read_batch(batch)
     assert outcomes is None  # not checked yet
     write_batch(source, check_source(source, store), tmp_path / "checked.parquet")
@@ -465,7 +466,9 @@ def test_the_cli_reaches_the_same_verdicts_and_aliases_as_the_pipelines_on_the_s
     """The same feed, days and settings through `trendloop ingest` + `trendloop train` in another home."""
     loop = story.loop
     config = tmp_path / "trendloop.toml"
-    config.write_text(f'home = "{tmp_path / "home"}"\n' + CONFIG)
+    # the pipelines' pseudonym key: snapshots hold pseudonyms, so two homes make the same one only under one key
+    shared_key = f'\n[privacy]\nkey_file = "{loop.settings.key_file.resolve()}"\n'
+    config.write_text(f'home = "{tmp_path / "home"}"\n' + CONFIG + shared_key)
     labels, feed = str(loop.labels), str(loop.feed)
 
     def cli(*args: str) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import psycopg
 import pytest
 import torch
+from personal import PSEUDONYMS
 
 from components.data.ingest import ingest, read_labels
 from components.data.snapshot import Store
@@ -87,7 +88,14 @@ def trained(
         root = tmp_path_factory.mktemp("registry")
         backend = Backend(root, request.getfixturevalue("postgres") if request.param == "postgresql" else None)
         store = Store(root / "store")
-        ingest(small_feed, store, labels=read_labels(small_feed / "oracle" / "labels"), label_source="seed", workers=1)
+        ingest(
+            small_feed,
+            store,
+            PSEUDONYMS,
+            labels=read_labels(small_feed / "oracle" / "labels"),
+            label_source="seed",
+            workers=1,
+        )
         yield store, backend, retrain(store, store.head(), QUICK, LENIENT, backend.open(root / "art"), root / "runs")
     finally:
         torch.set_num_threads(threads)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from personal import PSEUDONYMS
 
 from active_learning.loop import check_labels, commit_labels
 from active_learning.queue import Decision, LabelQueue
@@ -70,9 +71,9 @@ def world(small_feed: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[S
     root = tmp_path_factory.mktemp("policy")
     store = Store(root / "store")
     labels = read_labels(small_feed / "oracle" / "labels")
-    ingest(small_feed, store, labels=labels, label_source="seed", until=SMALL_FEED.day_start(3), workers=1)
+    ingest(small_feed, store, PSEUDONYMS, labels=labels, label_source="seed", until=SMALL_FEED.day_start(3), workers=1)
     seed = store.head()
-    ingest(small_feed, store, since=SMALL_FEED.day_start(3), workers=1)
+    ingest(small_feed, store, PSEUDONYMS, since=SMALL_FEED.day_start(3), workers=1)
     registry = Registry(
         f"sqlite:///{root / 'mlflow.db'}", artifact_location=(root / "art").as_uri(), cache_dir=root / "models"
     )
@@ -131,7 +132,7 @@ def test_labels_train_only_when_decided_new_held_by_the_snapshot_and_agreed_on(
     small_feed: Path, tmp_path: Path
 ) -> None:
     store = Store(tmp_path / "store")
-    ingest(small_feed, store, until=SMALL_FEED.day_start(2), workers=1)
+    ingest(small_feed, store, PSEUDONYMS, until=SMALL_FEED.day_start(2), workers=1)
     queue = LabelQueue(tmp_path / "queue.db")
     posts = store.head().manifest().column("post_id").to_pylist()
     queue.save_decisions(

@@ -136,9 +136,10 @@ def test_each_user_keeps_one_arm_and_the_split_holds(served: Served, ab: Experim
     stats = run(drive(url, POSTS, Audience(viewers=300, seed=1), requests=600, concurrency=8, keep_responses=True))
     assert stats.failed == {} and stats.ok == 600
     arms: dict[str, set[str]] = {}
+    pseudonyms = wiring.pseudonyms(served.settings)  # the app's key: the arm is the pseudonym's
     for body in stats.responses:
         arms.setdefault(body["user_id"], set()).add(body["arm"])
-        assert body["arm"] == assign_arm(body["user_id"], experiment.salt, 0.5)  # the salted hash decides
+        assert body["arm"] == assign_arm(pseudonyms.of(body["user_id"]), experiment.salt, 0.5)  # the salted hash
         want = experiment.champion_version if body["arm"] == CHAMPION else experiment.challenger_version
         assert body["model_version"] == want and body["experiment"] == experiment.id
         assert len(body["tags"]) == 3 and body["tags"][0]["label"] == body["label"]

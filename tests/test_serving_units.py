@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow.compute as pc
 import pytest
 import torch
+from personal import PSEUDONYMS
 from PIL import Image
 from scipy import stats
 
@@ -216,6 +217,7 @@ def make_router(tmp_path: Path, model: ArmModel) -> Router:
         RequestBook(predictions, capacity=2),
         Traffic(split=0.5, salt="s", experiment="e1", champion_version=1, challenger_version=1),
         max_upload_bytes=50_000,
+        pseudonyms=PSEUDONYMS,
     )
 
 
@@ -226,7 +228,7 @@ def test_the_router_refuses_bad_requests_precisely_and_finds_old_requests_after_
     router = make_router(tmp_path, model)
     ok = [run(router.predict(png((i, 9, 9)), f"user{i}")) for i in range(4)]
     assert {b["arm"] for b in ok} <= {CHAMPION, CHALLENGER}
-    assert all(b["arm"] == assign_arm(b["user_id"], "s", 0.5) for b in ok)
+    assert all(b["arm"] == assign_arm(PSEUDONYMS.of(b["user_id"]), "s", 0.5) for b in ok)
     refusals = [
         (lambda: router.predict(b"", "u"), 400, "empty"),
         (lambda: router.predict(b"x" * 60_000, "u"), 413, "limit"),
@@ -431,12 +433,13 @@ def fake_router(tmp_path: Path, champion: FakeArm, challenger: FakeArm, challeng
         traffic,
         arm_timeout_s=0.2,
         retry_after_s=7,
+        pseudonyms=PSEUDONYMS,
     )
 
 
 def users_of(arm: str, n: int) -> list[str]:
     """``n`` users the test's salt and split assign to ``arm``."""
-    return [u for u in USERS if assign_arm(u, "s", 0.5) == arm][:n]
+    return [u for u in USERS if assign_arm(PSEUDONYMS.of(u), "s", 0.5) == arm][:n]
 
 
 @pytest.mark.parametrize("failure", ["error", "timeout", "not_loaded"])

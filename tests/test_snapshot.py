@@ -11,6 +11,7 @@ import files
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from personal import PSEUDONYMS
 
 from components.data.ingest import ingest
 from components.data.posts import SNAPSHOT_SCHEMA
@@ -111,7 +112,7 @@ def test_verify_finds_tampering(tmp_path: Path, store: Store) -> None:
     folder.mkdir()
     for seed in range(3):
         (folder / f"{seed}.png").write_bytes(files.encode(files.noise_rgb(seed=seed), "PNG"))
-    ingest(folder, store)
+    ingest(folder, store, PSEUDONYMS)
     snap = store.head()
     assert store.verify(snap) == []
     image = store.root / snap.manifest().column("image")[0].as_py()

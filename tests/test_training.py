@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from personal import PSEUDONYMS
 
 from components.data.ingest import ingest, read_labels
 from components.data.snapshot import Snapshot, Store
@@ -74,10 +75,12 @@ def make_world(root: Path) -> World:
     simulate(FEED, root / "feed", range(6), workers=2)
     store = Store(root / "store")
     oracle = read_labels(root / "feed" / "oracle" / "labels")
-    ingest(root / "feed", store, labels=oracle, label_source="seed", until=FEED.day_start(4), workers=2)
+    ingest(root / "feed", store, PSEUDONYMS, labels=oracle, label_source="seed", until=FEED.day_start(4), workers=2)
     before = store.head()
     memes = {p: label for p, label in oracle.items() if label == "meme"}
-    ingest(root / "feed", store, labels=memes, label_source="annotators", since=FEED.day_start(4), workers=2)
+    ingest(
+        root / "feed", store, PSEUDONYMS, labels=memes, label_source="annotators", since=FEED.day_start(4), workers=2
+    )
     after = store.head()
     result = train(store, before, CONFIG, root / "runs" / "scratch")
     champion = Predictor(result.tagger)

@@ -64,6 +64,10 @@ pipeline_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(pipeline_app, name="pipeline")
+privacy_app = typer.Typer(
+    help="Personal data: forget users on request, and the audit of what was forgotten.", no_args_is_help=True
+)
+app.add_typer(privacy_app, name="privacy")
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -158,6 +162,7 @@ def ingest(
         report = ingest_source(
             source,
             Store(settings.store_dir),
+            wiring.pseudonyms(settings),
             limits=settings.ingest.limits(),
             labels=given,
             label_source=label_source,
@@ -757,11 +762,17 @@ def features_get(
     """Read features from the online store, as serving does."""
     from components.features.store import SUMMARY_FEATURES
 
-    rows = {k: v for k, v in {"post_id": post or [], "user_id": user or []}.items() if v}
+    settings = _settings(ctx)
+    # the store knows users by pseudonym: look the raw ids up by theirs, show them as given
+    pseudonyms = wiring.pseudonyms(settings) if user else None
+    users = [pseudonyms.of(u) for u in user] if pseudonyms else []
+    rows = {k: v for k, v in {"post_id": post or [], "user_id": users}.items() if v}
     if not rows:
         raise ConfigError("name at least one --post or --user")
     wanted = service or feature or [f for key in rows for f in SUMMARY_FEATURES[key]]
-    table = wiring.open_features(_settings(ctx)).online(wanted, rows)
+    table = wiring.open_features(settings).online(wanted, rows)
+    if user:
+        table["user_id"] = list(user)
     render.console.print(table.to_string(index=False))
 
 
@@ -910,6 +921,40 @@ def demo(
     outcome = run_demo(_settings(ctx), size)
     if outcome.verdict is None:
         raise TrendloopError("the loop did not close: no A/B test ran (the timeline above says where it stopped)")
+
+
+@privacy_app.command("forget")
+def privacy_forget(
+    ctx: typer.Context,
+    users: Annotated[list[str], typer.Argument(help="Raw user ids, as the social network knows them.")],
+) -> None:
+    """Remove users' posts, images, features, log records and Label Studio tasks; commit a snapshot without them.
+
+    Older snapshots keep their lineage (ids, counts) and lose the rows and files. The audit
+    (`trendloop privacy audit`) records what went, without the ids; later ingests leave the users out.
+    """
+    from components.privacy.forget import counts_line, forget
+
+    settings = _settings(ctx)
+    result = forget(users, wiring.pseudonyms(settings), wiring.privacy_places(settings))
+    render.console.print(f"forgot {result.users} user(s): {result.posts} post(s) found; removed {counts_line(result)}")
+    if result.snapshot_after != result.snapshot_before:
+        render.console.print(f"snapshot {result.snapshot_after} is HEAD now (was {result.snapshot_before})")
+    if result.retrain:
+        versions = ", ".join(str(v) for v in result.retrain)
+        render.console.print(
+            f"model version(s) {versions} were trained on their posts: retrain (`trendloop train`) and promote the "
+            "new version to replace them"
+        )
+    render.console.print(f"audit record {result.audit_id} in {settings.privacy_dir / 'audit.jsonl'}")
+
+
+@privacy_app.command("audit")
+def privacy_audit(ctx: typer.Context) -> None:
+    """Every deletion so far: when, how many users, what was removed, the models to retrain."""
+    from components.privacy.forget import audit_records
+
+    render.console.print(render.audit_table(audit_records(_settings(ctx).privacy_dir)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -434,6 +434,11 @@ def _logging_to(path: Path) -> Iterator[Path]:
     level = root.level
     root.addHandler(handler)  # with a handler in place, Python's last-resort printing to stderr stays quiet
     root.setLevel(logging.INFO)
+    # an HTTP client's INFO line is its request's URL, query string and all: user ids, post ids, captions
+    clients = {name: logging.getLogger(name) for name in ("httpx", "httpcore", "urllib3")}
+    client_levels = {name: logger.level for name, logger in clients.items()}
+    for logger in clients.values():
+        logger.setLevel(logging.WARNING)
     logging.captureWarnings(True)
     bars = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
     ours = bars not in os.environ
@@ -445,6 +450,8 @@ def _logging_to(path: Path) -> Iterator[Path]:
         if ours:
             os.environ.pop(bars, None)
         logging.captureWarnings(False)
+        for name, logger in clients.items():
+            logger.setLevel(client_levels[name])
         root.removeHandler(handler)
         root.setLevel(level)
         handler.close()

@@ -216,12 +216,25 @@ def ingest_table(report: IngestReport) -> Table:
         table.add_row(f"  {reason}", str(count))
     if report.skipped:
         table.add_row("skipped (not image files)", str(report.skipped))
+    if report.forgotten:
+        table.add_row("left out (users forgotten)", str(report.forgotten))
     for fix, count in report.fixes.items():
         table.add_row(f"normalised: {fix}", str(count))
     table.add_row("snapshot", (report.snapshot or "none") + (" (new)" if report.new_snapshot else " (unchanged)"))
     if report.quarantine:
         table.add_row("quarantine", report.quarantine)
     table.add_row("time", f"{report.seconds:.1f} s ({rate:,.0f} posts/s)")
+    return table
+
+
+def audit_table(records: list[dict]) -> Table:
+    table = Table(title="users forgotten")
+    for col in ("record", "at (UTC)", "users", "posts", "removed", "retrain versions"):
+        table.add_column(col)
+    for r in records:
+        removed = ", ".join(f"{n:,} {where}" for where, n in r["removed"].items()) or "nothing"
+        at = r["at"][:19].replace("T", " ")
+        table.add_row(r["id"], at, str(r["users"]), str(r["posts"]), removed, ", ".join(map(str, r["retrain"])) or "-")
     return table
 
 

@@ -135,6 +135,15 @@ class FeatureSettings(BaseModel):
     device: str = "cpu"  # where the caption encoder runs
 
 
+class PrivacySettings(BaseModel):
+    """How personal data is kept: only as keyed pseudonyms (components.privacy)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # the pseudonym key (HMAC); unset: <home>/secrets/pseudonym.key, made on first use with mode 0600. On a
+    # cluster, the state volume's, or a mounted Kubernetes Secret's path. Never logged, never in a run's config
+    key_file: Path | None = None
+
+
 class PipelineSettings(BaseModel):
     """Where the loop's Kubeflow pipelines run. Unset host: the embedded default (kfp.local, subprocesses)."""
 
@@ -186,6 +195,7 @@ class Settings(BaseSettings):
     ab: DecisionRule = Field(default_factory=DecisionRule)  # the A/B decision rule each new test declares
     features: FeatureSettings = Field(default_factory=FeatureSettings)  # the Feast store
     pipelines: PipelineSettings = Field(default_factory=PipelineSettings)  # Kubeflow Pipelines
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)  # pseudonymous users
 
     @classmethod
     def settings_customise_sources(
@@ -238,6 +248,16 @@ class Settings(BaseSettings):
         return self.registry.tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
 
     @property
+    def key_file(self) -> Path:
+        """The pseudonym key (a file: its path travels, never its bytes)."""
+        return self.privacy.key_file or self.home / "secrets" / "pseudonym.key"
+
+    @property
+    def privacy_dir(self) -> Path:
+        """The audit of deletions (audit.jsonl, append only)."""
+        return self.home / "privacy"
+
+    @property
     def serving_dir(self) -> Path:
         """Feedback log, experiment records and the local Ray head's state."""
         return self.home / "serving"
@@ -258,6 +278,7 @@ class Settings(BaseSettings):
             update={
                 "home": self.home.resolve(),
                 "features": self.features.model_copy(update={"data_dir": self.features_dir.resolve()}),
+                "privacy": self.privacy.model_copy(update={"key_file": self.key_file.resolve()}),
                 "labelstudio": self.labelstudio.model_copy(update={"token": None}),
             }
         )

@@ -25,9 +25,53 @@ if TYPE_CHECKING:
     from components.features.store import Features
     from components.features.sync import SyncReport
     from components.model.registry import Registry
+    from components.privacy.forget import Places
+    from components.privacy.pseudonyms import Pseudonyms
     from serving.control import ConfigFor, Serving
     from serving.deploy import ServeAdmin
     from serving.router import Traffic
+
+
+def pseudonyms(settings: Settings) -> Pseudonyms:
+    """Raw user ids to pseudonyms under this home's key (made on first use), knowing who asked to be forgotten."""
+    from components.privacy.forget import forgotten
+    from components.privacy.pseudonyms import Pseudonyms
+
+    return Pseudonyms.from_file(settings.key_file, forgotten=forgotten(settings.privacy_dir))
+
+
+def privacy_places(settings: Settings) -> Places:
+    """Everything this home stores data in, for ``forget``: the store, logs, Feast (offline files and online
+    rows), the label queue, pipeline outputs, drift checks, the embedded MLflow's artifacts, the job logs, and
+    the Label Studio project. Not the simulated feed (``home/feed``): it stands for the social network's own
+    data, a source trendloop reads and does not own."""
+    from components.data.snapshot import Store
+    from components.privacy.forget import Places
+
+    folders = [
+        settings.predictions_dir,
+        settings.serving_dir,
+        settings.features_dir / "sources",
+        settings.checks_dir,
+        settings.home / "logs",
+        settings.home / "mlartifacts",
+    ]
+    if "://" not in settings.pipeline_root:
+        folders.append(Path(settings.pipeline_root))
+    return Places(
+        store=Store(settings.store_dir),
+        folders=folders,
+        label_queue=settings.labeling_dir / "queue.db",
+        features=partial(open_features, settings),
+        label_studio=labeling_project(settings) if _has_label_project(settings) else None,
+        versions=lambda: open_registry(settings).versions(),
+        audit=settings.privacy_dir,
+    )
+
+
+def _has_label_project(settings: Settings) -> bool:
+    """Whether posts were ever pushed to Label Studio from this home (then its project must be reached)."""
+    return bool(label_queue(settings).counts().get("pushed", 0)) if settings.labeling_dir.exists() else False
 
 
 def open_features(settings: Settings) -> Features:
@@ -135,6 +179,7 @@ def serve_args(settings: Settings) -> dict:
         "cuped_covariate": settings.serving.cuped_covariate,
         "arm_timeout_s": settings.serving.arm_timeout_s,
         "retry_after_s": settings.serving.retry_after_s,
+        "privacy": {"key_file": str(settings.key_file.resolve())},  # the replica reads the key: it never travels
     }
 
 

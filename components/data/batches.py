@@ -2,8 +2,9 @@
 
 A pipeline passes this file from step to step: the ingest step writes the records a
 source offers, the validate step adds each image's outcome, the snapshot step
-commits them (``components.data.ingest.commit_checked``). The source's kind, URI and
-skipped count travel in the file's schema metadata.
+commits them (``components.data.ingest.commit_checked``). The source's kind, URI,
+skipped and forgotten counts travel in the file's schema metadata. User ids in it are
+pseudonyms already (``read_source`` made them).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def write_batch(source: Source, outcomes: list[Outcome] | None, path: Path) -> N
     rows = [
         _row(r, None if outcomes is None else outcomes[n], outcomes is not None) for n, r in enumerate(source.records)
     ]
-    meta = {"kind": source.kind, "uri": source.uri, "skipped": str(source.skipped)}
+    meta = {"kind": source.kind, "uri": source.uri, "skipped": str(source.skipped), "forgotten": str(source.forgotten)}
     table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata(
         {f"trendloop.{k}": v for k, v in meta.items()}
     )
@@ -70,7 +71,11 @@ def read_batch(path: Path) -> tuple[Source, list[Outcome] | None]:
     meta = {k.decode().removeprefix("trendloop."): v.decode() for k, v in (table.schema.metadata or {}).items()}
     rows = table.to_pylist()
     source = Source(
-        meta.get("kind", "unknown"), meta.get("uri", str(path)), [_record(r) for r in rows], int(meta.get("skipped", 0))
+        meta.get("kind", "unknown"),
+        meta.get("uri", str(path)),
+        [_record(r) for r in rows],
+        int(meta.get("skipped", 0)),
+        int(meta.get("forgotten", 0)),
     )
     if rows and not all(r["checked"] for r in rows):
         return source, None

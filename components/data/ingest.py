@@ -29,6 +29,7 @@ from components.data.sources import BadRecord, Candidate, Source, read_source
 from components.data.validate import ImageLimits, Rejection, validate_image
 from components.errors import SnapshotError, SourceError
 from components.files import write_atomic, write_rows
+from components.privacy.pseudonyms import Pseudonyms
 
 # Rejection reasons ingestion adds to validate.REASONS.
 RECORD_REASONS = (
@@ -38,6 +39,7 @@ RECORD_REASONS = (
     "post_id_conflict",  # the post id is taken by a post with a different image
 )
 Progress = Callable[[int, int], None]  # (done, total)
+QUARANTINE_COLUMNS = ("post", "path", "reason", "detail", "user_id", "quarantined_as")  # rejections.parquet
 DEFAULT_LIMITS = ImageLimits()
 
 
@@ -62,6 +64,7 @@ class IngestReport:
     relabelled: int = 0  # posts already in the snapshot whose label changed
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> files
     skipped: int = 0  # non-image files in a folder source
+    forgotten: int = 0  # posts of users who asked to be forgotten: left out
     fixes: dict[str, int] = field(default_factory=dict)  # normalisation -> images it changed
     snapshot: str | None = None  # the snapshot HEAD points to afterwards
     new_snapshot: bool = False
@@ -118,6 +121,7 @@ def _check_all(paths: list[Path], store_root: Path, limits: ImageLimits, workers
 def ingest(
     source_path: Path,
     store: Store,
+    pseudonyms: Pseudonyms,
     *,
     limits: ImageLimits = DEFAULT_LIMITS,
     labels: dict[str, str] | None = None,
@@ -130,13 +134,14 @@ def ingest(
 ) -> IngestReport:
     """Ingest every post ``source_path`` offers and commit what is new as a snapshot.
 
+    User ids are stored as their ``pseudonyms`` only; a forgotten user's posts are left out.
     ``labels`` (post id -> label) label the posts the source offers: new ones, and
     ones the current snapshot holds already (relabelled in the new snapshot).
     Returns the report; raises ``SourceError`` only when the source as a whole
     cannot be read. The three stages (read, check, commit) are also pipeline steps.
     """
     started = time.perf_counter()
-    source = read_source(source_path, folder_labels=folder_labels, since=since, until=until)
+    source = read_source(source_path, pseudonyms, folder_labels=folder_labels, since=since, until=until)
     outcomes = check_source(source, store, limits, workers, progress)
     return commit_checked(source, outcomes, store, labels=labels, label_source=label_source, started=started)
 
@@ -177,7 +182,9 @@ def commit_checked(
     """Deduplicate checked posts against HEAD, quarantine the rejected, and commit what is new as a snapshot."""
     started = time.perf_counter() if started is None else started
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
-    report = IngestReport(run_id, source.kind, source.uri, offered=len(source.records), skipped=source.skipped)
+    report = IngestReport(
+        run_id, source.kind, source.uri, offered=len(source.records), skipped=source.skipped, forgotten=source.forgotten
+    )
     # post id -> (label, who gave it); the labels argument wins over labels a source carries
     given: dict[str, tuple[str, str]] = {pid: (label, label_source) for pid, label in (labels or {}).items()}
 
@@ -195,7 +202,9 @@ def commit_checked(
             rejections.append(_rejection(record.where, None, record.reason, record.detail))
             continue
         if isinstance(outcome, Rejection):
-            rejections.append(_rejection(record.post_id, record.image_path, outcome.reason, outcome.detail))
+            rejections.append(
+                _rejection(record.post_id, record.image_path, outcome.reason, outcome.detail, record.user_id)
+            )
         elif record.post_id in head_index:
             if head_rows[head_index[record.post_id]]["image_sha256"] != outcome.sha256:
                 rejections.append(
@@ -204,6 +213,7 @@ def commit_checked(
                         record.image_path,
                         "post_id_conflict",
                         "the current snapshot holds this post id with another image",
+                        record.user_id,
                     )
                 )
             else:
@@ -217,6 +227,7 @@ def commit_checked(
                     record.image_path,
                     "post_id_conflict",
                     "the source offers this post id twice, with different images",
+                    record.user_id,
                 )
             )
         elif outcome.sha256 in owner_of_image:
@@ -298,8 +309,9 @@ def _batch_id(accepted: list[dict], head_rows: list[dict], relabelled: int) -> s
     return "b-" + digest.hexdigest()[:12]
 
 
-def _rejection(post: str, path: Path | None, reason: str, detail: str) -> dict:
-    return {"post": post, "path": str(path) if path else None, "reason": reason, "detail": detail}
+def _rejection(post: str, path: Path | None, reason: str, detail: str, user_id: str | None = None) -> dict:
+    # the poster's pseudonym: forgetting a user removes their quarantined files too
+    return {"post": post, "path": str(path) if path else None, "reason": reason, "detail": detail, "user_id": user_id}
 
 
 def _quarantine(store: Store, run_id: str, rejections: list[dict]) -> Path:
@@ -316,7 +328,7 @@ def _quarantine(store: Store, run_id: str, rejections: list[dict]) -> Path:
                 item["quarantined_as"] = dest.name
             except OSError:
                 pass  # unreadable after all: the reason table still records it
-    schema = pa.schema([(k, pa.string()) for k in ("post", "path", "reason", "detail", "quarantined_as")])
+    schema = pa.schema([(k, pa.string()) for k in QUARANTINE_COLUMNS])
     write_rows(rejections, schema, folder / "rejections.parquet")
     return folder
 

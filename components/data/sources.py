@@ -21,6 +21,7 @@ import pyarrow.dataset as ds
 
 from components.data.posts import ENGAGEMENT, TIMESTAMP
 from components.errors import SourceError
+from components.privacy.pseudonyms import Pseudonyms
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".avif"}
 MANIFEST_SUFFIXES = {".jsonl", ".json", ".parquet"}
@@ -54,6 +55,7 @@ class Source:
     uri: str
     records: list[Candidate | BadRecord]
     skipped: int = 0  # files a folder holds that are not images by name (README.txt, .DS_Store)
+    forgotten: int = 0  # posts of users who asked to be forgotten: not read
 
 
 def fingerprint(path: Path) -> str:
@@ -75,16 +77,26 @@ def fingerprint(path: Path) -> str:
 
 
 def read_source(
-    path: Path, *, folder_labels: bool = False, since: datetime | None = None, until: datetime | None = None
+    path: Path,
+    pseudonyms: Pseudonyms,
+    *,
+    folder_labels: bool = False,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> Source:
-    """Read the posts ``path`` offers. ``since`` (inclusive) and ``until`` (exclusive) filter by ``created_at``."""
+    """Read the posts ``path`` offers. ``since`` (inclusive) and ``until`` (exclusive) filter by ``created_at``.
+
+    This is where user ids enter: each becomes its pseudonym here, and a forgotten user's posts are left out
+    (counted in ``Source.forgotten``), so no raw id reaches a batch, a snapshot or a pipeline artifact.
+    """
     if not path.exists():
         raise SourceError(f"no such file or folder: {path}")
     if path.is_file():
         if path.suffix.lower() not in MANIFEST_SUFFIXES:
             raise SourceError(f"{path}: a manifest must be .jsonl, .json or .parquet")
-        records = _records(_read_manifest(path), path.parent, path.name, "manifest")
-        return Source("manifest", str(path), _window(records, since, until))
+        frame, forgotten = _users(_read_manifest(path), pseudonyms)
+        records = _records(frame, path.parent, path.name, "manifest")
+        return Source("manifest", str(path), _window(records, since, until), forgotten=forgotten)
     if (path / "simulation.json").exists():
         posts = path / "posts"
         if not posts.is_dir():
@@ -98,8 +110,19 @@ def read_source(
             scan = (when < pa.scalar(until, TIMESTAMP)) if scan is None else scan & (when < pa.scalar(until, TIMESTAMP))
         frame = dataset.to_table(filter=scan).to_pandas()
         frame = frame.drop(columns=["day"], errors="ignore").sort_values(["created_at", "post_id"], kind="stable")
-        return Source("simulator", str(path), _records(frame, path, "posts", None))
+        frame, forgotten = _users(frame, pseudonyms)
+        return Source("simulator", str(path), _records(frame, path, "posts", None), forgotten=forgotten)
     return _read_folder(path, folder_labels, since, until)
+
+
+def _users(frame: pd.DataFrame, pseudonyms: Pseudonyms) -> tuple[pd.DataFrame, int]:
+    """``frame`` with each user id replaced by its pseudonym and forgotten users' rows dropped; how many were."""
+    if "user_id" not in frame.columns or frame.empty:
+        return frame, 0
+    raw = [str(u) if _present(u) else None for u in frame["user_id"]]
+    keep = [u is None or not pseudonyms.is_forgotten(u) for u in raw]
+    frame = frame.assign(user_id=[None if u is None else pseudonyms.of(u) for u in raw])[keep]
+    return frame, len(keep) - sum(keep)
 
 
 def _read_manifest(path: Path) -> pd.DataFrame:

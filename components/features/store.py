@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -269,6 +270,59 @@ class Features:
             else:
                 self.store.materialize(start_date=EPOCH, end_date=end, feature_views=[name])
         return names
+
+    def forget(self, user_ids: Sequence[str], post_ids: Sequence[str]) -> int:
+        """Delete the online rows of these users and posts from every view keyed by them; returns how many
+        rows (SQLite) or entity hashes (Redis) went. Feast has no delete of its own: the online store's tables are
+        addressed as Feast names them (``compute_table_id``, ``_redis_key``). The offline sources are files,
+        scrubbed with the rest of the state (components.privacy.forget)."""
+        from feast.infra.key_encoding_utils import serialize_entity_key  # noqa: PLC0415
+        from feast.infra.online_stores.helpers import _redis_key, compute_table_id  # noqa: PLC0415
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey  # noqa: PLC0415
+        from feast.protos.feast.types.Value_pb2 import Value  # noqa: PLC0415
+
+        config = self.store.config
+        values = {"user_id": sorted(set(user_ids)), "post_id": sorted(set(post_ids))}
+        keys = {
+            k: [EntityKey(join_keys=[k], entity_values=[Value(string_val=v)]) for v in vs] for k, vs in values.items()
+        }
+        kind = config.online_store.type
+        if kind == "redis":
+            from feast.infra.online_stores.redis import RedisOnlineStore  # noqa: PLC0415
+
+            client = RedisOnlineStore()._get_client(config.online_store)
+            names = [
+                _redis_key(config.project, k, config.entity_key_serialization_version)
+                for ks in keys.values()
+                for k in ks
+            ]
+            return int(client.delete(*names)) if names else 0
+        if kind != "sqlite":
+            raise FeatureError(f"forgetting online rows is not supported for a {kind} online store")
+        path = Path(config.online_store.path)
+        path = path if path.is_absolute() else self.data_dir / path
+        if not path.exists():
+            return 0
+        removed = 0
+        db = sqlite3.connect(path, timeout=30)
+        try:
+            db.execute("PRAGMA secure_delete = ON")  # freed pages are zeroed: the rows cannot be read back
+            with db:
+                for view in self.store.list_feature_views():
+                    join = [c.name for c in view.entity_columns]
+                    if len(join) != 1 or join[0] not in keys or not keys[join[0]]:
+                        continue
+                    table = compute_table_id(
+                        config.project, view, config.registry.enable_online_feature_view_versioning
+                    )
+                    blobs = [serialize_entity_key(k, config.entity_key_serialization_version) for k in keys[join[0]]]
+                    exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+                    if exists.fetchone():
+                        marks = ",".join("?" * len(blobs))
+                        removed += db.execute(f'DELETE FROM "{table}" WHERE entity_key IN ({marks})', blobs).rowcount
+        finally:
+            db.close()
+        return removed
 
     # -- feature services: one per model version ------------------------------------------
 
