@@ -12,8 +12,8 @@ Endpoints:
     GET  /ab/report.json        the A/B analysis the dashboard shows
     GET  /openapi.json          this, as an OpenAPI spec
 
-Every refusal is a 4xx with ``{"detail": "..."}`` saying what was wrong; when no arm can answer,
-a 503 with a ``Retry-After`` header (seconds).
+Every refusal is a 4xx with ``{"detail": "..."}`` saying what was wrong; a user past the per-user
+rate limit gets a 429 and when no arm can answer a 503, both with a ``Retry-After`` header (seconds).
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ class Readiness(BaseModel):
     models: dict[str, int | None] = Field(description="the version each arm has loaded (null: none)")
     traffic: dict = Field(description="the router's knobs: split, experiment, versions")
     outcomes: dict[str, int] = Field(description="requests answered by their own arm, by the other one, by neither")
+    limited: int = Field(description="requests refused (429) by the per-user rate limit")
 
 
 _WHY = {
@@ -83,6 +84,7 @@ _WHY = {
     413: "the upload is larger than the limit",
     415: "the upload is not an image, or of a format not accepted",
     422: "a parameter or the body is invalid, or the image cannot be decoded",
+    429: "this user sent more than the per-user rate limit allows (see the Retry-After header)",
     503: "no arm can answer right now (see the Retry-After header), or the report cannot be computed",
 }
 
@@ -139,7 +141,7 @@ def build_api(
         "/predict",
         response_model=Prediction,
         openapi_extra=_IMAGE_BODY,
-        responses=_problems(400, 413, 415, 422, 503),
+        responses=_problems(400, 413, 415, 422, 429, 503),
     )
     async def predict(
         request: Request,
@@ -166,7 +168,13 @@ def build_api(
     async def readyz() -> JSONResponse:
         loaded = {arm: await _probe(probe) for arm, probe in probes.items()}
         ready = loaded.get("champion") is not None
-        body = {"ready": ready, "models": loaded, "traffic": router.traffic.__dict__, "outcomes": dict(router.outcomes)}
+        body = {
+            "ready": ready,
+            "models": loaded,
+            "traffic": router.traffic.__dict__,
+            "outcomes": dict(router.outcomes),
+            "limited": router.limited,
+        }
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @api.get("/ab/report.json", responses=_problems(503))

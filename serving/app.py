@@ -31,6 +31,7 @@ from components.model.registry import Registry
 from serving.api import build_api
 from serving.eventlog import EventWriter, FeedbackLog
 from serving.experiment import CHALLENGER, CHAMPION, Experiments
+from serving.limits import rate_limiter
 from serving.report import covariate_from, current_report
 from serving.router import RequestBook, Router, Traffic
 from serving.tagging import ArmModel, PostContext, pick_device
@@ -83,6 +84,8 @@ class Ingress:
         features: dict | None = None,
         arm_timeout_s: float = 10.0,
         retry_after_s: int = 5,
+        rate_per_user_s: float = 0.0,
+        burst: int = 1,
     ):
         predictions, feedback = PredictionLog(Path(logs["predictions"])), FeedbackLog(Path(logs["feedback"]))
         self.experiments = Experiments(Path(logs["experiments"]))
@@ -100,6 +103,7 @@ class Ingress:
             max_upload_bytes=max_upload_bytes,
             arm_timeout_s=arm_timeout_s,
             retry_after_s=retry_after_s,
+            limiter=rate_limiter(rate_per_user_s, burst),
         )
 
     def __serve_build_asgi_app__(self):
@@ -180,4 +184,6 @@ def build(args: dict) -> serve.Application:
         features=args.get("features"),
         arm_timeout_s=float(args.get("arm_timeout_s", 10.0)),
         retry_after_s=int(args.get("retry_after_s", 5)),
+        rate_per_user_s=float(args.get("rate_per_user_s", 0.0)),
+        burst=int(args.get("burst", 1)),
     )

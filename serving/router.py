@@ -31,6 +31,7 @@ from components.data.predlog import SERVED, PredictionLog
 from components.data.validate import Rejection
 from serving.eventlog import EVENTS, EventWriter
 from serving.experiment import ARMS, CHALLENGER, CHAMPION, assign_arm
+from serving.limits import RateLimiter
 from serving.tagging import ModelNotLoaded, Tagged
 
 # (upload, context) -> result; the context is a PostContext as a dict (it crosses Ray as plain data)
@@ -135,6 +136,7 @@ class Router:
         max_upload_bytes: int = 10 * 2**20,
         arm_timeout_s: float = 10.0,
         retry_after_s: int = 5,
+        limiter: RateLimiter | None = None,
     ):
         self.arms = arms
         self.predictions, self.feedback_log, self.book = predictions, feedback, book
@@ -142,6 +144,8 @@ class Router:
         self.max_upload_bytes = max_upload_bytes
         self.arm_timeout_s, self.retry_after_s = arm_timeout_s, retry_after_s
         self.outcomes: Counter[str] = Counter({outcome: 0 for outcome in OUTCOMES})
+        self.limiter = limiter  # None: no per-user limit
+        self.limited = 0  # requests refused with 429 by the per-user limit
 
     def configure(self, traffic: Traffic) -> None:
         self.traffic = traffic  # one assignment: a request reads either the old knobs or the new ones
@@ -157,6 +161,7 @@ class Router:
         """Tag one upload for ``user_id``; the caption, hashtags and post id feed fusion versions."""
         start = time.perf_counter()
         user_id = _user_id(user_id)
+        self._within_limit(user_id)
         tags = tuple(t.lstrip("#") for t in hashtags if t.lstrip("#"))  # as stored: without the #
         context = {"user_id": user_id, "post_id": post_id, "caption": caption, "hashtags": tags}
         if not upload:
@@ -206,6 +211,21 @@ class Router:
             "side_inputs": result.side,
             "fallback": arm != assigned,
         }
+
+    def _within_limit(self, user_id: str) -> None:
+        """Refuse (429, Retry-After) a user past the per-user rate limit; counted in ``limited``."""
+        if self.limiter is None:
+            return
+        wait = self.limiter.wait(user_id)
+        if wait > 0:
+            self.limited += 1
+            limiter = self.limiter
+            raise Refused(
+                429,
+                f"too many requests for this user (at most {limiter.rate:g} a second, bursts of {limiter.burst}); "
+                f"retry in {limiter.retry_after(wait)} s",
+                retry_after=limiter.retry_after(wait),
+            )
 
     async def _answer(
         self, assigned: str, traffic: Traffic, upload: bytes, context: dict

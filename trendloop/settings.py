@@ -118,6 +118,12 @@ class ServingSettings(BaseModel):
     # the router's wait for one arm (a replica died, its node is gone or overloaded) before it asks the other
     arm_timeout_s: float = Field(default=10.0, gt=0)
     retry_after_s: int = Field(default=5, ge=0)  # the Retry-After (seconds) of a 503 when neither arm answers
+    # per-user limit on /predict (each router replica's own): requests a second and the burst above it; past it 429
+    # with Retry-After. 0: no limit. The defaults sit far above what one person posts and above the simulated
+    # traffic (serving.traffic picks a random viewer of 1,200 in the demo, 2,000 in the benchmarks, per request:
+    # under 2 a second each even at 2,000 requests a second; the smallest test audience sends 120 over 50 viewers)
+    rate_per_user_s: float = Field(default=10.0, ge=0)
+    burst: int = Field(default=50, ge=1)
 
     @property
     def url(self) -> str:

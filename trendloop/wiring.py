@@ -135,6 +135,8 @@ def serve_args(settings: Settings) -> dict:
         "cuped_covariate": settings.serving.cuped_covariate,
         "arm_timeout_s": settings.serving.arm_timeout_s,
         "retry_after_s": settings.serving.retry_after_s,
+        "rate_per_user_s": settings.serving.rate_per_user_s,
+        "burst": settings.serving.burst,
     }
 
 
