@@ -70,12 +70,21 @@ class Problem(BaseModel):
     detail: str = Field(description="what was wrong, in one line")
 
 
+class LogState(BaseModel):
+    written: int = Field(description="records written since the replica started")
+    pending: int = Field(description="records waiting to be written (a failed write keeps them)")
+    dropped: int = Field(description="oldest records let go while writes kept failing and the queue was full")
+    failures: int = Field(description="writes that failed")
+    last_error: str | None = Field(description="the last failed write's error (null: none yet)")
+
+
 class Readiness(BaseModel):
     ready: bool = Field(description="the champion has a model loaded")
     models: dict[str, int | None] = Field(description="the version each arm has loaded (null: none)")
     traffic: dict = Field(description="the router's knobs: split, experiment, versions")
     outcomes: dict[str, int] = Field(description="requests answered by their own arm, by the other one, by neither")
     limited: int = Field(description="requests refused (429) by the per-user rate limit")
+    logs: dict[str, LogState] = Field(description="this replica's prediction and feedback log writers")
 
 
 _WHY = {
@@ -174,6 +183,7 @@ def build_api(
             "traffic": router.traffic.__dict__,
             "outcomes": dict(router.outcomes),
             "limited": router.limited,
+            "logs": {"predictions": router.predictions.state(), "feedback": router.feedback_log.state()},
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 

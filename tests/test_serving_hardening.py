@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +24,7 @@ from serving.experiment import CHALLENGER, CHAMPION
 from serving.limits import RateLimiter, rate_limiter
 from serving.router import RequestBook, Router, Traffic
 from serving.tagging import Tagged
+from tests.browsers import missing
 from trendloop import wiring
 from trendloop.settings import Settings
 
@@ -49,14 +55,14 @@ async def answer(upload: bytes, context: dict) -> Tagged:
     return Tagged(1, ["food", "pets"], [0.7, 0.3], np.array([0.7, 0.3]), np.zeros(4))
 
 
-def router_at(root: Path, limiter: RateLimiter | None = None, writer: dict | None = None) -> Router:
-    """A router whose two arms answer at once, logging under ``root``."""
-    predictions = PredictionLog(root / "predictions")
+def router_at(root: Path, limiter: RateLimiter | None = None, predictions: EventWriter | None = None) -> Router:
+    """A router whose two arms answer at once, logging under ``root`` (predictions: where ``predictions`` writes)."""
+    predictions = predictions or EventWriter(PredictionLog(root / "predictions"), "h", flush_every_s=0.05)
     return Router(
         {CHAMPION: answer, CHALLENGER: answer},
-        EventWriter(predictions, "h", **(writer or {"flush_every_s": 0.05})),
+        predictions,
         EventWriter(FeedbackLog(root / "feedback"), "h", flush_every_s=0.05),
-        RequestBook(predictions),
+        RequestBook(predictions.log),  # type: ignore[arg-type]
         Traffic(split=0.5, salt="s", experiment="e1", champion_version=1, challenger_version=1),
         limiter=limiter,
     )
@@ -133,3 +139,110 @@ def test_a_user_past_the_limit_gets_429_with_retry_after_others_do_not_and_ready
 
 async def _loaded() -> int:
     return 1
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A real 1 MiB tmpfs, filled to its last byte by one file: (its folder, the filler). Root only (mount)."""
+    if os.geteuid() != 0:
+        missing("a full disk needs root (mount -t tmpfs)", os.environ, "full-disk tests")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=False, capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        missing(f"mount -t tmpfs failed: {mounted.stderr.strip()}", os.environ, "full-disk tests")
+    try:
+        filler = disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        assert os.statvfs(disk).f_bavail == 0
+        yield disk, filler
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.integration
+def test_a_full_log_disk_costs_no_prediction_and_readyz_counts_what_waits_and_what_was_dropped(
+    tmp_path: Path, full_disk: tuple[Path, Path]
+) -> None:
+    disk, filler = full_disk
+    log = PredictionLog(disk / "predictions")
+    # flushes only when the test says (and at close): every count below is exact
+    writer = EventWriter(log, "full", flush_every_s=3600, max_queued=30)
+    router = router_at(tmp_path, predictions=writer)
+    api = build_api(router, {CHAMPION: _loaded, CHALLENGER: _loaded}, dict)
+
+    async def predict(client: httpx.AsyncClient, users: range) -> list[httpx.Response]:
+        return [await client.post("/predict", params={"user_id": f"u{i}"}, content=png()) for i in users]
+
+    async def session() -> tuple[list[httpx.Response], list[dict]]:
+        states = []
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://t") as client:
+            answered = await predict(client, range(20))
+            assert writer.flush() == 0  # the disk is full: the 20 stay queued
+            states.append((await client.get("/readyz")).json()["logs"])
+            answered += await predict(client, range(20, 45))  # 45 queued in all, 30 kept: the 15 oldest go
+            assert writer.flush() == 0
+            states.append((await client.get("/readyz")).json()["logs"])
+        return answered, states
+
+    answered, (first, second) = run(session())
+    assert [r.status_code for r in answered] == [200] * 45  # logging never cost a prediction
+    no_space = "OSError: [Errno 28] No space left on device"
+    assert first["predictions"]["last_error"].startswith(no_space)
+    assert {k: v for k, v in first["predictions"].items() if k != "last_error"} == {
+        "written": 0, "pending": 20, "dropped": 0, "failures": 1,
+    }  # fmt: skip
+    assert {k: v for k, v in second["predictions"].items() if k != "last_error"} == {
+        "written": 0, "pending": 30, "dropped": 15, "failures": 2,
+    }  # fmt: skip
+    assert second["feedback"] == {"written": 0, "pending": 0, "dropped": 0, "failures": 0, "last_error": None}
+    assert log.read().num_rows == 0
+
+    filler.unlink()  # space is back: the writer catches up
+    assert router.close() == 0
+    assert (writer.written, writer.pending, writer.dropped) == (30, 0, 15)
+    ids = [r.json()["request_id"] for r in answered]
+    logged = log.read().column("request_id").to_pylist()
+    assert len(logged) == 45 - 15 and sorted(logged) == sorted(ids[15:])  # the newest 30, each once
+
+
+class StalledLog(PredictionLog):
+    """A log whose write waits until ``fail`` is set, then fails as a full disk does."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.writing, self.fail = threading.Event(), threading.Event()
+
+    def write(self, records, batch: str) -> int:
+        self.writing.set()
+        assert self.fail.wait(30)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.unit
+def test_records_that_arrive_during_a_failing_write_still_keep_the_queue_to_max_queued(tmp_path: Path) -> None:
+    log = StalledLog(tmp_path / "predictions")
+    writer = EventWriter(log, "stalled", flush_every_s=3600, max_queued=10)
+    for i in range(10):
+        writer.append({"request_id": f"r{i}"})
+    with ThreadPoolExecutor(1) as pool:
+        flushed = pool.submit(writer.flush)
+        assert log.writing.wait(30)  # the 10 are out of the queue, in the write
+        for i in range(10, 18):
+            writer.append({"request_id": f"r{i}"})  # the queue is short now: nothing is dropped yet
+        assert (writer.pending, writer.dropped) == (18, 0)
+        assert [r["request_id"] for r in writer.pending_records()] == [f"r{i}" for i in range(18)]
+        log.fail.set()
+        assert flushed.result() == 0
+    # the failed rows went back in front; the 8 oldest past max_queued are let go and counted
+    assert (writer.pending, writer.dropped, writer.failures) == (10, 8, 1)
+    assert [r["request_id"] for r in writer.pending_records()] == [f"r{i}" for i in range(8, 18)]
