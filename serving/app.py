@@ -28,6 +28,7 @@ from components.features.side import SideReader
 from components.features.store import Features
 from components.model.predict import Predictor
 from components.model.registry import Registry
+from serving.access import TokenFile
 from serving.api import build_api
 from serving.eventlog import EventWriter, FeedbackLog
 from serving.experiment import CHALLENGER, CHAMPION, Experiments
@@ -86,6 +87,7 @@ class Ingress:
         retry_after_s: int = 5,
         rate_per_user_s: float = 0.0,
         burst: int = 1,
+        report_token_file: str | None = None,
     ):
         predictions, feedback = PredictionLog(Path(logs["predictions"])), FeedbackLog(Path(logs["feedback"]))
         self.experiments = Experiments(Path(logs["experiments"]))
@@ -94,6 +96,8 @@ class Ingress:
             cuped_covariate, predictions, feedback, pre_days, lambda: open_features(features)
         )
         writer = f"serve-{os.getpid()}"
+        # the app listens beyond 127.0.0.1: the report surfaces need the token in this file (read here, never passed)
+        self.report_token = TokenFile(Path(report_token_file)).read if report_token_file else None
         self.handles = {CHAMPION: champion, CHALLENGER: challenger}
         self.router = Router(
             arms={arm: asker(handle) for arm, handle in self.handles.items()},
@@ -108,7 +112,7 @@ class Ingress:
 
     def __serve_build_asgi_app__(self):
         probes = {arm: handle.version.remote for arm, handle in self.handles.items()}
-        return build_api(self.router, probes, self.report)
+        return build_api(self.router, probes, self.report, report_token=self.report_token)
 
     def reconfigure(self, config: dict) -> None:
         self.router.configure(Traffic.from_config(config))
@@ -186,4 +190,5 @@ def build(args: dict) -> serve.Application:
         retry_after_s=int(args.get("retry_after_s", 5)),
         rate_per_user_s=float(args.get("rate_per_user_s", 0.0)),
         burst=int(args.get("burst", 1)),
+        report_token_file=args.get("report_token_file"),
     )

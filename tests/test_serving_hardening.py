@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import io
+import json
 import os
+import stat
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ import pytest
 from PIL import Image
 
 from components.data.predlog import PredictionLog
+from serving.access import COOKIE, TokenFile, dashboard_key, is_loopback
 from serving.api import build_api
 from serving.eventlog import EventWriter, FeedbackLog
 from serving.experiment import CHALLENGER, CHAMPION
@@ -246,3 +249,100 @@ def test_records_that_arrive_during_a_failing_write_still_keep_the_queue_to_max_
     # the failed rows went back in front; the 8 oldest past max_queued are let go and counted
     assert (writer.pending, writer.dropped, writer.failures) == (10, 8, 1)
     assert [r["request_id"] for r in writer.pending_records()] == [f"r{i}" for i in range(8, 18)]
+
+
+@pytest.mark.unit
+def test_the_token_file_is_made_once_private_and_only_its_path_reaches_the_serve_config(tmp_path: Path) -> None:
+    assert [is_loopback(h) for h in ("127.0.0.1", "127.3.4.5", "::1", "[::1]", "localhost")] == [True] * 5
+    assert [is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.7", "serving.example")] == [False] * 4
+    near = Settings(home=tmp_path)
+    assert wiring.serve_args(near)["report_token_file"] is None and not (tmp_path / "secrets").exists()
+    wide = Settings(home=tmp_path, serving={"host": "0.0.0.0"})
+    path = Path(wiring.serve_args(wide)["report_token_file"])
+    assert path == (tmp_path / "secrets" / "report.token").resolve()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    token = path.read_text().strip()
+    assert len(token) == 43  # 32 random bytes, URL-safe base64
+    assert wiring.serve_args(wide)["report_token_file"] == str(path) and path.read_text().strip() == token  # kept
+    config = wiring.serve_config_for(wide)({CHAMPION: 1, CHALLENGER: None}, Traffic())
+    assert token not in json.dumps(config) and str(path) in json.dumps(config)
+    elsewhere = Settings(home=tmp_path, serving={"host": "10.0.0.7", "report_token_file": str(tmp_path / "t")})
+    assert wiring.serve_args(elsewhere)["report_token_file"] == str(tmp_path / "t")
+
+
+def guarded(tmp_path: Path, token_file: Path | None) -> httpx.AsyncClient:
+    """A client of the real app over a router, its report surfaces guarded by ``token_file`` (None: open)."""
+    router = router_at(tmp_path)
+    report_token = TokenFile(token_file).read if token_file else None
+    api = build_api(router, {CHAMPION: _loaded, CHALLENGER: _loaded}, lambda: {"arms": {}}, report_token=report_token)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://t")
+
+
+REPORTS = ("/ab", "/ab/static/dashboard.css", "/ab/static/dashboard.js", "/ab/report.json")
+
+
+async def visit(client: httpx.AsyncClient, headers: dict | None = None) -> dict[str, httpx.Response]:
+    """Every GET surface, and a prediction with its feedback (which never need the token)."""
+    got = {path: await client.get(path, headers=headers) for path in (*REPORTS, "/readyz", "/healthz")}
+    got["/predict"] = await client.post("/predict", params={"user_id": "u1"}, content=png())
+    got["/feedback"] = await client.post("/feedback", json={"request_id": got["/predict"].json()["request_id"],
+                                                            "event": "click"})  # fmt: skip
+    return got
+
+
+@pytest.mark.unit
+def test_on_loopback_every_surface_is_open_without_a_token(tmp_path: Path) -> None:
+    async def session() -> dict[str, httpx.Response]:
+        async with guarded(tmp_path, None) as client:
+            return await visit(client)
+
+    got = run(session())
+    assert {path: r.status_code for path, r in got.items()} == dict.fromkeys(got, 200)
+    assert set(got["/readyz"].json()) == {"ready", "models", "traffic", "outcomes", "limited", "logs"}
+
+
+@pytest.mark.unit
+def test_beyond_loopback_the_reports_need_the_token_and_probes_predictions_and_feedback_do_not(tmp_path: Path) -> None:
+    token_file = tmp_path / "report.token"
+    token_file.write_text("right-token-of-enough-length\n")
+
+    async def session() -> dict:
+        seen = {}
+        async with guarded(tmp_path, token_file) as client:
+            seen["none"] = await visit(client)
+            seen["wrong"] = await visit(client, {"Authorization": "Bearer wrong-token-of-enough-length"})
+            seen["right"] = await visit(client, {"Authorization": "Bearer right-token-of-enough-length"})
+            seen["wrong link"] = await client.get("/ab", params={"token": "wrong-token-of-enough-length"})
+            seen["link"] = await client.get("/ab", params={"token": "right-token-of-enough-length"})
+            seen["cookie"] = await visit(client)  # the client keeps the cookie, as a browser does
+            token_file.write_text("a-new-token-of-enough-length\n")
+            os.utime(token_file, ns=(1, 1))  # a rotation (the mtime surely differs from the first write's)
+            seen["rotated"] = {path: await client.get(path) for path in REPORTS}
+        return seen
+
+    seen = run(session())
+    none, wrong, right, cookie = seen["none"], seen["wrong"], seen["right"], seen["cookie"]
+    assert {p: none[p].status_code for p in REPORTS} == dict.fromkeys(REPORTS, 401)
+    assert none["/ab"].json() == {"detail": (
+        "this needs the report token: send Authorization: Bearer <token>, or open /ab?token=<token> once in a browser"
+    )}  # fmt: skip
+    assert none["/ab/report.json"].headers["www-authenticate"] == 'Bearer realm="trendloop reports"'
+    assert none["/readyz"].status_code == 200 and none["/readyz"].json() == {"ready": True}  # a probe's answer
+    assert [none[p].status_code for p in ("/healthz", "/predict", "/feedback")] == [200, 200, 200]
+    assert {p: wrong[p].status_code for p in (*REPORTS, "/readyz")} == dict.fromkeys((*REPORTS, "/readyz"), 401)
+    assert wrong["/readyz"].json() == {"detail": "the report token is wrong"}
+    assert [wrong[p].status_code for p in ("/healthz", "/predict", "/feedback")] == [200, 200, 200]
+    assert {p: r.status_code for p, r in right.items()} == dict.fromkeys(right, 200)
+    assert right["/readyz"].json()["logs"]["predictions"]["failures"] == 0 and "traffic" in right["/readyz"].json()
+
+    assert seen["wrong link"].status_code == 401 and COOKIE not in seen["wrong link"].cookies
+    link = seen["link"]
+    assert (link.status_code, link.headers["location"]) == (303, "/ab")  # the token leaves the address
+    set_cookie = link.headers["set-cookie"]
+    assert set_cookie.startswith(f"{COOKIE}={dashboard_key('right-token-of-enough-length')};")
+    assert "right-token-of-enough-length" not in set_cookie
+    assert {"HttpOnly", "Path=/ab", "SameSite=strict"} <= {part.strip() for part in set_cookie.split(";")}
+    assert {p: cookie[p].status_code for p in REPORTS} == dict.fromkeys(REPORTS, 200)
+    assert cookie["/ab"].text.startswith("<!DOCTYPE html>") and cookie["/ab/report.json"].json() == {"arms": {}}
+    assert cookie["/readyz"].json() == {"ready": True}  # the cookie opens the dashboard's paths only
+    assert {p: r.status_code for p, r in seen["rotated"].items()} == dict.fromkeys(REPORTS, 401)

@@ -469,6 +469,9 @@ def serve_up(ctx: typer.Context) -> None:
         experiment = control.up(s, settings.serving.start_timeout)
     url = settings.serving.url
     render.console.print(f"serving on {url}: POST {url}/predict?user_id=..., the A/B dashboard at {url}/ab")
+    token_file = wiring.report_token_file(settings)
+    if token_file is not None:  # the path, never the token
+        render.console.print(f"the dashboard needs the token in {token_file}: open {url}/ab?token=<it> once")
     render.console.print(render.experiment_line(experiment))
 
 

@@ -99,7 +99,10 @@ class ServingSettings(BaseModel):
     ray_ports: RayPorts = Field(default_factory=RayPorts)  # the local head's ports on 127.0.0.1
     ray_cpus: int | None = Field(default=None, ge=1)  # CPUs the local head offers; unset: all of them
     ray_gpus: int | None = Field(default=None, ge=0)  # GPUs the local head offers; unset: all it finds
-    host: str = "127.0.0.1"  # where the HTTP proxy listens
+    host: str = "127.0.0.1"  # where the HTTP proxy listens; beyond loopback the report surfaces need a token
+    # that token's file (made on first use, mode 0600; replicas get its path, never the token); unset:
+    # <home>/secrets/report.token. Read only when host is not a loopback address
+    report_token_file: Path | None = None
     port: int = Field(default=8000, gt=0, lt=65536)
     route_prefix: str = "/"
     champion: ArmSpec = Field(default_factory=ArmSpec)  # replicas, CPUs, GPUs (fractions share one) and batching

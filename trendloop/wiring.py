@@ -116,8 +116,19 @@ def check_ray_ports(settings: Settings) -> None:
             ray.check_ports(settings.serving.port)
 
 
+def report_token_file(settings: Settings) -> Path | None:
+    """The report token's file when the app listens beyond loopback (made now if missing), else None."""
+    from serving.access import ensure_token, is_loopback
+
+    if is_loopback(settings.serving.host):
+        return None
+    return ensure_token((settings.serving.report_token_file or settings.home / "secrets" / "report.token").resolve())
+
+
 def serve_args(settings: Settings) -> dict:
-    """The serving app's ``args``: where replicas find models and write logs (absolute paths)."""
+    """The serving app's ``args``: where replicas find models and write logs (absolute paths), and the report
+    token's file beyond loopback (the path only: the token stays out of every Serve config)."""
+    token_file = report_token_file(settings)
     return {
         "models": {"registry": registry_spec(settings)},
         "logs": {
@@ -137,6 +148,7 @@ def serve_args(settings: Settings) -> dict:
         "retry_after_s": settings.serving.retry_after_s,
         "rate_per_user_s": settings.serving.rate_per_user_s,
         "burst": settings.serving.burst,
+        "report_token_file": None if token_file is None else str(token_file),
     }
 
 
