@@ -260,14 +260,17 @@ def test_the_token_file_is_made_once_private_and_only_its_path_reaches_the_serve
     wide = Settings(home=tmp_path, serving={"host": "0.0.0.0"})
     path = Path(wiring.serve_args(wide)["report_token_file"])
     assert path == (tmp_path / "secrets" / "report.token").resolve()
+    assert not path.exists()  # a config names it; only a deploy (serve up, the demo, serve token) makes it
+    assert wiring.make_report_token(wide) == path
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     token = path.read_text().strip()
     assert len(token) == 43  # 32 random bytes, URL-safe base64
-    assert wiring.serve_args(wide)["report_token_file"] == str(path) and path.read_text().strip() == token  # kept
+    assert wiring.make_report_token(wide) == path and path.read_text().strip() == token  # kept, not made again
     config = wiring.serve_config_for(wide)({CHAMPION: 1, CHALLENGER: None}, Traffic())
     assert token not in json.dumps(config) and str(path) in json.dumps(config)
     elsewhere = Settings(home=tmp_path, serving={"host": "10.0.0.7", "report_token_file": str(tmp_path / "t")})
     assert wiring.serve_args(elsewhere)["report_token_file"] == str(tmp_path / "t")
+    assert wiring.make_report_token(near) is None and not (tmp_path / "secrets" / "x").exists()
 
 
 def guarded(tmp_path: Path, token_file: Path | None) -> httpx.AsyncClient:
@@ -346,3 +349,25 @@ def test_beyond_loopback_the_reports_need_the_token_and_probes_predictions_and_f
     assert cookie["/ab"].text.startswith("<!DOCTYPE html>") and cookie["/ab/report.json"].json() == {"arms": {}}
     assert cookie["/readyz"].json() == {"ready": True}  # the cookie opens the dashboard's paths only
     assert {p: r.status_code for p, r in seen["rotated"].items()} == dict.fromkeys(REPORTS, 401)
+
+
+@pytest.mark.unit
+def test_serve_token_makes_the_file_once_and_prints_its_path_never_the_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from trendloop.cli import app  # noqa: PLC0415
+
+    for key in [k for k in os.environ if k.startswith("TRENDLOOP_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "wide.toml").write_text(f'home = "{tmp_path / "home"}"\n[serving]\nhost = "0.0.0.0"\n')
+    made = CliRunner().invoke(app, ["--config", "wide.toml", "serve", "token"])
+    path = (tmp_path / "home" / "secrets" / "report.token").resolve()
+    token = path.read_text().strip()
+    assert made.exit_code == 0 and " ".join(made.stdout.split()) == f"the report token is in {path}"
+    again = CliRunner().invoke(app, ["--config", "wide.toml", "serve", "token"])
+    assert again.stdout == made.stdout and path.read_text().strip() == token and token not in made.stdout
+    near = CliRunner().invoke(app, ["serve", "token"])
+    assert near.exit_code == 0 and "serving.host is 127.0.0.1: the reports need no token" in near.stdout

@@ -117,17 +117,25 @@ def check_ray_ports(settings: Settings) -> None:
 
 
 def report_token_file(settings: Settings) -> Path | None:
-    """The report token's file when the app listens beyond loopback (made now if missing), else None."""
-    from serving.access import ensure_token, is_loopback
+    """Where the report token is when the app listens beyond loopback, else None (nothing is made here)."""
+    from serving.access import is_loopback
 
     if is_loopback(settings.serving.host):
         return None
-    return ensure_token((settings.serving.report_token_file or settings.home / "secrets" / "report.token").resolve())
+    return (settings.serving.report_token_file or settings.home / "secrets" / "report.token").resolve()
+
+
+def make_report_token(settings: Settings) -> Path | None:
+    """``report_token_file``, the token written there first if it is not (mode 0600): before the app deploys."""
+    from serving.access import ensure_token
+
+    path = report_token_file(settings)
+    return None if path is None else ensure_token(path)
 
 
 def serve_args(settings: Settings) -> dict:
     """The serving app's ``args``: where replicas find models and write logs (absolute paths), and the report
-    token's file beyond loopback (the path only: the token stays out of every Serve config)."""
+    token's file beyond loopback (the path only: the token stays out of every Serve config; nothing is made)."""
     token_file = report_token_file(settings)
     return {
         "models": {"registry": registry_spec(settings)},
