@@ -371,3 +371,30 @@ def test_serve_token_makes_the_file_once_and_prints_its_path_never_the_token(
     assert again.stdout == made.stdout and path.read_text().strip() == token and token not in made.stdout
     near = CliRunner().invoke(app, ["serve", "token"])
     assert near.exit_code == 0 and "serving.host is 127.0.0.1: the reports need no token" in near.stdout
+
+
+@pytest.mark.unit
+def test_the_replica_builds_its_limit_and_its_guard_from_the_apps_args(tmp_path: Path) -> None:
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from serving.app import Ingress  # noqa: PLC0415
+
+    replica_class = Ingress.func_or_class.__mro__[1]  # the class under Serve's ASGI wrapper: a plain one
+    assert replica_class.__module__ == "serving.app" and "__serve_build_asgi_app__" in vars(replica_class)
+    (tmp_path / "token").write_text("replica-token-of-enough-length\n")
+    handle = SimpleNamespace(version=SimpleNamespace(remote=_loaded))
+    logs = {name: str(tmp_path / name) for name in ("predictions", "feedback", "experiments")}
+    replica = replica_class(
+        handle, handle, logs, rate_per_user_s=2.0, burst=3, report_token_file=str(tmp_path / "token")
+    )
+    assert (replica.router.limiter.rate, replica.router.limiter.burst) == (2.0, 3)
+    api = replica.__serve_build_asgi_app__()
+
+    async def ask(headers: dict) -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://t") as client:
+            return await client.get("/readyz", headers=headers)
+
+    assert run(ask({})).json() == {"ready": True}
+    assert run(ask({"Authorization": "Bearer replica-token-of-enough-length"})).json()["limited"] == 0
+    replica.router.close()
+    assert replica_class(handle, handle, logs).router.limiter is None  # no args: no limit, as before
