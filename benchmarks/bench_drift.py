@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from components.data.ingest import ingest, read_labels
+from components.data.pseudonyms import Pseudonyms
 from components.data.snapshot import Store
 from components.model.predict import Predictor
 from components.model.train import TrainConfig, train
 from components.monitor.checks import predict_window, reference_windows
 from components.monitor.drift import DriftConfig, Window, detect_drift
-from components.privacy.pseudonyms import Pseudonyms
 from components.simulator.feed import FeedSpec, read_feed, simulate
 from components.simulator.trends import NewClass, PriorShift, StyleShift
 

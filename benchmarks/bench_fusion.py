@@ -28,6 +28,7 @@ import torch
 
 from components.data.ingest import ingest, read_labels
 from components.data.predlog import PredictionLog
+from components.data.pseudonyms import Pseudonyms
 from components.data.snapshot import Store
 from components.features.side import SideReader
 from components.features.store import Features
@@ -38,7 +39,6 @@ from components.model.predict import Predictor
 from components.model.preprocess import Preprocessing
 from components.model.train import TrainConfig, train
 from components.monitor.batch import log_batch_predictions
-from components.privacy.pseudonyms import Pseudonyms
 from components.simulator.feed import FeedSpec, simulate
 
 VARIANTS = {"image": (), "caption": ("caption",), "user": ("user",), "fusion": ("caption", "user")}

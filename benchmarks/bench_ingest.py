@@ -24,9 +24,9 @@ import skimage.data  # a development dependency: real photos shipped in the pack
 from PIL import Image
 
 from components.data.ingest import ingest
+from components.data.pseudonyms import Pseudonyms
 from components.data.snapshot import Store
 from components.data.validate import ImageLimits
-from components.privacy.pseudonyms import Pseudonyms
 from components.simulator.feed import FeedSpec, simulate
 from components.simulator.uploads import phone_exif
 

@@ -38,10 +38,10 @@ import torch
 from PIL import Image
 
 from components.data.predlog import PredictionLog
+from components.data.pseudonyms import Pseudonyms
 from components.model.predict import Predictor
 from components.model.preprocess import Preprocessing
 from components.model.tagger import TaggerSpec, build_tagger, save_tagger
-from components.privacy.pseudonyms import Pseudonyms
 from infra.processes import free_port
 from infra.ray import LocalRay, RayPorts
 from serving.deploy import ArmSpec, ServeAdmin, serve_config

@@ -22,12 +22,12 @@ import torch
 from torch import nn
 
 from components.data.ingest import ingest, read_labels
+from components.data.pseudonyms import Pseudonyms
 from components.data.snapshot import Snapshot, Store
 from components.model.datasets import decode_images, labelled_posts, targets_for
 from components.model.preprocess import Preprocessing
 from components.model.tagger import TaggerSpec, build_tagger
 from components.model.train import TrainConfig, pick_device, train
-from components.privacy.pseudonyms import Pseudonyms
 from components.simulator.feed import FeedSpec, simulate
 
 

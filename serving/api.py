@@ -7,13 +7,17 @@ Endpoints:
     POST /feedback              {"request_id", "event"}    -> the event recorded
     GET  /healthz               the process answers
     GET  /readyz                the champion has a model loaded (503 until it has)
-    GET  /ab                    the A/B dashboard (HTML)
+    GET  /ab                    the A/B dashboard (HTML); ?token=T once sets its cookie (serving.access)
     GET  /ab/static/NAME        its stylesheet and script (dashboard.css, dashboard.js)
     GET  /ab/report.json        the A/B analysis the dashboard shows
     GET  /openapi.json          this, as an OpenAPI spec
 
-Every refusal is a 4xx with ``{"detail": "..."}`` saying what was wrong; when no arm can answer,
-a 503 with a ``Retry-After`` header (seconds).
+When the app listens beyond 127.0.0.1 (``report_token`` given), the report surfaces (``/ab``, its
+files and report, the detail of ``/readyz``) need ``Authorization: Bearer <token>`` or the
+dashboard's cookie: 401 without; ``/readyz`` then answers only ``{"ready": ...}`` for probes.
+
+Every refusal is a 4xx with ``{"detail": "..."}`` saying what was wrong; a user past the per-user
+rate limit gets a 429 and when no arm can answer a 503, both with a ``Retry-After`` header (seconds).
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
-from components.errors import TrendloopError
+from components.errors import ConfigError, TrendloopError
+from serving.access import COOKIE, bearer, dashboard_key, same
 from serving.dashboard import ASSET_TYPES, Links, asset, page_headers, render_dashboard
 from serving.eventlog import EVENTS
 from serving.router import Refused, Router
@@ -70,19 +75,36 @@ class Problem(BaseModel):
     detail: str = Field(description="what was wrong, in one line")
 
 
+class LogState(BaseModel):
+    written: int = Field(description="records written since the replica started")
+    pending: int = Field(description="records waiting to be written (a failed write keeps them)")
+    dropped: int = Field(description="oldest records let go while writes kept failing and the queue was full")
+    failures: int = Field(description="writes that failed")
+    last_error: str | None = Field(description="the last failed write's error (null: none yet)")
+
+
 class Readiness(BaseModel):
+    """Readiness; the fields after ``ready`` are left out for a caller without the report token (when one
+    is needed: the app listens beyond 127.0.0.1)."""
+
     ready: bool = Field(description="the champion has a model loaded")
-    models: dict[str, int | None] = Field(description="the version each arm has loaded (null: none)")
-    traffic: dict = Field(description="the router's knobs: split, experiment, versions")
-    outcomes: dict[str, int] = Field(description="requests answered by their own arm, by the other one, by neither")
+    models: dict[str, int | None] | None = Field(None, description="the version each arm has loaded (null: none)")
+    traffic: dict | None = Field(None, description="the router's knobs: split, experiment, versions")
+    outcomes: dict[str, int] | None = Field(
+        None, description="requests answered by their own arm, by the other one, by neither"
+    )
+    limited: int | None = Field(None, description="requests refused (429) by the per-user rate limit")
+    logs: dict[str, LogState] | None = Field(None, description="this replica's prediction and feedback log writers")
 
 
 _WHY = {
     400: "the upload is empty (predict), or the body is not JSON (feedback)",
+    401: "the app listens beyond 127.0.0.1 and the report token is missing or wrong (Authorization: Bearer)",
     404: "no such request id (feedback) or file",
     413: "the upload is larger than the limit",
     415: "the upload is not an image, or of a format not accepted",
     422: "a parameter or the body is invalid, or the image cannot be decoded",
+    429: "this user sent more than the per-user rate limit allows (see the Retry-After header)",
     503: "no arm can answer right now (see the Retry-After header), or the report cannot be computed",
 }
 
@@ -90,6 +112,13 @@ _WHY = {
 def _problems(*codes: int) -> dict:
     """OpenAPI responses for refusals: every one is a ``Problem``."""
     return {code: {"model": Problem, "description": _WHY[code]} for code in codes}
+
+
+class NoToken(Exception):
+    """A report surface asked for without the right report token: 401, with the message the caller sees."""
+
+
+NEEDED = "this needs the report token: send Authorization: Bearer <token>, or open /ab?token=<token> once in a browser"
 
 
 class Recorded(BaseModel):
@@ -114,9 +143,11 @@ def build_api(
     report: Callable[[], dict],
     report_ttl_s: float = 5.0,
     refresh_s: int = 30,
+    report_token: Callable[[], str] | None = None,
 ) -> FastAPI:
     """The FastAPI app over ``router``; ``report()`` computes the A/B report (it runs in a thread), which
-    the dashboard fetches again every ``refresh_s`` seconds."""
+    the dashboard fetches again every ``refresh_s`` seconds. ``report_token()``: the token the report
+    surfaces need (``serving.access.TokenFile.read``); None: they are open (the app listens on loopback)."""
     api = FastAPI(
         title="trendloop serving",
         version="1",
@@ -129,6 +160,37 @@ def build_api(
         headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
         return JSONResponse({"detail": err.message}, status_code=err.status, headers=headers)
 
+    @api.exception_handler(NoToken)
+    async def no_token(request: Request, err: NoToken) -> JSONResponse:
+        headers = {"WWW-Authenticate": 'Bearer realm="trendloop reports"'}  # RFC 6750
+        return JSONResponse({"detail": str(err)}, status_code=401, headers=headers)
+
+    def token() -> str:
+        try:
+            return report_token()  # type: ignore[misc]
+        except ConfigError as err:  # a replica that cannot read the token keeps the reports closed
+            raise Refused(503, f"the report surfaces are closed: {err}") from None
+
+    def shown(request: Request, cookie: bool = True) -> bool:
+        """Whether the right token (or the dashboard's cookie) came, or none is needed; False: nothing came.
+        A wrong one is refused (401)."""
+        if report_token is None:
+            return True
+        given = bearer(request.headers.get("authorization"))
+        if given is not None:
+            if same(given, token()):
+                return True
+            raise NoToken("the report token is wrong")
+        if cookie and COOKIE in request.cookies:
+            if same(request.cookies[COOKIE], dashboard_key(token())):
+                return True
+            raise NoToken("the dashboard's cookie is out of date (the token changed): open /ab?token=<token> again")
+        return False
+
+    def guard(request: Request) -> None:
+        if not shown(request):
+            raise NoToken(NEEDED)
+
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         # one line in the same shape as every other refusal, not FastAPI's list of error objects
@@ -139,7 +201,7 @@ def build_api(
         "/predict",
         response_model=Prediction,
         openapi_extra=_IMAGE_BODY,
-        responses=_problems(400, 413, 415, 422, 503),
+        responses=_problems(400, 413, 415, 422, 429, 503),
     )
     async def predict(
         request: Request,
@@ -162,14 +224,27 @@ def build_api(
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @api.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
-    async def readyz() -> JSONResponse:
+    @api.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "not ready"}, **_problems(401)},
+    )
+    async def readyz(request: Request) -> JSONResponse:
         loaded = {arm: await _probe(probe) for arm, probe in probes.items()}
         ready = loaded.get("champion") is not None
-        body = {"ready": ready, "models": loaded, "traffic": router.traffic.__dict__, "outcomes": dict(router.outcomes)}
+        if not shown(request, cookie=False):  # a probe: whether it is ready, no more
+            return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        body = {
+            "ready": ready,
+            "models": loaded,
+            "traffic": router.traffic.__dict__,
+            "outcomes": dict(router.outcomes),
+            "limited": router.limited,
+            "logs": {"predictions": router.predictions.state(), "feedback": router.feedback_log.state()},
+        }
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @api.get("/ab/report.json", responses=_problems(503))
+    @api.get("/ab/report.json", responses=_problems(401, 503), dependencies=[Depends(guard)])
     async def ab_report() -> dict:
         now = time.monotonic()
         if "report" not in cache or now - cache["report"][0] > report_ttl_s:
@@ -179,15 +254,26 @@ def build_api(
                 raise Refused(503, f"the A/B report cannot be computed: {err}") from None
         return cache["report"][1]
 
-    @api.get("/ab", response_class=HTMLResponse)
-    async def dashboard(request: Request) -> HTMLResponse:
+    @api.get("/ab", response_class=HTMLResponse, responses=_problems(401))
+    async def dashboard(request: Request) -> Response:
+        here = request.url_for("dashboard").path
+        given = request.query_params.get("token")
+        if report_token is not None and given is not None:  # a browser's first visit: the cookie, then the page
+            if not same(given, token()):
+                raise NoToken("the report token in the address is wrong")
+            back = RedirectResponse(here, status_code=303)  # the token leaves the address bar and the history
+            secure = request.url.scheme == "https"
+            back.set_cookie(COOKIE, dashboard_key(given), path=here, httponly=True, samesite="strict", secure=secure)
+            return back
+        guard(request)
         report_url = request.url_for("ab_report").path
         style, script = (request.url_for("dashboard_file", name=n).path for n in ("dashboard.css", "dashboard.js"))
         links = Links(style=style, script=script)
         page = render_dashboard(report_url=report_url, refresh_s=refresh_s, links=links)
         return HTMLResponse(page, headers=page_headers(report_url, links))
 
-    @api.get("/ab/static/{name}", include_in_schema=False)  # the page's own files, not an API
+    # the page's own files, not an API
+    @api.get("/ab/static/{name}", include_in_schema=False, dependencies=[Depends(guard)])
     async def dashboard_file(name: str) -> Response:
         if name not in ASSET_TYPES:
             raise Refused(404, f"the dashboard has no file {name!r}")

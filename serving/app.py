@@ -22,16 +22,18 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from components.data.predlog import PredictionLog
+from components.data.pseudonyms import Pseudonyms
 from components.data.validate import ImageLimits
 from components.errors import ConfigError
 from components.features.side import SideReader
 from components.features.store import Features
 from components.model.predict import Predictor
 from components.model.registry import Registry
-from components.privacy.pseudonyms import Pseudonyms
+from serving.access import TokenFile
 from serving.api import build_api
 from serving.eventlog import EventWriter, FeedbackLog
 from serving.experiment import CHALLENGER, CHAMPION, Experiments
+from serving.limits import rate_limiter
 from serving.report import covariate_from, current_report
 from serving.router import RequestBook, Router, Traffic
 from serving.tagging import ArmModel, PostContext, pick_device
@@ -84,6 +86,9 @@ class Ingress:
         features: dict | None = None,
         arm_timeout_s: float = 10.0,
         retry_after_s: int = 5,
+        rate_per_user_s: float = 0.0,
+        burst: int = 1,
+        report_token_file: str | None = None,
         privacy: dict | None = None,
     ):
         if not privacy:
@@ -95,6 +100,8 @@ class Ingress:
             cuped_covariate, predictions, feedback, pre_days, lambda: open_features(features)
         )
         writer = f"serve-{os.getpid()}"
+        # the app listens beyond 127.0.0.1: the report surfaces need the token in this file (read here, never passed)
+        self.report_token = TokenFile(Path(report_token_file)).read if report_token_file else None
         self.handles = {CHAMPION: champion, CHALLENGER: challenger}
         self.router = Router(
             arms={arm: asker(handle) for arm, handle in self.handles.items()},
@@ -104,12 +111,13 @@ class Ingress:
             max_upload_bytes=max_upload_bytes,
             arm_timeout_s=arm_timeout_s,
             retry_after_s=retry_after_s,
+            limiter=rate_limiter(rate_per_user_s, burst),
             pseudonyms=Pseudonyms.from_file(Path(privacy["key_file"])),  # the key stays in its file
         )
 
     def __serve_build_asgi_app__(self):
         probes = {arm: handle.version.remote for arm, handle in self.handles.items()}
-        return build_api(self.router, probes, self.report)
+        return build_api(self.router, probes, self.report, report_token=self.report_token)
 
     def reconfigure(self, config: dict) -> None:
         self.router.configure(Traffic.from_config(config))
@@ -185,5 +193,8 @@ def build(args: dict) -> serve.Application:
         features=args.get("features"),
         arm_timeout_s=float(args.get("arm_timeout_s", 10.0)),
         retry_after_s=int(args.get("retry_after_s", 5)),
+        rate_per_user_s=float(args.get("rate_per_user_s", 0.0)),
+        burst=int(args.get("burst", 1)),
+        report_token_file=args.get("report_token_file"),
         privacy=args.get("privacy"),
     )

@@ -10,7 +10,10 @@ background thread writes what is queued as one Parquet file per flush (atomic: a
 reader sees a whole file or none). A write that fails (disk full, folder gone)
 keeps its records queued and is tried again at the next flush, so logging never
 fails or blocks a prediction; ``close`` flushes what is left, so a clean shutdown
-loses nothing. A crash loses at most the last ``flush_every_s`` of records.
+loses nothing. A crash loses at most the last ``flush_every_s`` of records. While writes
+keep failing at most ``max_queued`` records wait; older ones are dropped and counted.
+``state()`` says where each writer stands (``/readyz`` shows it per log): every record
+appended is written, pending or dropped.
 """
 
 from __future__ import annotations
@@ -60,8 +63,10 @@ class EventWriter:
         self.log, self.flush_every_s, self.max_rows, self.max_queued = log, flush_every_s, max_rows, max_queued
         self.name = f"{name}-{secrets.token_hex(4)}"  # a restarted writer never reuses a file name
         self._queue: deque[dict] = deque()
+        self._writing: list[dict] = []  # the rows of the write in flight: neither queued nor on disk yet
         self._seq = 0
         self._lock = threading.Lock()  # one flush at a time
+        self._queue_lock = threading.Lock()  # the queue's own: held for deque steps only, never across a write
         self._wake = threading.Event()
         self._closed = False
         self.written = 0
@@ -72,43 +77,68 @@ class EventWriter:
         self._thread.start()
 
     def append(self, record: dict) -> None:
-        """Queue one record (a dict of the log's columns). Never blocks, never raises.
+        """Queue one record (a dict of the log's columns). Never waits for a write, never raises.
 
         While writes keep failing the queue grows to ``max_queued``; past that the oldest record
         is let go (and counted) rather than the replica running out of memory.
         """
-        if len(self._queue) >= self.max_queued:
-            self._queue.popleft()
-            self.dropped += 1
-        self._queue.append(record)
-        if len(self._queue) >= self.max_rows:
+        with self._queue_lock:
+            if len(self._queue) >= self.max_queued:
+                self._queue.popleft()
+                self.dropped += 1
+            self._queue.append(record)
+            full = len(self._queue) >= self.max_rows
+        if full:
             self._wake.set()
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Records not written yet: queued, or in the write under way."""
+        with self._queue_lock:
+            return len(self._writing) + len(self._queue)
 
     def pending_records(self) -> list[dict]:
-        """A copy of what is queued and not yet written."""
-        return list(self._queue)
+        """A copy of what is not written yet, oldest first (a copy taken while no one changes the queue)."""
+        with self._queue_lock:
+            return [*self._writing, *self._queue]
+
+    def state(self) -> dict:
+        """What ``/readyz`` shows of this log: records written, pending and dropped, failed writes (one per
+        flush that failed, however many records it held) and the last failure, as ``Type: message``."""
+        return {
+            "written": self.written,
+            "pending": self.pending,
+            "dropped": self.dropped,
+            "failures": self.failures,
+            "last_error": self.last_error,
+        }
 
     def flush(self) -> int:
         """Write what is queued now; returns the rows written (0 if the write failed: they stay queued)."""
         with self._lock:
-            rows: list[dict] = []
-            while self._queue and len(rows) < self.max_rows:
-                rows.append(self._queue.popleft())
+            with self._queue_lock:
+                rows = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_rows))]
+                self._writing = rows
             if not rows:
                 return 0
             try:
                 table = pa.Table.from_pylist(rows, schema=self.log.schema)
                 self.log.write(table, f"{self.name}-{self._seq:09d}")
             except Exception as err:  # noqa: BLE001 - logging must survive anything; the rows go back
-                self._queue.extendleft(reversed(rows))
+                with self._queue_lock:
+                    self._queue.extendleft(reversed(rows))
+                    self._writing = []
+                    # what arrived during the write found a shorter queue: the oldest past max_queued go now
+                    over = max(0, len(self._queue) - self.max_queued)
+                    for _ in range(over):
+                        self._queue.popleft()
+                    self.dropped += over
                 self.failures += 1
                 self.last_error = f"{type(err).__name__}: {err}"
                 log.warning("event log %s: write failed, %d records kept queued: %s", self.name, len(rows), err)
                 return 0
+            with self._queue_lock:
+                self._writing = []
             self._seq += 1
             self.written += len(rows)
             return len(rows)

@@ -32,10 +32,11 @@ import pyarrow.compute as pc
 
 from components.data import predlog
 from components.data.predlog import SERVED, PredictionLog
+from components.data.pseudonyms import Pseudonyms
 from components.data.validate import Rejection
-from components.privacy.pseudonyms import Pseudonyms
 from serving.eventlog import EVENTS, EventWriter
 from serving.experiment import ARMS, CHALLENGER, CHAMPION, assign_arm
+from serving.limits import RateLimiter
 from serving.tagging import ModelNotLoaded, Tagged
 
 # (upload, context) -> result; the context is a PostContext as a dict (it crosses Ray as plain data)
@@ -140,6 +141,7 @@ class Router:
         max_upload_bytes: int = 10 * 2**20,
         arm_timeout_s: float = 10.0,
         retry_after_s: int = 5,
+        limiter: RateLimiter | None = None,
         *,
         pseudonyms: Pseudonyms,
     ):
@@ -149,6 +151,8 @@ class Router:
         self.max_upload_bytes = max_upload_bytes
         self.arm_timeout_s, self.retry_after_s = arm_timeout_s, retry_after_s
         self.outcomes: Counter[str] = Counter({outcome: 0 for outcome in OUTCOMES})
+        self.limiter = limiter  # None: no per-user limit
+        self.limited = 0  # requests refused with 429 by the per-user limit
 
     def configure(self, traffic: Traffic) -> None:
         self.traffic = traffic  # one assignment: a request reads either the old knobs or the new ones
@@ -165,6 +169,7 @@ class Router:
         start = time.perf_counter()
         given = _user_id(user_id)
         user_id = self.pseudonyms.of(given)  # from here on, only the pseudonym
+        self._within_limit(user_id)
         tags = tuple(t.lstrip("#") for t in hashtags if t.lstrip("#"))  # as stored: without the #
         context = {"user_id": user_id, "post_id": post_id, "caption": caption, "hashtags": tags}
         if not upload:
@@ -214,6 +219,21 @@ class Router:
             "side_inputs": result.side,
             "fallback": arm != assigned,
         }
+
+    def _within_limit(self, user_id: str) -> None:
+        """Refuse (429, Retry-After) a user past the per-user rate limit; counted in ``limited``."""
+        if self.limiter is None:
+            return
+        wait = self.limiter.wait(user_id)
+        if wait > 0:
+            self.limited += 1
+            limiter = self.limiter
+            raise Refused(
+                429,
+                f"too many requests for this user (at most {limiter.rate:g} a second, bursts of {limiter.burst}); "
+                f"retry in {limiter.retry_after(wait)} s",
+                retry_after=limiter.retry_after(wait),
+            )
 
     async def _answer(
         self, assigned: str, traffic: Traffic, upload: bytes, context: dict

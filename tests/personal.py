@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.privacy.pseudonyms import Pseudonyms
+from components.data.pseudonyms import Pseudonyms
 
 # needles are whole values (ids): a token is a run of these bytes, so u0012 is not found inside u00123
 _TOKEN = re.compile(rb"[A-Za-z0-9_-]+")

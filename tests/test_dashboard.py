@@ -35,6 +35,7 @@ from PIL import Image
 
 from components.data.predlog import PredictionLog
 from components.errors import TrendloopError
+from serving.access import COOKIE, TokenFile
 from serving.api import build_api
 from serving.dashboard import render_dashboard
 from serving.eventlog import EventWriter, FeedbackLog
@@ -272,18 +273,20 @@ def test_a_broken_split_warns_that_no_verdict_can_be_trusted(tab: Tab, reports: 
     assert tab.errors == []
 
 
-def dashboard_api(tmp_path: Path, answer: Callable[[], dict]) -> tuple[FastAPI, Router]:
+def dashboard_api(
+    tmp_path: Path, answer: Callable[[], dict], report_token: Callable[[], str] | None = None
+) -> tuple[FastAPI, Router]:
     """The serving app's FastAPI (no Ray, no model); its /ab/report.json answers ``answer()`` each time."""
     predictions = PredictionLog(tmp_path / "predictions")
     writers = EventWriter(predictions, "dash"), EventWriter(FeedbackLog(tmp_path / "feedback"), "dash")
     router = Router({}, *writers, RequestBook(predictions), pseudonyms=PSEUDONYMS)
-    return build_api(router, {}, answer, report_ttl_s=0.0, refresh_s=1), router
+    return build_api(router, {}, answer, report_ttl_s=0.0, refresh_s=1, report_token=report_token), router
 
 
 @contextmanager
-def served(tmp_path: Path, answer: Callable[[], dict]) -> Iterator[str]:
+def served(tmp_path: Path, answer: Callable[[], dict], report_token: Callable[[], str] | None = None) -> Iterator[str]:
     """``dashboard_api`` in uvicorn on a free port (its own thread and event loop); yields its URL."""
-    api, router = dashboard_api(tmp_path, answer)
+    api, router = dashboard_api(tmp_path, answer, report_token)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -298,6 +301,39 @@ def served(tmp_path: Path, answer: Callable[[], dict]) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         assert router.close() == 0
+
+
+@pytest.mark.integration
+def test_a_browser_opens_the_guarded_dashboard_with_the_token_once_and_keeps_it_in_a_cookie_no_script_reads(
+    tab: Tab, reports: Reports, tmp_path: Path
+) -> None:
+    token = "browser-token-of-enough-length"
+    (tmp_path / "report.token").write_text(token + "\n")
+    win = reports(WIN)
+    refused: list[tuple[str, int]] = []
+    tab.page.on("response", lambda r: refused.append((r.url.split("/", 3)[3], r.status)) if r.status >= 400 else None)
+    with served(tmp_path, lambda: win, TokenFile(tmp_path / "report.token").read) as url:
+        assert tab.page.goto(f"{url}/ab").status == 401  # no token yet
+        assert "needs the report token" in tab.page.content()
+        opened = tab.page.goto(f"{url}/ab?token={token}")
+        assert opened.status == 200 and tab.page.url == f"{url}/ab"  # redirected: the token left the address
+        # the script and the stylesheet came with the cookie, and so do the report's fetches: a refresh renders again
+        tab.page.wait_for_selector("body:not([data-renders='0']):not([data-renders='1'])", timeout=5000)
+        assert tab.text("#headline") == win["decision"]["headline"]
+        assert tab.page.eval_on_selector("#verdict", "e => getComputedStyle(e).borderLeftColor") == "rgb(21, 128, 61)"
+        assert tab.page.locator("#error").is_hidden()
+        (cookie,) = tab.page.context.cookies()
+        assert (cookie["name"], cookie["path"], cookie["httpOnly"], cookie["sameSite"]) == (
+            COOKIE,
+            "/ab",
+            True,
+            "Strict",
+        )
+        assert cookie["value"] != token and tab.page.evaluate("document.cookie") == ""  # no script reads it
+    # refused: the tokenless visit, and the favicon its JSON answer has not (the page has its own); no more
+    assert refused[0] == ("ab", 401) and set(refused[1:]) <= {("favicon.ico", 404)}
+    assert [e for e in tab.errors if "status of 401" not in e and "status of 404" not in e] == []
+    tab.errors.clear()
 
 
 @pytest.mark.integration

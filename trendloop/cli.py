@@ -470,11 +470,25 @@ def serve_up(ctx: typer.Context) -> None:
     s = wiring.serving_control(settings)
     with render.console.status("starting Ray on 127.0.0.1 unless serving.ray_dashboard names a cluster"):
         wiring.ensure_ray(settings)
+    token_file = wiring.make_report_token(settings)
     with render.console.status("deploying the serving app (replicas load their models)"):
         experiment = control.up(s, settings.serving.start_timeout)
     url = settings.serving.url
     render.console.print(f"serving on {url}: POST {url}/predict?user_id=..., the A/B dashboard at {url}/ab")
+    if token_file is not None:  # the path, never the token
+        render.console.print(f"the dashboard needs the token in {token_file}: open {url}/ab?token=<it> once")
     render.console.print(render.experiment_line(experiment))
+
+
+@serve_app.command("token")
+def serve_token(ctx: typer.Context) -> None:
+    """Make the report token (beyond loopback the dashboard needs it) unless it exists; prints its file, not it."""
+    settings = _settings(ctx)
+    path = wiring.make_report_token(settings)
+    if path is None:
+        render.console.print(f"serving.host is {settings.serving.host}: the reports need no token")
+    else:
+        render.console.print(f"the report token is in {path}")
 
 
 @serve_app.command("down")

@@ -231,6 +231,7 @@ def _run(settings: Settings, size: DemoSize, log: Path) -> Outcome:
 
     with console.status("starting Ray on 127.0.0.1 unless serving.ray_dashboard names a cluster"):
         wiring.ensure_ray(settings)
+    wiring.make_report_token(settings)  # beyond loopback only
     with console.status("deploying the serving app (replicas load their models)"):
         control.up(s, settings.serving.start_timeout)
     console.print(f"serving on {settings.serving.url}; the A/B dashboard at {settings.serving.url}/ab")

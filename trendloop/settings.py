@@ -99,7 +99,10 @@ class ServingSettings(BaseModel):
     ray_ports: RayPorts = Field(default_factory=RayPorts)  # the local head's ports on 127.0.0.1
     ray_cpus: int | None = Field(default=None, ge=1)  # CPUs the local head offers; unset: all of them
     ray_gpus: int | None = Field(default=None, ge=0)  # GPUs the local head offers; unset: all it finds
-    host: str = "127.0.0.1"  # where the HTTP proxy listens
+    host: str = "127.0.0.1"  # where the HTTP proxy listens; beyond loopback the report surfaces need a token
+    # that token's file (made on first use, mode 0600; replicas get its path, never the token); unset:
+    # <home>/secrets/report.token. Read only when host is not a loopback address
+    report_token_file: Path | None = None
     port: int = Field(default=8000, gt=0, lt=65536)
     route_prefix: str = "/"
     champion: ArmSpec = Field(default_factory=ArmSpec)  # replicas, CPUs, GPUs (fractions share one) and batching
@@ -118,6 +121,12 @@ class ServingSettings(BaseModel):
     # the router's wait for one arm (a replica died, its node is gone or overloaded) before it asks the other
     arm_timeout_s: float = Field(default=10.0, gt=0)
     retry_after_s: int = Field(default=5, ge=0)  # the Retry-After (seconds) of a 503 when neither arm answers
+    # per-user limit on /predict (each router replica's own): requests a second and the burst above it; past it 429
+    # with Retry-After. 0: no limit. The defaults sit far above what one person posts and above the simulated
+    # traffic (serving.traffic picks a random viewer of 1,200 in the demo, 2,000 in the benchmarks, per request:
+    # under 2 a second each even at 2,000 requests a second; the smallest test audience sends 120 over 50 viewers)
+    rate_per_user_s: float = Field(default=10.0, ge=0)
+    burst: int = Field(default=50, ge=1)
 
     @property
     def url(self) -> str:

@@ -20,13 +20,13 @@ from trendloop.settings import Settings
 
 if TYPE_CHECKING:
     from active_learning.labelstudio import LabelingProject
+    from components.data.pseudonyms import Pseudonyms
     from components.data.snapshot import Snapshot
     from components.features.side import SideReader
     from components.features.store import Features
     from components.features.sync import SyncReport
     from components.model.registry import Registry
     from components.privacy.forget import Places
-    from components.privacy.pseudonyms import Pseudonyms
     from serving.control import ConfigFor, Serving
     from serving.deploy import ServeAdmin
     from serving.router import Traffic
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
 def pseudonyms(settings: Settings) -> Pseudonyms:
     """Raw user ids to pseudonyms under this home's key (made on first use), knowing who asked to be forgotten."""
+    from components.data.pseudonyms import Pseudonyms
     from components.privacy.forget import forgotten
-    from components.privacy.pseudonyms import Pseudonyms
 
     return Pseudonyms.from_file(settings.key_file, forgotten=forgotten(settings.privacy_dir))
 
@@ -160,8 +160,27 @@ def check_ray_ports(settings: Settings) -> None:
             ray.check_ports(settings.serving.port)
 
 
+def report_token_file(settings: Settings) -> Path | None:
+    """Where the report token is when the app listens beyond loopback, else None (nothing is made here)."""
+    from serving.access import is_loopback
+
+    if is_loopback(settings.serving.host):
+        return None
+    return (settings.serving.report_token_file or settings.home / "secrets" / "report.token").resolve()
+
+
+def make_report_token(settings: Settings) -> Path | None:
+    """``report_token_file``, the token written there first if it is not (mode 0600): before the app deploys."""
+    from serving.access import ensure_token
+
+    path = report_token_file(settings)
+    return None if path is None else ensure_token(path)
+
+
 def serve_args(settings: Settings) -> dict:
-    """The serving app's ``args``: where replicas find models and write logs (absolute paths)."""
+    """The serving app's ``args``: where replicas find models and write logs (absolute paths), and the report
+    token's file beyond loopback (the path only: the token stays out of every Serve config; nothing is made)."""
+    token_file = report_token_file(settings)
     return {
         "models": {"registry": registry_spec(settings)},
         "logs": {
@@ -179,6 +198,9 @@ def serve_args(settings: Settings) -> dict:
         "cuped_covariate": settings.serving.cuped_covariate,
         "arm_timeout_s": settings.serving.arm_timeout_s,
         "retry_after_s": settings.serving.retry_after_s,
+        "rate_per_user_s": settings.serving.rate_per_user_s,
+        "burst": settings.serving.burst,
+        "report_token_file": None if token_file is None else str(token_file),
         "privacy": {"key_file": str(settings.key_file.resolve())},  # the replica reads the key: it never travels
     }
 

@@ -24,12 +24,12 @@ import pandas as pd
 import pyarrow as pa
 
 from components.data.posts import ENGAGEMENT, SNAPSHOT_SCHEMA
+from components.data.pseudonyms import Pseudonyms
 from components.data.snapshot import Store
 from components.data.sources import BadRecord, Candidate, Source, read_source
 from components.data.validate import ImageLimits, Rejection, validate_image
 from components.errors import SnapshotError, SourceError
 from components.files import write_atomic, write_rows
-from components.privacy.pseudonyms import Pseudonyms
 
 # Rejection reasons ingestion adds to validate.REASONS.
 RECORD_REASONS = (

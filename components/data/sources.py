@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from components.data.posts import ENGAGEMENT, TIMESTAMP
+from components.data.pseudonyms import Pseudonyms
 from components.errors import SourceError
-from components.privacy.pseudonyms import Pseudonyms
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".avif"}
 MANIFEST_SUFFIXES = {".jsonl", ".json", ".parquet"}

@@ -1,2 +1,2 @@
-"""Personal data kept to the minimum: pseudonymous users at every edge (``pseudonyms``), and forgetting a user
-on request everywhere the loop stored them (``forget``)."""
+"""Forgetting a user on request, everywhere the loop stored them (``forget``). Users are pseudonymous where they
+enter (``components.data.pseudonyms``): this stage finds them by pseudonym and by post."""

@@ -37,19 +37,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from components.data.pseudonyms import Pseudonyms
 from components.data.snapshot import Store
 from components.errors import TrendloopError
 from components.files import write_atomic, write_table
-from components.privacy.pseudonyms import Pseudonyms
 
 if TYPE_CHECKING:
-    from active_learning.labelstudio import LabelingProject
     from components.features.store import Features
     from components.model.registry import VersionInfo
 
@@ -57,6 +56,14 @@ AUDIT = "audit.jsonl"
 KEYS = ("user_id", "post_id", "post")  # columns that name a user or a post, in Parquet files and JSON rows
 REDACTED = "[forgotten]"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class Tasks(Protocol):
+    """Where annotators see posts (active_learning.labelstudio.LabelingProject)."""
+
+    def tasks_for(self, post_ids: Sequence[str]) -> dict[str, int]: ...
+
+    def delete_tasks(self, task_ids: Sequence[int]) -> int: ...
 
 
 class PrivacyError(TrendloopError):
@@ -71,7 +78,7 @@ class Places:
     folders: Sequence[Path]  # every file under these is scrubbed: logs, feature sources, artifacts, checks
     label_queue: Path | None = None  # the labelling queue's SQLite file
     features: Callable[[], Features] | None = None  # Feast, for its online store (offline files are in folders)
-    label_studio: LabelingProject | None = None
+    label_studio: Tasks | None = None
     versions: Callable[[], list[VersionInfo]] | None = None  # the registry's model versions
     audit: Path | None = None  # the folder of the audit log
 
