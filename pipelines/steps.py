@@ -53,7 +53,7 @@ READS: dict[str, tuple[str, ...]] = {
     "gate": ("gate",),
     "register": ("registry", "features"),
     "hold": ("registry", "features"),
-    "load": ("registry", "features", "serving", "ab", "ingest"),
+    "load": ("registry", "features", "serving", "ab", "ingest", "privacy"),
     "drift_report": ("registry", "features", "drift", "emerging"),
     "select": ("registry", "features", "active_learning"),
     "push": ("registry", "features", "labelstudio"),

@@ -13,12 +13,17 @@ import re
 import socket
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from personal import find, find_in_text
 
+from components.data.predlog import PredictionLog
+from components.data.snapshot import Store
 from components.errors import LabelingError
 from components.model.registry import CHAMPION, Registry
 from infra.labelstudio import LocalLabelStudio
 from infra.ray import RayError
+from serving.traffic import Audience
 from tests.conftest import free_port
 from trendloop import wiring
 from trendloop.cli import main
@@ -147,6 +152,27 @@ def test_the_run_leaves_its_log_and_drift_checks_on_the_traffic_it_served(finish
     checks = list(settings.checks_dir.glob("*/drift.json"))
     flagged = [json.loads(p.read_text()) for p in checks if json.loads(p.read_text())["verdict"]["drifted"]]
     assert flagged and all(c["traffic"] == "served" for c in flagged)
+
+
+@pytest.mark.e2e
+def test_no_raw_user_id_is_stored_anywhere_after_the_loop(finished) -> None:
+    """Every file of the home (Parquet cell by cell, zips and gzip inside, SQLite and logs byte by byte) and every
+    task Label Studio holds: no id of a posting user or a viewer, only pseudonyms. The simulated feed is left out:
+    it stands for the social network's own data, which trendloop reads."""
+    settings, _, _ = finished
+    posters = set(pd.read_parquet(settings.feed_dir / "users.parquet")["user_id"])
+    viewers = set(Audience(viewers=SIZE.viewers).user_ids())
+    assert find(settings.home, posters | viewers, skip=[settings.feed_dir]) == []
+    project = wiring.labeling_project(settings)
+    tasks = [t.model_dump(mode="json") for t in project.client.tasks.list(project=project.id, page_size=500)]
+    assert len(tasks) == wiring.label_queue(settings).counts()["pushed"] > 0  # every task the loop pushed
+    assert find_in_text(json.dumps(tasks), posters | viewers) == []
+    # what is stored is the pseudonyms: the posters' in the snapshot, the viewers' in the prediction log
+    pseudonyms = wiring.pseudonyms(settings)
+    stored = set(Store(settings.store_dir).head().manifest()["user_id"].to_pylist())
+    assert stored and stored <= {pseudonyms.of(u) for u in posters}
+    served = set(PredictionLog(settings.predictions_dir).read(columns=["user_id"])["user_id"].to_pylist())
+    assert served and served <= {pseudonyms.of(v) for v in viewers}
 
 
 @pytest.mark.unit

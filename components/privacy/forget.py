@@ -4,8 +4,9 @@ A user is named by their raw id; what is found is theirs by pseudonym (every rec
 loop keeps holds only that) and by post: the posts any snapshot, quarantine record or
 served request says they posted. Then, in this order:
 
-1. Label Studio's tasks of those posts are deleted (through its API). If the server cannot
-   be reached, nothing else is touched: the command fails and can simply run again.
+1. The registry is read (which versions were trained on their posts) and Label Studio's
+   tasks of those posts are deleted (through its API). If either cannot be reached,
+   nothing else is touched: the command fails and can simply run again.
 2. Every file under the places given is scrubbed of their rows: Parquet files with a
    ``user_id``, ``post_id`` or ``post`` column (snapshot manifests, the prediction and
    feedback logs, Feast's sources, pipeline artifacts, quarantine tables), JSON files
@@ -110,10 +111,11 @@ def forget(users: Sequence[str], pseudonyms: Pseudonyms, places: Places) -> Forg
     now = datetime.now(UTC)
     audit_id = f"{now:%Y%m%dT%H%M%S%fZ}"
 
-    if places.label_studio is not None and posts:  # first: when it is down, nothing has been touched
+    # the services first (the registry read, then Label Studio): when one is down, nothing has been touched
+    retrain = sorted(v.version for v in places.versions() if v.snapshot in holding) if places.versions else []
+    if places.label_studio is not None and posts:
         tasks = places.label_studio.tasks_for(sorted(posts))
         removed["label studio tasks"] = places.label_studio.delete_tasks(sorted(tasks.values()))
-    retrain = sorted(v.version for v in places.versions() if v.snapshot in holding) if places.versions else []
 
     if places.features is not None:
         removed["online feature rows"] = places.features().forget(sorted(people), sorted(posts))
@@ -216,7 +218,7 @@ def _images_of(snapshots: list, posts: set[str]) -> set[str]:
 
 def _keep(table: pa.Table, people: set[str], posts: set[str]) -> pa.Array:
     """True for the rows of ``table`` that name neither one of ``people`` nor one of ``posts``."""
-    keep = pa.array([True] * len(table))
+    keep = pa.array([True] * len(table), pa.bool_())
     for key, values in (("user_id", people), ("post_id", posts), ("post", posts)):
         if key in table.column_names and pa.types.is_string(table.schema.field(key).type):
             hit = pc.fill_null(pc.is_in(table[key], pa.array(sorted(values), pa.string())), False)
