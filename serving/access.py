@@ -21,11 +21,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import os
 import secrets
 from pathlib import Path
 
 from components.errors import ConfigError
+from components.files import create_secret
 
 COOKIE = "trendloop_report"
 
@@ -42,14 +42,7 @@ def is_loopback(host: str) -> bool:
 
 def ensure_token(path: Path) -> Path:
     """The token file at ``path``, made now (mode 0600) unless it exists; its contents are never printed."""
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another command made it meanwhile: that one stands
-            return path
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(32) + "\n")
+    create_secret(path, (secrets.token_urlsafe(32) + "\n").encode())
     return path
 
 

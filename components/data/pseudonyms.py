@@ -15,15 +15,14 @@ nothing stored links the receipt to the pseudonym their data had.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
-import os
 import secrets
 import stat
 from pathlib import Path
 
 from components.errors import ConfigError
+from components.files import create_secret
 
 KEY_BYTES = 32
 PREFIX = "p-"  # a pseudonym reads as one: p- and 32 hex digits
@@ -43,9 +42,6 @@ class Pseudonyms:
         """The pseudonym of ``user_id`` (``p-`` and 32 hex digits)."""
         return PREFIX + hmac.new(self._key, _PSEUDONYM + user_id.encode(), hashlib.sha256).hexdigest()[:32]
 
-    def optional(self, user_id: str | None) -> str | None:
-        return None if user_id is None else self.of(user_id)
-
     def receipt(self, user_id: str) -> str:
         """What a deletion's audit record keeps of ``user_id``: not its pseudonym, not reversible."""
         return "r-" + hmac.new(self._key, _RECEIPT + user_id.encode(), hashlib.sha256).hexdigest()[:32]
@@ -64,8 +60,8 @@ class Pseudonyms:
     @classmethod
     def from_file(cls, path: Path, create: bool = True, forgotten: frozenset[str] = frozenset()) -> Pseudonyms:
         """The key in ``path``; with ``create``, a new random one written there first if there is none."""
-        if create and not path.exists():
-            _create_key(path)
+        if create:
+            create_secret(path, secrets.token_bytes(KEY_BYTES))
         try:
             mode = path.stat().st_mode
             if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -78,19 +74,3 @@ class Pseudonyms:
         except PermissionError:
             raise ConfigError(f"the pseudonym key {path} cannot be read by this user") from None
         return cls(key, forgotten)
-
-
-def _create_key(path: Path) -> None:
-    """Write a new key with mode 0600 from the start; when two processes race, the first one's key is kept."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(secrets.token_bytes(KEY_BYTES))
-            out.flush()
-            os.fsync(out.fileno())
-        with contextlib.suppress(FileExistsError):  # another process made the key meanwhile: theirs stands
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
