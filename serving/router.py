@@ -12,7 +12,7 @@ in ``Router.outcomes`` and logged. An answer from the other arm is logged with t
 arm that answered and no experiment: the user's assigned arm did not serve it, so it
 is no exposure of the A/B test (the analysis counts users by their assigned arm).
 
-The raw user id stops here: the router turns it into its pseudonym (``components.privacy``)
+The raw user id stops here: the router turns it into its pseudonym (``components.data.pseudonyms``)
 before anything else sees it, so the arm assignment, the arms' feature lookups, the logs and
 the request book hold only pseudonyms; the caller's own id is echoed back to it, never stored.
 """
