@@ -12,7 +12,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: demo test test-slow test-isolated bench sync clean browser servers docs-images
+.PHONY: demo test test-slow test-isolated bench soak sync clean browser servers docs-images
 
 demo: .venv/.synced
 	$(RUN) trendloop demo
@@ -43,6 +43,12 @@ bench: .venv/.synced
 	$(RUN) python benchmarks/bench_serving.py
 	$(RUN) python benchmarks/bench_features.py
 	$(RUN) python benchmarks/bench_fusion.py
+
+# MINUTES of mixed traffic through the deployed app while it is ramped, promoted and rolled back; it prints
+# requests, errors and records lost (both must be 0), p50/p99 and the replicas' memory
+MINUTES ?= 10
+soak: .venv/.synced
+	$(RUN) python -m benchmarks.soak --minutes $(MINUTES)
 
 # The guides' pictures are screenshots the suite takes of the running dashboard and of a real Label Studio task
 # (test-artifacts/); this refreshes the copies docs/ shows.

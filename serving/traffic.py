@@ -229,6 +229,7 @@ async def drive(
     transport: httpx.AsyncBaseTransport | None = None,
     impressions: bool = True,
     progress: Callable[[DriveStats], None] | None = None,
+    until: float | None = None,
 ) -> DriveStats:
     """Send ``requests`` posts from random viewers of ``audience`` (``concurrency`` at a time) with feedback.
 
@@ -239,7 +240,8 @@ async def drive(
     skipping them halves the feedback calls of a long run. ``progress`` is called with the stats so far
     each time a request is done (answered with its feedback sent, or failed): a caller can act when
     the traffic reaches a point (``stats.done``) rather than after a guessed time; it runs in the
-    driving event loop, so it must return at once.
+    driving event loop, so it must return at once. ``until`` (a ``time.monotonic()`` instant) ends the
+    traffic then, however many of the ``requests`` are left: requests under way finish, no new one starts.
     """
     if not posts:
         raise ValueError("drive needs at least one post to send")
@@ -254,6 +256,8 @@ async def drive(
 
     async def worker(client: httpx.AsyncClient) -> None:
         for i in pending:  # one shared iterator: each request is taken by one worker
+            if until is not None and time.monotonic() >= until:
+                return
             stats.sent += 1
             await request(client, i)
             stats.done += 1

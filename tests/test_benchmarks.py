@@ -139,3 +139,25 @@ def test_feature_benchmark_on_the_cluster_stores_prints_redis_memory_per_key(pos
     assert 4 * 384 * 600 / hashes < per_hash < 20_000  # posts hold at least their 384-d float32 caption embedding
     assert re.search(r"^\| rows out / in, order kept \| 600 / 600, yes \|$", result.stdout, re.M)
     assert not list(Path("/tmp").glob("trendloop-bench-*"))  # both servers' folders removed
+
+
+def test_the_soak_runs_traffic_through_every_operation_and_counts_nothing_lost(tmp_path: Path) -> None:
+    """`make soak` at 45 s: the split changes, the promotion, the rollback and the new test each reach the traffic."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.soak", "--minutes", "0.75", "--viewers", "300", "--home", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    out = result.stdout
+    passed = out.rstrip().endswith("soak: passed (0 errors, 0 records lost)")
+    assert result.returncode == 0 and passed, out + result.stderr
+    figures = dict(re.findall(r"^(requests|answered|errors|records lost)\s+([\d,]+)", out, re.M))
+    assert int(figures["requests"].replace(",", "")) == int(figures["answered"].replace(",", "")) > 100, out
+    assert (figures["errors"], figures["records lost"]) == ("0", "0")
+    assert re.search(r"^served\s+challenger v2, challenger v3, champion v1, champion v2$", out, re.M), out
+    steps = re.findall(r"^operation\s+(.+?)\s+at (\d+):(\d\d), took ([\d.]+) s$", out, re.M)
+    assert [name for name, *_ in steps] == ["split to 20%", "split to 50%", "promote v2", "roll back to v1",
+                                            "v3 challenger, 50/50"], out  # fmt: skip
+    p50, p99 = map(float, re.search(r"^latency ms\s+p50 ([\d.]+)\s+p99 ([\d.]+)", out, re.M).groups())
+    assert 0 < p50 <= p99
+    assert "mlflow" not in out + result.stderr  # library chatter goes to the soak's log
+    assert (tmp_path / "soak.log").stat().st_size > 0
