@@ -150,13 +150,15 @@ def stay_queued(err: LabelingError) -> int:
     return int(found.group(1))
 
 
-def assert_one_task_per_post(server: LocalLabelStudio, queue: LabelQueue, project_id: int) -> None:
+def assert_one_task_per_post(server: LocalLabelStudio, queue: LabelQueue, project_id: int) -> dict[str, list[int]]:
+    """Every queued post has exactly one task, and the queue holds its id; returns post_id -> task ids."""
     held = tasks_by_post(server, project_id)
     twice = {post: ids for post, ids in held.items() if len(ids) > 1}
     posts = {p.post_id: p.task_id for p in queue.posts()}
     assert twice == {}, f"{len(twice)} posts have more than one task"
     assert set(held) == set(posts), f"lost: {sorted(set(posts) - set(held))[:5]}"
     assert queue.counts()["pending"] == 0 and posts == {post: ids[0] for post, ids in held.items()}
+    return held
 
 
 @pytest.mark.integration
@@ -197,12 +199,12 @@ def test_killed_mid_push_loses_and_duplicates_nothing(doomed: LocalLabelStudio, 
     assert all(len(ids) == 1 for ids in held.values())
     report = push_queued(queue, project, LABELS, image_url=IMAGE_URL, chunk=CHUNK)
     assert report.found == len(held) - counts["pushed"] and report.pushed == POSTS - len(held) and report.pending == 0
-    assert_one_task_per_post(doomed, queue, project_id)
+    after = assert_one_task_per_post(doomed, queue, project_id)
     print(
         f"\nkilled mid-push: {seen} tasks seen at the kill, {len(held)} held after restart "
         f"({counts['pushed']} marked pushed, {len(held) - counts['pushed']} committed unanswered), "
-        f"{counts['pending']} stayed queued; after the second push {len(tasks_by_post(doomed, project_id))} "
-        f"tasks for {POSTS} posts"
+        f"{counts['pending']} stayed queued; after the second push {sum(map(len, after.values()))} tasks for "
+        f"{POSTS} posts: {sum(len(ids) > 1 for ids in after.values())} duplicated, {POSTS - len(after)} lost"
     )
 
 
