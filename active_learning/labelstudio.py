@@ -6,7 +6,10 @@ trend), tasks that carry the post's image, caption and hashtags with the model's
 prediction attached, and the project's ``model_version`` kept on the newest
 predictions so "Uncertainty sampling" orders tasks by the right scores. Every call
 to the server goes through ``_call``, which turns the SDK's and httpx's exceptions
-into a one-line ``LabelingError``.
+into a one-line ``LabelingError``. A call that creates something is sent once (``ONCE``): the SDK
+would send it again when the connection drops or the server answers 5xx, and a request Label Studio carried out
+before its answer was lost would then make a second copy (tests/test_labelstudio_faults.py); the caller finds what
+was made instead (a push asks ``tasks_for``).
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from components.errors import LabelingError
 
 if TYPE_CHECKING:
     from label_studio_sdk.core.api_error import ApiError
+    from label_studio_sdk.core.request_options import RequestOptions
 
 T = TypeVar("T")
 CHOICES, TREND, IMAGE = "label", "trend", "image"  # control tag names in the labelling config
 FILTER_CHUNK = 100  # post ids per Data Manager filter
+ONCE: RequestOptions = {"max_retries": 0}  # a create: never resent by the SDK (see the docstring above)
 
 
 def label_config(labels: Sequence[str]) -> str:
@@ -178,6 +183,7 @@ class LabelingProject:
                     sampling="Uncertainty sampling",  # lowest prediction score first
                     maximum_annotations=overlap,
                     show_collab_predictions=True,
+                    request_options=ONCE,
                 ),
             )
             self._id = project.id
@@ -209,7 +215,13 @@ class LabelingProject:
         if not any(Path(s.path or "") == folder for s in existing):
             self._call(
                 "connect the image store",
-                lambda: storage.create(project=self.id, path=str(folder), title="trendloop store", use_blob_urls=False),
+                lambda: storage.create(
+                    project=self.id,
+                    path=str(folder),
+                    title="trendloop store",
+                    use_blob_urls=False,
+                    request_options=ONCE,
+                ),
             )
 
     def labels(self) -> list[str]:
@@ -243,7 +255,10 @@ class LabelingProject:
     def import_tasks(self, tasks: list[dict]) -> int:
         """Create tasks (with their predictions) in one request; returns how many were created."""
         result = self._call(
-            "import tasks", lambda: self.client.projects.import_tasks(self.id, request=tasks, return_task_ids=True)
+            "import tasks",
+            lambda: self.client.projects.import_tasks(
+                self.id, request=tasks, return_task_ids=True, request_options=ONCE
+            ),
         )
         return int(result.task_count or 0)
 
@@ -298,7 +313,9 @@ class LabelingProject:
         extra = {"completed_by": int(annotator)} if annotator is not None else {}
         made = self._call(
             f"annotate task {task_id}",
-            lambda: self.client.annotations.create(id=task_id, result=choice_result(choice, trend), **extra),
+            lambda: self.client.annotations.create(
+                id=task_id, result=choice_result(choice, trend), **extra, request_options=ONCE
+            ),
         )
         return int(made.id)
 
@@ -310,7 +327,8 @@ class LabelingProject:
             email = f"{name}@{domain}"
             if email not in users:
                 user = self._call(
-                    f"create user {email}", lambda e=email, n=name: self.client.users.create(username=n, email=e)
+                    f"create user {email}",
+                    lambda e=email, n=name: self.client.users.create(username=n, email=e, request_options=ONCE),
                 )
                 users[email] = user.id
             ids[name] = users[email]

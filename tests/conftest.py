@@ -58,7 +58,11 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLabelStudio]:
     """A real Label Studio server for the session; tests keep their stores under its document root."""
-    root = tmp_path_factory.mktemp("labelstudio")
+    yield from label_studio_under(tmp_path_factory.mktemp("labelstudio"))
+
+
+def label_studio_under(root: Path) -> Iterator[LocalLabelStudio]:
+    """A real Label Studio with its state in ``root``/state, reading images from ``root``/homes; stopped after."""
     (root / "homes").mkdir()
     server = LocalLabelStudio(root / "state", free_port(), LabelStudioSettings().version, root / "homes")
     try:

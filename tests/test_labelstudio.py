@@ -227,46 +227,69 @@ def test_simulated_annotators_make_the_errors_they_are_told_to(loop: Loop):
     assert all(label != loop.truth[post] for post, label in loop.queue.uncommitted().items())
 
 
-class FlakyProxy:
-    """Forwards HTTP to Label Studio, then drops every connection after ``limit`` requests: the server going down."""
+def ask(handler: BaseHTTPRequestHandler, host: str, port: int) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Send the request ``handler`` received on to ``host``:``port``; its answer's status, headers and body."""
+    body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+    upstream = http.client.HTTPConnection(host, port, timeout=60)
+    upstream.request(handler.command, handler.path, body=body, headers=dict(handler.headers))
+    answer = upstream.getresponse()
+    return answer.status, answer.getheaders(), answer.read()
 
-    def __init__(self, target: str, limit: int):
-        self.limit, self.seen = limit, 0
+
+def relay(handler: BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+    """Answer ``handler``'s client with an answer ``ask`` got."""
+    handler.send_response(status)
+    for key, value in headers:
+        if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+            handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+class Proxy:
+    """An HTTP proxy on a free port in front of Label Studio at ``target``; ``forward`` handles each request."""
+
+    def __init__(self, target: str):
         host, port = target.removeprefix("http://").split(":")
+        self.upstream = host, int(port)
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:
                 pass
 
-            def forward(self) -> None:
-                proxy.seen += 1
-                if proxy.seen > proxy.limit:
-                    self.close_connection = True
-                    self.connection.close()
-                    return
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                upstream = http.client.HTTPConnection(host, int(port), timeout=30)
-                upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
-                answer = upstream.getresponse()
-                data = answer.read()
-                self.send_response(answer.status)
-                for key, value in answer.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+            def handle_request(self) -> None:
+                proxy.forward(self)
 
-            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = forward
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = handle_request
 
         self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def forward(self, handler: BaseHTTPRequestHandler) -> None:
+        relay(handler, *ask(handler, *self.upstream))
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class FlakyProxy(Proxy):
+    """Forwards HTTP to Label Studio, then drops every connection after ``limit`` requests: the server going down."""
+
+    def __init__(self, target: str, limit: int):
+        self.limit, self.seen = limit, 0
+        super().__init__(target)
+
+    def forward(self, handler: BaseHTTPRequestHandler) -> None:
+        self.seen += 1
+        if self.seen > self.limit:
+            handler.close_connection = True
+            handler.connection.close()
+            return
+        super().forward(handler)
 
 
 @pytest.mark.integration
