@@ -14,13 +14,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,7 +42,7 @@ from serving.abtest import DecisionRule
 from serving.deploy import ServeAdmin, ServingError
 from serving.eventlog import FeedbackLog
 from serving.experiment import Experiments
-from tests.conftest import free_port
+from tests.conftest import free_port, mlflow_server
 from tests.models import register_untrained
 
 pytestmark = pytest.mark.integration
@@ -137,41 +135,15 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("mlflow-faults")
-    port = free_port()
-    with (root / "mlflow-server.log").open("wb") as log:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).with_name("mlflow")), "server",
-             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-             "--default-artifact-root", (root / "art").as_uri(), "--no-serve-artifacts",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while not _answers(url + "/health"):
-            assert server.poll() is None and time.monotonic() < deadline, (root / "mlflow-server.log").read_text()
-            time.sleep(0.5)
+    with mlflow_server(
+        f"sqlite:///{root / 'mlflow.db'}", root / "mlflow-server.log",
+        "--default-artifact-root", (root / "art").as_uri(), "--no-serve-artifacts",
+    ) as url:  # fmt: skip
         # one retry without backoff: a dropped request fails at once (the budget itself: the CLI test below)
         direct = Registry(url, cache_dir=root / "models", retries=1, backoff=0, timeout=20)
-        proxy = CuttingProxy(port)
+        proxy = CuttingProxy(int(url.rsplit(":", 1)[1]))
         cut = Registry(proxy.url, cache_dir=root / "models", retries=1, backoff=0, timeout=20)
         yield Site(direct, cut, proxy, [register_untrained(direct, seed) for seed in range(4)])
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:  # the proxy's kept-alive connections can hold its workers
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(30)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _place(site: Site, state: AliasState) -> None:
