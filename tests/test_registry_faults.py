@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -41,9 +42,10 @@ from serving import control
 from serving.abtest import DecisionRule
 from serving.deploy import ServeAdmin, ServingError
 from serving.eventlog import FeedbackLog
-from serving.experiment import Experiments
+from serving.experiment import Experiment, Experiments
 from tests.conftest import free_port, mlflow_server
 from tests.models import register_untrained
+from tests.test_serving_units import write_test_traffic
 
 pytestmark = pytest.mark.integration
 
@@ -184,8 +186,10 @@ def _faults(
     old: AliasState,
     new: AliasState,
     command: Callable[[control.Serving], object],
+    traffic: Callable[[control.Serving, Experiment], None] | None = None,
 ) -> tuple[list[str], list[str]]:
-    """Run ``command`` uncut once (counting its requests), then once per k with the server down from request k;
+    """Run ``command`` uncut once (counting its requests), then once per k with the server down from request k
+    (each time on a fresh experiment record of ``old``, with ``traffic`` logged for it);
     returns the uncut run's requests and each k's outcome: ``old``, ``unfinished`` or ``new`` (the registry
     as the fault left it) or ``inconsistent``."""
     experiment_of = {}
@@ -193,7 +197,9 @@ def _faults(
     def prepared(name: str) -> control.Serving:
         _place(site, old)
         s = _serving(site.cut, tmp_path / name)
-        experiment_of[name] = s.experiments.start(old.champion, old.challenger, 0.1, DecisionRule().to_dict())
+        experiment_of[name] = s.experiments.start(old.champion, old.challenger, 0.5, DecisionRule().to_dict())
+        if traffic is not None:
+            traffic(s, experiment_of[name])
         return s
 
     s = prepared("uncut")
@@ -265,6 +271,28 @@ def test_the_server_down_at_any_request_of_a_promotion_leaves_a_state_its_rerun_
     assert Counter(outcomes) == {"old": 7, "unfinished": 6}
     experiments = _serving(site.direct, tmp_path / "k0").experiments.all()
     assert [e.outcome for e in experiments] == ["promote"]
+
+
+def test_the_server_down_at_any_request_of_an_applied_decision_leaves_a_state_its_rerun_finishes(
+    site: Site, tmp_path: Path
+) -> None:
+    """``ab decide --apply`` on a test the challenger wins: the same registry moves as a promotion."""
+    v1, v2, v3, _ = site.versions
+    old, new = AliasState(v2, v3, [v1]), AliasState(v3, None, [v1, v2])
+
+    def decide(s: control.Serving) -> control.Outcome:
+        outcome = control.decide(s, apply=True)
+        assert outcome.action == f"promoted version {v3} to @champion"
+        return outcome
+
+    requests, outcomes = _faults(site, tmp_path, old, new, decide, partial(write_test_traffic, lift=0.6))
+    model, alias = "/api/2.0/mlflow/registered-models/get", "/api/2.0/mlflow/registered-models/alias"
+    assert [_route(r) for r in requests][:2] == [["GET", model], ["GET", "/api/2.0/mlflow/model-versions/get"]]
+    assert [_route(r) for r in requests][6:7] == [["POST", alias]]  # @champion moves
+    assert len(requests) == 13
+    assert outcomes == ["old"] * 7 + ["unfinished"] * 6
+    experiments = _serving(site.direct, tmp_path / "k7").experiments.all()
+    assert [(e.champion_version, e.challenger_version, e.outcome) for e in experiments] == [(v2, v3, "promote")]
 
 
 def test_the_server_down_at_any_request_of_a_rollback_leaves_a_state_its_rerun_finishes(
