@@ -5,6 +5,12 @@ test is running, under which rule; the Serve config says what does serve. Every
 change goes the same way: move the alias (or the split), open or close the
 experiment, then apply the live knobs to the running app (``with_user_config``),
 so serving follows the registry without a restart and without dropping requests.
+
+The registry is read before the experiment record or serving is touched and not after
+``promote``/``rollback`` have moved the aliases (they say what they made): a tracking server
+that goes down mid-command leaves the record and serving as they were, and the registry in a
+state the same command, run again, finishes. A half-moved registry is never deployed
+(``versions`` refuses it).
 """
 
 from __future__ import annotations
@@ -54,10 +60,14 @@ class Outcome:
 
 
 def versions(registry: Registry) -> dict[str, int | None]:
-    champion = registry.alias(CHAMPION)
-    if champion is None:
+    """What the aliases say should serve; refused for a registry a promotion or rollback left half-way."""
+    state = registry.state()
+    if state.champion is None:
         raise ServingError("there is no champion to serve: train and promote one first (`trendloop train`)")
-    return {CHAMPION: champion, CHALLENGER: registry.alias(CHALLENGER)}
+    unfinished = state.unfinished()
+    if unfinished is not None:
+        raise ServingError(f"serving keeps what it has: {unfinished}")
+    return {CHAMPION: state.champion, CHALLENGER: state.challenger}
 
 
 def traffic_of(experiment: Experiment | None, champion: int) -> Traffic:
@@ -89,13 +99,16 @@ def fresh_config(config_for: ConfigFor) -> dict:
     return config_for({CHAMPION: alias_ref(CHAMPION), CHALLENGER: None}, Traffic())
 
 
-def align_experiment(s: Serving, split: float | None = None, note: str = "") -> Experiment | None:
-    """The experiment matching the registry's aliases: the running one if it matches, else a new one.
+def align_experiment(
+    s: Serving, split: float | None = None, note: str = "", wanted: dict[str, int | None] | None = None
+) -> Experiment | None:
+    """The experiment matching the registry's aliases (``wanted``, when the caller knows them): the running one
+    if it matches, else a new one.
 
     A running experiment whose versions (or split, when one is given) no longer match
     is closed as ``stopped``; no challenger means no experiment.
     """
-    wanted = versions(s.registry)
+    wanted = wanted or versions(s.registry)
     current = s.experiments.current()
     if split is None:
         split = current.split if current is not None else s.split
@@ -124,10 +137,13 @@ def up(s: Serving, timeout: float = 600.0) -> Experiment | None:
     return experiment
 
 
-def follow(s: Serving, split: float | None = None, note: str = "") -> Experiment | None:
-    """Bring the running app in line with the registry (and ``split``), live; a no-op when nothing runs."""
-    experiment = align_experiment(s, split, note)
-    wanted = versions(s.registry)
+def follow(
+    s: Serving, split: float | None = None, note: str = "", wanted: dict[str, int | None] | None = None
+) -> Experiment | None:
+    """Bring the running app in line with the registry (``wanted``: its aliases, read here when not given) and
+    ``split``, live; a no-op when nothing runs."""
+    wanted = wanted or versions(s.registry)
+    experiment = align_experiment(s, split, note, wanted)
     deployed = s.admin.config() if s.admin.reachable() else None
     if deployed is not None:
         served = {CHAMPION: wanted[CHAMPION], CHALLENGER: experiment.challenger_version if experiment else None}
@@ -152,34 +168,39 @@ def decide(s: Serving, apply: bool) -> Outcome:
         return Outcome(found, verdict, "none", experiment)
     assert experiment is not None and experiment.challenger_version is not None
     challenger = experiment.challenger_version
-    if s.registry.alias(CHALLENGER) != challenger:
+    before = s.registry.state()
+    if before.challenger != challenger:
         raise ServingError(
-            f"the test ran version {challenger}, but @challenger is now version {s.registry.alias(CHALLENGER)}: "
+            f"the test ran version {challenger}, but @challenger is now version {before.challenger}: "
             "the verdict is not about it; `trendloop serve up` starts a test of the current challenger"
         )
     if verdict == "promote":
         s.registry.promote(challenger)  # refuses a version whose gate did not pass
+        wanted = {CHAMPION: challenger, CHALLENGER: None}
         s.experiments.finish(experiment.id, "promote", found["decision"]["headline"])
         action = f"promoted version {challenger} to @champion"
     else:
         s.registry.clear_challenger(f"lost A/B test {experiment.id}: {found['decision']['headline']}")
+        wanted = {CHAMPION: before.champion, CHALLENGER: None}
         s.experiments.finish(experiment.id, "rollback", found["decision"]["headline"])
         action = f"rolled back: version {challenger} no longer serves"
-    return Outcome(found, verdict, action, follow(s))
+    return Outcome(found, verdict, action, follow(s, wanted=wanted))
 
 
 def promote(s: Serving, force: bool = False) -> tuple[int, Experiment | None]:
     """Make @challenger the champion now, whatever the test says; serving follows. Returns (version, test)."""
     challenger = s.registry.version_of(CHALLENGER)
-    s.registry.promote(challenger, force=force)
+    s.registry.promote(challenger, force=force)  # the last request to the registry: it leaves no @challenger
     current = s.experiments.current()
     if current is not None:
         tested = current.challenger_version == challenger
         s.experiments.finish(current.id, "promote" if tested else "stopped", f"version {challenger} promoted by hand")
-    return challenger, follow(s)
+    return challenger, follow(s, wanted={CHAMPION: challenger, CHALLENGER: None})
 
 
 def rollback(s: Serving) -> tuple[int, int, Experiment | None]:
     """Give @champion back to the previous champion; serving follows. Returns (from, to, test)."""
+    challenger = s.registry.alias(CHALLENGER)  # a rollback moves only @champion
     current, previous = s.registry.rollback()
-    return current, previous, follow(s, note="champion rolled back")
+    wanted = {CHAMPION: previous, CHALLENGER: challenger}
+    return current, previous, follow(s, note="champion rolled back", wanted=wanted)

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,6 +60,41 @@ def free_port() -> int:
     """A free port for a server a test starts (infra.processes.free_port), never the local Ray head's client
     port, which every test's settings default to."""
     return processes.free_port(avoid={RayPorts().client})
+
+
+@contextmanager
+def mlflow_server(backend_store_uri: str, log: Path, *options: str) -> Iterator[str]:
+    """A real ``mlflow server`` on a free loopback port, its output in ``log``: yields its URL once /health
+    answers, and stops it after."""
+    port = free_port()
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", backend_store_uri,
+             *options, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while not _answers(url + "/health"):
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:  # kept-alive client connections can hold its workers
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="session")

@@ -13,14 +13,8 @@ registry and of the training runs, so what it promotes, rolls back or adds stays
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +33,7 @@ from components.model.registry import CHALLENGER, CHAMPION, PLACED_TAG, Registry
 from components.model.retrain import Retrained, register_candidate, retrain, train_candidate
 from components.model.train_config import TrainConfig
 from infra.databases import LocalPostgres
-from tests.conftest import free_port
+from tests.conftest import mlflow_server
 from tests.databases import BACKENDS, copy_database, fresh_name
 
 pytestmark = pytest.mark.integration
@@ -231,19 +225,7 @@ def test_a_tracking_server_on_postgresql_serves_the_registry_and_keeps_what_clie
     """The cluster's topology: clients talk HTTP to `mlflow server`, whose backend store is PostgreSQL."""
     store, backend, _ = trained
     copy = backend.copy(tmp_path)
-    port = free_port()
-    with (tmp_path / "mlflow-server.log").open("wb") as log:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", copy.uri,
-             "--no-serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while not _answers(url + "/health"):
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "mlflow-server.log").read_text()
-            time.sleep(0.5)
+    with mlflow_server(copy.uri, tmp_path / "mlflow-server.log", "--no-serve-artifacts") as url:
         registry = Registry(url, artifact_location=(backend.root / "art").as_uri(), cache_dir=tmp_path / "models")
         assert registry.alias(CHAMPION) == first.placed.version == 1
         images = [(store.root / ref).read_bytes() for ref in store.head().manifest().column("image").to_pylist()[:8]]
@@ -254,14 +236,3 @@ def test_a_tracking_server_on_postgresql_serves_the_registry_and_keeps_what_clie
         with psycopg.connect(copy.postgres.url(copy.database, "postgresql")) as conn:
             rows = conn.execute("SELECT alias, version FROM registered_model_aliases ORDER BY alias").fetchall()
         assert rows == [(CHAMPION, 1), ("nightly", 1)]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False

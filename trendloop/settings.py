@@ -64,6 +64,10 @@ class RegistrySettings(BaseModel):
     artifact_location: str | None = None  # for a new experiment; unset: <home>/mlartifacts (embedded default)
     experiment: str = "trendloop"
     model_name: str = "trendloop-tagger"  # the registered model every version belongs to
+    # how long a request the tracking server does not answer is tried (MLflow's own default: about 4 minutes)
+    request_retries: int = Field(default=4, ge=0, le=10)  # retries of a refused, cut, timed-out or 429/5xx request
+    request_backoff: int = Field(default=1, ge=0, le=120)  # s; retry n waits backoff*2^(n-1) (+<1 s), the 1st none
+    request_timeout: int = Field(default=30, gt=0)  # s one request may take to connect or to answer
 
 
 class LabelStudioSettings(BaseModel):

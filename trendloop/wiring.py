@@ -132,12 +132,19 @@ def registry_spec(settings: Settings) -> dict:
 
 
 def open_registry(settings: Settings) -> Registry:
-    """MLflow's tracking server and model registry: the configured one, or SQLite under ``home``."""
+    """MLflow's tracking server and model registry: the configured one, or SQLite under ``home``; requests to a
+    server are tried within ``[registry] request_*`` (for this process: MLflow reads them from the environment)."""
     settings.home.mkdir(parents=True, exist_ok=True)
     from components.model.registry import Registry
 
-    spec = registry_spec(settings)
-    return Registry(**{**spec, "cache_dir": Path(spec["cache_dir"])}, side_reader=side_reader(settings))
+    spec, budget = registry_spec(settings), settings.registry
+    return Registry(
+        **{**spec, "cache_dir": Path(spec["cache_dir"])},
+        side_reader=side_reader(settings),
+        retries=budget.request_retries,
+        backoff=budget.request_backoff,
+        timeout=budget.request_timeout,
+    )
 
 
 def local_ray(settings: Settings) -> LocalRay:

@@ -11,7 +11,16 @@ code, no torch.export graph, so it loads in well under a second, and
 ``mlflow.pyfunc.load_model`` works too (it calls ``_load_pyfunc`` below).
 
 All calls go through an explicit ``MlflowClient``: nothing here sets MLflow's
-process-global tracking URI, so two registries can live in one process (tests).
+process-global tracking URI, so two registries can live in one process (tests). A request
+the server never answered (refused, cut, timed out, 5xx after MLflow's retries) raises
+``RegistryUnreachable``, never "no such version": an MLflow error means the server answered.
+
+Moving an alias takes several requests and the server can go down between any two, so each
+move is ordered to be completed by running it again: ``promote`` notes the champion it
+replaces on the new one (``promoted_from``), moves @champion (the commit point), extends the
+history, then drops @challenger; ``rollback`` marks the champion it leaves, moves @champion,
+then shortens the history. ``state`` reads all three in one request and names a move that
+stopped half-way.
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,10 +51,39 @@ HISTORY_TAG = "champion_history"  # JSON list of earlier champions' versions, ol
 
 
 PLACED_TAG = "placed_as"  # set once a pipeline has given a new version its alias
+PROMOTED_FROM_TAG = "promoted_from"  # on a champion: the version it replaced ("none"), set before the alias moves
+ROLLED_BACK_TAG = "rolled_back_at"  # on a champion that was rolled back: when (set before the alias moves)
 
 
 class RegistryError(TrendloopError):
     """A version or alias that does not exist, or a move the rules forbid."""
+
+
+class RegistryUnreachable(TrendloopError):
+    """The tracking server did not answer (down, refused, cut off, timed out): nothing was decided about a model."""
+
+
+@dataclass(frozen=True)
+class AliasState:
+    """The registered model's aliases and champion history, read together (one request)."""
+
+    champion: int | None
+    challenger: int | None
+    history: list[int] = field(default_factory=list)  # earlier champions, oldest first
+
+    def unfinished(self) -> str | None:
+        """What a promotion or rollback that stopped half-way left undone, or None when the state is whole."""
+        if self.champion is not None and self.challenger == self.champion:
+            return (
+                f"@challenger is @champion (version {self.champion}): a promotion stopped half-way; "
+                "run `trendloop ab promote` again to finish it"
+            )
+        if self.champion is not None and self.history and self.history[-1] == self.champion:
+            return (
+                f"version {self.champion} is @champion and last in its own history: a rollback stopped half-way; "
+                "run `trendloop ab rollback` again to finish it"
+            )
+        return None
 
 
 @dataclass(frozen=True)
@@ -85,15 +124,27 @@ class Registry:
         model_name: str = "trendloop-tagger",
         cache_dir: Path | None = None,
         side_reader: SideReader | None = None,
+        retries: int | None = None,
+        backoff: int | None = None,
+        timeout: int | None = None,
     ):
+        """``retries``, ``backoff`` and ``timeout`` bound how long a request to a server that does not answer
+        is tried (MLflow's own defaults, 7 retries at backoff 2 and 120 s each, take about 4 minutes to give
+        up). MLflow reads them from its ``MLFLOW_HTTP_REQUEST_*`` environment variables at each request, so
+        they are set here for the whole process; None leaves MLflow's in force."""
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        for name, value in (("MAX_RETRIES", retries), ("BACKOFF_FACTOR", backoff), ("TIMEOUT", timeout)):
+            if value is not None:
+                os.environ[f"MLFLOW_HTTP_REQUEST_{name}"] = str(value)
         from mlflow import MlflowClient  # noqa: PLC0415  (importing mlflow takes seconds; pay it only here)
 
         self.tracking_uri, self.registry_uri = tracking_uri, registry_uri or tracking_uri
         self.experiment, self.artifact_location, self.model_name = experiment, artifact_location, model_name
         self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "trendloop-models"
         self.side_reader = side_reader  # where a fusion tagger's predictors read their side inputs
-        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+        self.client = _Answered(
+            MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri), tracking_uri
+        )
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -293,50 +344,90 @@ class Registry:
         A/B test, say) stays on that version as a tag."""
         version = self.alias(CHALLENGER)
         if version is not None:
-            self.client.delete_registered_model_alias(self.model_name, CHALLENGER)
-            if reason is not None:
+            if reason is not None:  # before the alias goes: a cut between the two leaves the old state
                 self.client.set_model_version_tag(self.model_name, str(version), "challenger_removed", reason)
+            self.client.delete_registered_model_alias(self.model_name, CHALLENGER)
         return version
 
     def promote(self, version: int, force: bool = False) -> int | None:
         """Make ``version`` the champion; returns the champion it replaced.
 
-        A version whose gate failed, or that was never gated, is refused unless ``force``.
+        A version whose gate failed, or that was never gated, is refused unless ``force``. Run again after
+        it stopped half-way (the server went down), it finishes the same promotion: every prefix of its
+        writes is the old state or one ``state().unfinished()`` names.
         """
-        self.version_of(version)
-        gate = self.client.get_model_version(self.model_name, str(version)).tags.get("gate")
+        from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+        try:
+            tags = self.client.get_model_version(self.model_name, str(version)).tags
+        except MlflowException:
+            raise RegistryError(f"{self.model_name} has no version {version}") from None
+        gate = tags.get("gate")
         if gate != "passed" and not force:
             state = "failed its gate" if gate == "failed" else "has not been through the gate"
             raise RegistryError(
                 f"version {version} {state}: retrain through the gate (`trendloop train`) or promote with --force"
             )
         current = self.alias(CHAMPION)
-        if current == version:
-            return current
-        if current is not None:
-            history = [*self._history(), current]
-            self.client.set_registered_model_tag(self.model_name, HISTORY_TAG, json.dumps(history))
-        self.client.set_registered_model_alias(self.model_name, CHAMPION, str(version))
+        if current == version:  # already champion, perhaps by a promotion that stopped after the alias moved
+            noted = tags.get(PROMOTED_FROM_TAG, "none")
+            previous = None if noted == "none" else int(noted)
+        else:
+            previous = current
+            self.client.set_model_version_tag(
+                self.model_name, str(version), PROMOTED_FROM_TAG, "none" if current is None else str(current)
+            )
+            self.client.set_registered_model_alias(self.model_name, CHAMPION, str(version))
+        history = self._history()
+        # the history never ends with the champion it precedes, so an entry equal to `previous` is this move's
+        if previous is not None and previous != version and (not history or history[-1] != previous):
+            self.client.set_registered_model_tag(self.model_name, HISTORY_TAG, json.dumps([*history, previous]))
         if self.alias(CHALLENGER) == version:
             self.client.delete_registered_model_alias(self.model_name, CHALLENGER)
-        return current
+        return previous
 
     def rollback(self) -> tuple[int, int]:
-        """Give the champion alias back to the previous champion; returns (from, to)."""
-        current = self.alias(CHAMPION)
-        history = self._history()
+        """Give the champion alias back to the previous champion; returns (from, to).
+
+        Run again after it stopped half-way (@champion moved, the history not yet shortened), it finishes
+        that rollback rather than going one further back.
+        """
+        found = self.state()
+        current, history = found.champion, list(found.history)
+        if current is not None and history and history[-1] == current:  # the alias moved, the history did not
+            history.pop()
+            self.client.set_registered_model_tag(self.model_name, HISTORY_TAG, json.dumps(history))
+            return self._last_rolled_back(), current
         if current is None or not history:
             raise RegistryError("there is no earlier champion to roll back to")
         previous = history.pop()
+        now = datetime.now(UTC).isoformat()
+        self.client.set_model_version_tag(self.model_name, str(current), ROLLED_BACK_TAG, now)
         self.client.set_registered_model_alias(self.model_name, CHAMPION, str(previous))
         self.client.set_registered_model_tag(self.model_name, HISTORY_TAG, json.dumps(history))
-        now = datetime.now(UTC).isoformat()
-        self.client.set_model_version_tag(self.model_name, str(current), "rolled_back_at", now)
         return current, previous
+
+    def state(self) -> AliasState:
+        """@champion, @challenger and the champion history, as one read (nothing registered: all empty)."""
+        from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+        try:
+            model = self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            return AliasState(None, None, [])
+        aliases = {name: int(v) for name, v in (model.aliases or {}).items()}
+        history = [int(v) for v in json.loads(model.tags.get(HISTORY_TAG, "[]"))]
+        return AliasState(aliases.get(CHAMPION), aliases.get(CHALLENGER), history)
 
     def _history(self) -> list[int]:
         tags = self.client.get_registered_model(self.model_name).tags
         return [int(v) for v in json.loads(tags.get(HISTORY_TAG, "[]"))]
+
+    def _last_rolled_back(self) -> int:
+        """The version rolled back most recently (its tag is written before the alias moves)."""
+        found = self.client.search_model_versions(f"name = '{self.model_name}'")
+        marked = [mv for mv in found if ROLLED_BACK_TAG in mv.tags]
+        return int(max(marked, key=lambda mv: mv.tags[ROLLED_BACK_TAG]).version)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -363,6 +454,61 @@ class Registry:
         from components.model.predict import Predictor  # noqa: PLC0415
 
         return Predictor.from_folder(self.model_dir(ref), device, self.side_reader)
+
+
+class _Answered:
+    """An ``MlflowClient`` whose requests the server never answered raise ``RegistryUnreachable``.
+
+    MLflow raises the same ``MlflowException`` for "no such alias" (the server answered) and for a
+    refused or cut connection (it did not); code that reads the first as "absent" must not read the
+    second so, or a promotion cut at the wrong request would act on a registry it never saw.
+    """
+
+    def __init__(self, client, uri: str):
+        self._client, self._uri = client, uri
+
+    def __getattr__(self, name: str):
+        found = getattr(self._client, name)
+        return _answered(found, self._uri) if callable(found) else found
+
+
+def _answered(call: Callable, uri: str) -> Callable:
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+    def answered(*args, **kwargs):
+        try:
+            return call(*args, **kwargs)
+        except MlflowException as err:
+            why = _unanswered(err)
+            if why is None:
+                raise
+            retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLflow's default")
+            raise RegistryUnreachable(
+                f"cannot reach the MLflow tracking server at {uri} ({why}, after {retries} retries): is it running?"
+            ) from None
+
+    return answered
+
+
+def _unanswered(err: BaseException) -> str | None:
+    """Why a request got no answer (``refused``, ``timed out``, ...), from the exceptions under ``err``; None:
+    the server answered."""
+    import requests  # noqa: PLC0415
+
+    seen, link = [], err
+    while link is not None and len(seen) < 10:
+        seen.append(link)
+        link = link.__cause__ or link.__context__
+    if not any(isinstance(e, requests.exceptions.RequestException) for e in seen):
+        return None
+    text = " ".join(str(e) for e in seen)
+    if any(isinstance(e, requests.exceptions.Timeout) for e in seen) or "timed out" in text:
+        return "timed out"
+    if "Connection refused" in text or "NewConnectionError" in text:
+        return "connection refused"
+    if any(isinstance(e, requests.exceptions.RetryError) for e in seen) or "too many" in text:
+        return "it kept answering with server errors"
+    return "the connection broke"
 
 
 def _gate_tags(verdict: Verdict) -> dict[str, str]:
