@@ -229,7 +229,7 @@ def push_queued(
             project.set_model_version(newest.model_version)
     except LabelingError as err:
         left = len(pending) - pushed - found
-        raise LabelingError(f"{err}; {left} posts stay queued for the next push") from None
+        raise LabelingError(f"{str(err).rstrip('.')}; {left} posts stay queued for the next push") from None
     return PushReport(project_id, pushed, found, len(pending) - pushed - found)
 
 

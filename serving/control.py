@@ -200,7 +200,7 @@ def promote(s: Serving, force: bool = False) -> tuple[int, Experiment | None]:
 
 def rollback(s: Serving) -> tuple[int, int, Experiment | None]:
     """Give @champion back to the previous champion; serving follows. Returns (from, to, test)."""
-    challenger = s.registry.alias(CHALLENGER)  # a rollback moves only @champion
+    challenger = s.registry.alias(CHALLENGER)  # a rollback moves @champion, and drops @challenger if it names it
     current, previous = s.registry.rollback()
-    wanted = {CHAMPION: previous, CHALLENGER: challenger}
+    wanted = {CHAMPION: previous, CHALLENGER: None if challenger == previous else challenger}
     return current, previous, follow(s, note="champion rolled back", wanted=wanted)

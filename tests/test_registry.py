@@ -190,8 +190,9 @@ def test_a_later_model_that_passes_is_the_challenger_and_promote_then_rollback_m
     assert registry.alias(CHALLENGER) == second.placed.version  # gated: the candidate for an A/B test
     assert registry.promote(second.placed.version) == first.placed.version
     assert registry.alias(CHAMPION) == second.placed.version and registry.alias(CHALLENGER) is None
+    registry.set_challenger(first.placed.version)  # the old champion under test again, then rolled back to
     assert registry.rollback() == (second.placed.version, first.placed.version)
-    assert registry.alias(CHAMPION) == first.placed.version
+    assert registry.alias(CHAMPION) == first.placed.version and registry.alias(CHALLENGER) is None
     with pytest.raises(RegistryError, match="no earlier champion"):
         registry.rollback()
     listed = {v.version: v for v in registry.versions()}

@@ -397,6 +397,8 @@ class Registry:
         if current is not None and history and history[-1] == current:  # the alias moved, the history did not
             history.pop()
             self.client.set_registered_model_tag(self.model_name, HISTORY_TAG, json.dumps(history))
+            if found.challenger == current:
+                self.client.delete_registered_model_alias(self.model_name, CHALLENGER)
             return self._last_rolled_back(), current
         if current is None or not history:
             raise RegistryError("there is no earlier champion to roll back to")
@@ -405,6 +407,8 @@ class Registry:
         self.client.set_model_version_tag(self.model_name, str(current), ROLLED_BACK_TAG, now)
         self.client.set_registered_model_alias(self.model_name, CHAMPION, str(previous))
         self.client.set_registered_model_tag(self.model_name, HISTORY_TAG, json.dumps(history))
+        if found.challenger == previous:  # the version rolled back to was under test: it is the champion now
+            self.client.delete_registered_model_alias(self.model_name, CHALLENGER)
         return current, previous
 
     def state(self) -> AliasState:
