@@ -270,15 +270,20 @@ class Registry:
 
         text = str(ref)
         if text.isdigit():
-            try:
-                self.client.get_model_version(self.model_name, text)
-            except MlflowException:
-                raise RegistryError(f"{self.model_name} has no version {text}") from None
-            return int(text)
+            return int(self._model_version(int(text)).version)
         try:
             return int(self.client.get_model_version_by_alias(self.model_name, text).version)
         except MlflowException:
             raise RegistryError(f"{self.model_name} has no @{text} yet") from None
+
+    def _model_version(self, version: int):
+        """MLflow's record of ``version`` (its tags and aliases); a version that does not exist is an error."""
+        from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+        try:
+            return self.client.get_model_version(self.model_name, str(version))
+        except MlflowException:
+            raise RegistryError(f"{self.model_name} has no version {version}") from None
 
     def placed(self, version: int) -> str | None:
         """The alias a pipeline gave ``version`` when it registered it (``champion``/``challenger``), if any."""
@@ -356,12 +361,7 @@ class Registry:
         it stopped half-way (the server went down), it finishes the same promotion: every prefix of its
         writes is the old state or one ``state().unfinished()`` names.
         """
-        from mlflow.exceptions import MlflowException  # noqa: PLC0415
-
-        try:
-            tags = self.client.get_model_version(self.model_name, str(version)).tags
-        except MlflowException:
-            raise RegistryError(f"{self.model_name} has no version {version}") from None
+        tags = self._model_version(version).tags
         gate = tags.get("gate")
         if gate != "passed" and not force:
             state = "failed its gate" if gate == "failed" else "has not been through the gate"
